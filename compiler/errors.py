@@ -1,0 +1,50 @@
+"""The one error type for everything a user can get wrong in a manifest.
+
+A `SpecError` carries one or more `Problem`s; each names the file, the line, the
+field path, what was expected, what was found and, where we know it, the fix.
+`str(error)` is exactly what the user sees: no traceback, one block per problem.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None
+    field: str
+    expected: str
+    found: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        field = f" {self.field}:" if self.field else ""
+        text = f"{where}:{field} expected {self.expected}; found {self.found}"
+        return text + (f"\n  fix: {self.fix}" if self.fix else "")
+
+
+class SpecError(Exception):
+    """Bad input from a manifest, a profile or a command-line variable."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @classmethod
+    def one(cls, file: str, line: int | None, field: str, expected: str, found: str, fix: str = "") -> "SpecError":
+        return cls([Problem(file, line, field, expected, found, fix)])
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A `did you mean 'x'?` phrase for the closest choice, or '' when none is close."""
+    close = difflib.get_close_matches(str(word), sorted(set(choices)), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def one_of(choices: Iterable[str]) -> str:
+    return "one of " + ", ".join(f"'{c}'" for c in sorted(set(choices)))

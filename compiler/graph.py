@@ -1,0 +1,69 @@
+"""From a loaded project to content keys and build plans, one per step.
+
+A plan is plain data (it pickles, for `doit -n`): the step's key, its keyed spec,
+the keys of its inputs, the digests of the files it reads, its builder's code
+digest, and where its friendly link goes. Keys chain (Merkle): a step's key covers
+its inputs' keys, never their bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import sources
+from .keys import FileDigests, canonical, code_digest, digest, keyed
+from .project import Node, Project
+
+
+def link_for(task: str, profile: str | None) -> str:
+    """Friendly path of a step: build/<pipeline>/<step>, or build/@<profile>/<pipeline>/<step>."""
+    prefix = f"build/@{profile}" if profile else "build"
+    return f"{prefix}/{task.replace('.', '/', 1)}"
+
+
+def order(project: Project) -> list[str]:
+    """Tasks so that every step comes after the steps it consumes (cycles were refused)."""
+    done: dict[str, None] = {}
+
+    def visit(task: str) -> None:
+        if task not in done:
+            for dep in project.nodes[task].deps.values():
+                visit(dep)
+            done[task] = None
+
+    for task in project.nodes:
+        visit(task)
+    return list(done)
+
+
+def plans(project: Project) -> dict[str, dict]:
+    root = project.root
+    files = FileDigests(root)
+    code: dict[str, str] = {}
+    out: dict[str, dict] = {}
+    for task in order(project):
+        node = project.nodes[task]
+        if node.kind not in code:
+            code[node.kind] = code_digest(root, f"targets.{node.kind}", files)
+        out[task] = _plan(project, node, out, code[node.kind], files)
+    files.save()
+    return out
+
+
+def _plan(project: Project, node: Node, done: dict[str, dict], code: str, files: FileDigests) -> dict:
+    spec = keyed(node.spec)
+    spec.update({f: keyed(m) for f, m in node.models.items()})  # a model's fields, not its name
+    file_lists = sources.dataset_files(node, project.root) if node.kind == "dataset" else []
+    digests = {sources.label(p, project.root): files(p) for paths in file_lists for p in paths}
+    inputs = {f: {"task": dep, "key": done[dep]["key"]} for f, dep in sorted(node.deps.items())}
+    key = digest(canonical({"kind": node.kind, "code": code, "spec": spec,
+                            "inputs": {f: i["key"] for f, i in inputs.items()}, "sources": digests}))
+    return {
+        "task": node.task, "kind": node.kind, "key": key, "root": str(project.root),
+        "link": link_for(node.task, project.profile), "profile": project.profile,
+        "code": code, "spec": spec, "inputs": inputs, "sources": digests,
+        "files": [[str(p) for p in paths] for paths in file_lists],
+        "step": node.spec.model_dump(mode="json"),
+        "models": {f: m.model_dump(mode="json") for f, m in node.models.items()},
+        "summary": node.spec.summary(), "default": node.default,
+    }

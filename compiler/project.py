@@ -1,0 +1,243 @@
+"""Load every manifest under specs/, apply the selected profile, validate and resolve.
+
+Reads: `specs/**/*.yaml` (not `specs/templates/`). Returns a `Project`: the validated
+specs and one `Node` per buildable artifact (each dataset, each pipeline step) with
+its inputs resolved. Every user mistake raises `SpecError`; nothing is written.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from . import params, pydantic_errors
+from .errors import SpecError, did_you_mean, one_of
+from .specs import KINDS, DatasetSpec, Manifest, ModelSpec, PipelineSpec, Spec
+from .yamlfile import Document, fmt_path, read
+
+SPECS = "specs"
+SKIP_DIRS = {"templates"}
+RESERVED_PIPELINES = {"dataset", "store"}  # names taken by build/dataset/ and build/store/
+
+
+@dataclass
+class Node:
+    """One buildable artifact: a dataset or a pipeline step."""
+
+    task: str                     # doit task name: `dataset.NAME` or `PIPELINE.STEP`
+    kind: str                     # builder kind: dataset, tokenizer, init, ...
+    spec: Spec
+    doc: Document
+    path: tuple                   # where the spec sits in its document
+    default: bool = True
+    deps: dict[str, str] = field(default_factory=dict)          # field -> task name
+    models: dict[str, ModelSpec] = field(default_factory=dict)  # field -> model spec
+
+    def line(self, *sub: Any) -> int | None:
+        return self.doc.line(self.path + sub)
+
+    def error(self, sub: tuple, expected: str, found: str, fix: str = "") -> SpecError:
+        return SpecError.one(self.doc.file, self.line(*sub), fmt_path(self.path + sub), expected, found, fix)
+
+
+@dataclass
+class Project:
+    root: Path
+    profile: str | None
+    datasets: dict[str, tuple[DatasetSpec, Document]] = field(default_factory=dict)
+    models: dict[str, tuple[ModelSpec, Document]] = field(default_factory=dict)
+    pipelines: dict[str, tuple[PipelineSpec, Document]] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    profiles: set[str] = field(default_factory=set)
+
+
+def load(root: Path, profile: str | None = None) -> Project:
+    root = Path(root).resolve()
+    project = Project(root, profile)
+    files = sorted(p for p in (root / SPECS).rglob("*.y*ml")
+                   if p.suffix in (".yaml", ".yml") and not SKIP_DIRS & set(p.relative_to(root / SPECS).parts[:-1]))
+    for path in files:
+        _add(project, _validate(read(path, str(path.relative_to(root))), profile))
+    if profile is not None and profile not in project.profiles:
+        raise SpecError.one("command line", None, "profile", one_of(project.profiles) if project.profiles
+                            else "a profile declared under `profiles:` in some manifest", f"'{profile}'",
+                            did_you_mean(profile, project.profiles) or "run `doit` without profile=")
+    for spec, doc in project.models.values():
+        _check_model(spec, doc)
+    _make_nodes(project)
+    _resolve(project)
+    _check_cycles(project)
+    return project
+
+
+# ---------------------------------------------------------------- one document
+
+def _validate(doc: Document, profile: str | None) -> tuple[Manifest, Document, set[str]]:
+    data = doc.data
+    if not isinstance(data, dict):
+        raise SpecError.one(doc.file, 1, "", "a mapping with `kind:` and `name:`", pydantic_errors.found(data))
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise SpecError.one(doc.file, doc.line(("kind",)), "kind", one_of(KINDS),
+                            pydantic_errors.found(kind) if "kind" in data else "nothing",
+                            did_you_mean(kind, KINDS) if isinstance(kind, str) else "add `kind: dataset`, `kind: model` or `kind: pipeline`")
+    cls = KINDS[kind]
+    overlays = data.get("profiles") or {}
+    if not isinstance(overlays, dict):
+        overlays = {}  # pydantic reports the wrong type below
+    spec = _checked(cls, data, doc)
+    chosen = (spec, doc)
+    for name, overlay in overlays.items():
+        merged = _overlay(doc, name, overlay)
+        merged_spec = _checked(cls, merged.data, merged)
+        if name == profile:
+            chosen = (merged_spec, merged)
+    return chosen[0], chosen[1], set(overlays)
+
+
+def _checked(cls: type[BaseModel], data: Any, doc: Document) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(pydantic_errors.problems(exc, cls, doc)) from None
+
+
+def _overlay(doc: Document, name: str, overlay: Any) -> Document:
+    """The document with profile `name` merged over it; overlaid values keep their lines."""
+    base = ("profiles", name)
+    if not isinstance(overlay, dict):
+        raise SpecError.one(doc.file, doc.line(base), fmt_path(base), "a mapping of fields to override",
+                            pydantic_errors.found(overlay))
+    merged = Document(doc.file, copy.deepcopy(doc.data), dict(doc.lines))
+    merged.data.pop("profiles", None)
+
+    def merge(into: dict, over: dict, path: tuple) -> None:
+        for k, v in over.items():
+            merged.lines[path + (k,)] = doc.lines[base + path + (k,)]
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v, path + (k,))
+            else:
+                into[k] = copy.deepcopy(v)
+                for p, line in doc.lines.items():  # lines of nested values of the overlay
+                    if p[: len(base) + len(path) + 1] == base + path + (k,):
+                        merged.lines[p[len(base):]] = line
+
+    merge(merged.data, overlay, ())
+    return merged
+
+
+def _add(project: Project, validated: tuple[Manifest, Document, set[str]]) -> None:
+    spec, doc, profiles = validated
+    project.profiles |= profiles
+    table = {"dataset": project.datasets, "model": project.models, "pipeline": project.pipelines}[spec.kind]
+    if spec.name in table:
+        first = table[spec.name][1]
+        raise SpecError.one(doc.file, doc.line(("name",)), "name", f"a {spec.kind} name not used before",
+                            f"'{spec.name}', already the name of the {spec.kind} in {first.file}:{first.line(('name',))}",
+                            "rename one of them")
+    if spec.kind == "pipeline" and spec.name in RESERVED_PIPELINES:
+        raise SpecError.one(doc.file, doc.line(("name",)), "name", f"a pipeline name other than {one_of(RESERVED_PIPELINES)}",
+                            f"'{spec.name}'", "these names are folders of build/; pick another")
+    table[spec.name] = (spec, doc)
+
+
+# ---------------------------------------------------------------- checks
+
+def _check_model(m: ModelSpec, doc: Document) -> None:
+    def fail(f: str, expected: str, found: str, fix: str) -> SpecError:
+        return SpecError.one(doc.file, doc.line((f,)), f, expected, found, fix)
+
+    if m.head_dim is None:  # only left unset when heads does not divide hidden_size
+        divisors = [d for d in range(1, m.hidden_size + 1) if m.hidden_size % d == 0 and d <= 256]
+        raise fail("heads", f"a divisor of hidden_size ({m.hidden_size})", str(m.heads),
+                   f"use one of {', '.join(map(str, divisors[-6:]))}, or set head_dim explicitly")
+    if m.heads % m.kv_heads:
+        divisors = [d for d in range(1, m.heads + 1) if m.heads % d == 0]
+        raise fail("kv_heads", f"a divisor of heads ({m.heads})", str(m.kv_heads),
+                   f"use one of {', '.join(map(str, divisors))}")
+    if m.expect_params is not None and params.count(m) != m.expect_params:
+        n = params.count(m)
+        raise fail("expect_params", f"{m.expect_params:,} parameters (the derived count must match)",
+                   f"{n:,} derived from the architecture ({n - m.expect_params:+,})",
+                   "fix the architecture, or set expect_params to the derived count")
+
+
+def _make_nodes(project: Project) -> None:
+    for name, (spec, doc) in project.datasets.items():
+        project.nodes[f"dataset.{name}"] = Node(f"dataset.{name}", "dataset", spec, doc, ())
+    for pname, (pipe, doc) in project.pipelines.items():
+        for sname, step in pipe.steps.items():
+            task = f"{pname}.{sname}"
+            project.nodes[task] = Node(task, step.kind, step, doc, ("steps", sname), pipe.default)
+
+
+def _resolve(project: Project) -> None:
+    for node in project.nodes.values():
+        pipeline = node.task.split(".")[0]
+        for fname, info in type(node.spec).model_fields.items():
+            kind = (info.json_schema_extra or {}).get("ref")
+            value = getattr(node.spec, fname)
+            if kind == "dataset":
+                _need(node, fname, value, project.datasets, "dataset")
+                node.deps[fname] = f"dataset.{value}"
+            elif kind == "model":
+                _need(node, fname, value, project.models, "model")
+                node.models[fname] = project.models[value][0]
+            elif kind == "step":
+                task = value if "." in value else f"{pipeline}.{value}"
+                steps = {t for t in project.nodes if not t.startswith("dataset.")}
+                _need(node, fname, task, steps, "step", shown=value)
+                if task == node.task:
+                    raise node.error((fname,), "another step", f"'{value}', this step itself",
+                                     "a step cannot consume its own output")
+                node.deps[fname] = task
+        _check_pairing(project, node)
+
+
+def _need(node: Node, fname: str, name: str, table: Any, what: str, shown: str | None = None) -> None:
+    if name in table:
+        return
+    names = [t for t in table]
+    hint = did_you_mean(name, names) or did_you_mean(shown or name, names)
+    raise node.error((fname,), f"the name of a {what} ({one_of(names) if names else f'none is declared under {SPECS}/'})",
+                     f"'{shown or name}'", hint or f"declare a {what} named '{shown or name}', or fix the name")
+
+
+def _check_pairing(project: Project, node: Node) -> None:
+    """A model paired with a tokenizer must have room for every token id."""
+    model, tok_task = node.models.get("model"), node.deps.get("tokenizer")
+    if model is None or tok_task is None:
+        return
+    tok = project.nodes[tok_task]
+    if getattr(tok.spec, "vocab_size", 0) > model.vocab_size:
+        name = getattr(node.spec, "model")
+        raise node.error(("model",), f"a model whose vocab_size is at least the tokenizer's ({tok.spec.vocab_size:,}, "
+                                     f"step '{tok_task}')",
+                         f"model '{name}' with vocab_size {model.vocab_size:,}",
+                         f"raise vocab_size of model '{name}' to {tok.spec.vocab_size:,} or more, "
+                         f"or lower the tokenizer's vocab_size")
+
+
+def _check_cycles(project: Project) -> None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(task: str, trail: list[str]) -> None:
+        if state.get(task) == 2:
+            return
+        if state.get(task) == 1:
+            loop = trail[trail.index(task):] + [task]
+            node = project.nodes[trail[-1]]
+            fname = next(f for f, t in node.deps.items() if t == task)
+            raise node.error((fname,), "steps that form no cycle", " -> ".join(loop),
+                             "one of these steps must take its input from elsewhere")
+        state[task] = 1
+        for dep in project.nodes[task].deps.values():
+            visit(dep, trail + [task])
+        state[task] = 2
+
+    for task in project.nodes:
+        visit(task, [])

@@ -1,0 +1,75 @@
+"""The one doit action: build a plan's step into the store.
+
+Imports the builder for the plan's kind only now (so compiling stays light), runs
+it in a staging directory, checks it wrote what it declares, records sizes and
+digests of every output with the metrics and timings in `manifest.json`, and
+renames the entry into place. A failure leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from doit.exceptions import TaskFailed
+
+from . import store
+from .keys import file_digest
+from .specs import STEP_ADAPTER, DatasetSpec, ModelSpec
+
+
+def run(plan: dict) -> TaskFailed | None:
+    root, key = Path(plan["root"]), plan["key"]
+    if store.is_complete(root, key):  # built meanwhile by a parallel worker
+        store.point(root, plan["link"], key)
+        return None
+    from targets import BuildError, Job
+
+    builder = importlib.import_module(f"targets.{plan['kind']}")
+    tmp = store.staging(root, key)
+    job = Job(plan["task"], _spec(plan), tmp, root=root,
+              inputs={f: store.entry(root, i["key"]) for f, i in plan["inputs"].items()},
+              models={f: ModelSpec.model_validate(m) for f, m in plan["models"].items()},
+              files=[[Path(p) for p in paths] for paths in plan["files"]])
+    started = time.time()
+    try:
+        metrics = builder.build(job) or {}
+        outputs = _outputs(tmp, builder.OUTPUTS, plan["task"])
+    except BuildError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return TaskFailed(f"{plan['task']}: {exc}")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest = {k: plan[k] for k in ("key", "task", "kind", "profile", "code", "spec", "inputs", "sources")}
+    manifest.update(outputs=outputs, metrics=metrics, environment=_environment(),
+                    timings={"started": started, "finished": time.time(), "seconds": round(time.time() - started, 3)})
+    store.commit(root, key, tmp, manifest)
+    store.point(root, plan["link"], key)
+    return None
+
+
+def _spec(plan: dict):
+    if plan["kind"] == "dataset":
+        return DatasetSpec.model_validate(plan["step"])
+    return STEP_ADAPTER.validate_python(plan["step"])
+
+
+def _outputs(out: Path, patterns: tuple[str, ...], task: str) -> dict:
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise RuntimeError(f"{task}: builder wrote no file matching '{pattern}' (it wrote {names})")
+    extra = [n for n in names if not any(fnmatch.fnmatch(n, p) for p in patterns)]
+    if extra:
+        raise RuntimeError(f"{task}: builder wrote files it does not declare in OUTPUTS: {extra}")
+    return {n: {"size": (out / n).stat().st_size, "xxh3_128": file_digest(out / n)} for n in names}
+
+
+def _environment() -> dict:
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine()}

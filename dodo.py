@@ -1,0 +1,9 @@
+"""Ingot's front door: doit builds the steps compiler/ makes from the manifests in specs/."""
+
+from compiler import doit_tasks
+
+DOIT_CONFIG, TASKS = doit_tasks.compile_here(__file__)
+
+
+def task_ingot():
+    yield from TASKS

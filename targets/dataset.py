@@ -1,0 +1,184 @@
+"""Dataset builder: read sources, normalize, filter, dedup exactly, split by hash, write shards.
+
+Reads: the files the compiler resolved for each source (`job.files`): the Python
+documentation corpus (`pydoc_data/topics.py` and standard-library sources, parsed
+with `ast`, never imported) and local `.txt` / `.jsonl` files. Writes:
+`train-NNNNN.jsonl` and `validation-NNNNN.jsonl` shards of `{"id", "text", "source"}`
+records (at least one shard per split, possibly empty) and `stats.json`.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sysconfig
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import xxhash
+
+from targets import BuildError, Job
+
+OUTPUTS = ("train-*.jsonl", "validation-*.jsonl", "stats.json")
+SPLITS = ("train", "validation")
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def build(job: Job) -> dict:
+    spec = job.spec
+    writers = {s: ShardWriter(job.out, s, spec.shard_docs) for s in SPLITS}
+    removed: Counter = Counter()
+    per_source: list[dict] = []
+    seen: set[int] = set()
+    total = 0
+    for i, (source, paths) in enumerate(zip(spec.sources, job.files)):
+        count = 0
+        for text, origin in read_source(source, paths):
+            count += 1
+            text = normalize(text, spec.normalize)
+            reason = rejected(text, spec.filters)
+            if reason is None and spec.dedup == "exact":
+                digest = xxhash.xxh3_64_intdigest(text.encode("utf-8"))
+                reason = "exact_duplicate" if digest in seen else None
+                seen.add(digest)
+            if reason:
+                removed[reason] += 1
+                continue
+            writers[split_of(text, spec.split)].write(text, origin)
+        per_source.append({"source": i, "type": source.type, "documents": count})
+        total += count
+        job.log(f"source {i} ({source.type}): {count:,} documents read")
+    stats = {
+        "documents_in": total,
+        "by_source": per_source,
+        "removed": {k: removed[k] for k in ("min_chars", "max_chars", "exact_duplicate")},
+        "documents_out": sum(w.docs for w in writers.values()),
+        "splits": {s: w.close() for s, w in writers.items()},
+    }
+    (job.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    job.log(f"{stats['documents_out']:,} of {total:,} documents kept "
+            f"({stats['splits']['train']['documents']:,} train, {stats['splits']['validation']['documents']:,} validation)")
+    return stats
+
+
+def normalize(text: str, form: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if form != "none":
+        text = unicodedata.normalize(form, text)
+    return text.strip()
+
+
+def rejected(text: str, filters) -> str | None:
+    """The name of the first filter that drops `text`, or None."""
+    if len(text) < filters.min_chars:
+        return "min_chars"
+    if filters.max_chars is not None and len(text) > filters.max_chars:
+        return "max_chars"
+    return None
+
+
+def split_of(text: str, split) -> str:
+    """A document's side depends only on its own text and the salt, never on the others."""
+    h = xxhash.xxh3_64_intdigest(text.encode("utf-8"), seed=xxhash.xxh32_intdigest(split.salt.encode("utf-8")))
+    return "validation" if h / 2**64 < split.validation else "train"
+
+
+class ShardWriter:
+    """Writes records to `<split>-00000.jsonl`, `<split>-00001.jsonl`, ... of `per_shard` each."""
+
+    def __init__(self, out: Path, split: str, per_shard: int):
+        self.out, self.split, self.per_shard = out, split, per_shard
+        self.docs = self.chars = 0
+        self.shards: list[str] = []
+        self.file = None
+        self._next_shard()
+
+    def _next_shard(self) -> None:
+        if self.file:
+            self.file.close()
+        name = f"{self.split}-{len(self.shards):05d}.jsonl"
+        self.shards.append(name)
+        self.file = open(self.out / name, "w", encoding="utf-8")
+
+    def write(self, text: str, origin: str) -> None:
+        if self.docs and self.docs % self.per_shard == 0:
+            self._next_shard()
+        record = {"id": xxhash.xxh3_64_hexdigest(text.encode("utf-8")), "text": text, "source": origin}
+        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.docs += 1
+        self.chars += len(text)
+
+    def close(self) -> dict:
+        self.file.close()
+        return {"documents": self.docs, "chars": self.chars, "shards": self.shards}
+
+
+# ---------------------------------------------------------------- sources
+
+def read_source(source, paths: list[Path]) -> Iterator[tuple[str, str]]:
+    """(text, origin) pairs of one source, in file order."""
+    for path in paths:
+        if source.type == "pydocs":
+            yield from (_topics(path) if path.name == "topics.py" and path.parent.name == "pydoc_data"
+                        else _docstrings(path))
+        elif path.suffix == ".txt":
+            yield _read_text(path), path.name
+        else:
+            yield from _jsonl(path, source.fields.text)
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise BuildError(f"{path}:{line}: expected UTF-8 text; found the byte {data[exc.start]:#04x}") from None
+
+
+def _jsonl(path: Path, field: str) -> Iterator[tuple[str, str]]:
+    for n, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise BuildError(f"{path}:{n}: expected one JSON object per line; found invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            found = "no such field" if not isinstance(record, dict) or field not in record else "a non-string value"
+            raise BuildError(f"{path}:{n}: expected a string in field '{field}'; found {found} "
+                             f"(map another field with `fields: {{text: NAME}}`)")
+        yield record[field], f"{path.name}:{n}"
+
+
+def _topics(path: Path) -> Iterator[tuple[str, str]]:
+    """The `topics` dict of pydoc_data/topics.py, read as a literal."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "topics":
+            for name, text in sorted(ast.literal_eval(node.value).items()):
+                yield text, f"pydoc:{name}"
+
+
+def _docstrings(path: Path) -> Iterator[tuple[str, str]]:
+    """Docstrings of a module, its classes and functions, each headed by what it documents."""
+    module = _module_name(path)
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    if doc := ast.get_docstring(tree):
+        yield f"Module {module}\n\n{doc}", f"doc:{module}"
+    stack = [(module, node) for node in tree.body]
+    while stack:
+        prefix, node = stack.pop(0)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = f"{prefix}.{node.name}"
+            if doc := ast.get_docstring(node):
+                head = f"class {name}" if isinstance(node, ast.ClassDef) else f"def {name}({ast.unparse(node.args)})"
+                yield f"{head}\n\n{doc}", f"doc:{name}"
+            if isinstance(node, ast.ClassDef):
+                stack.extend((name, child) for child in node.body)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(STDLIB).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

@@ -1,0 +1,72 @@
+"""Tokenizer builder: train a byte-level BPE on a dataset's train split.
+
+Reads: the `train-*.jsonl` shards of the dataset entry (`job.inputs["dataset"]`).
+Writes: `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`,
+which `transformers.AutoTokenizer` loads as a `PreTrainedTokenizerFast`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+from targets import BuildError, Job
+
+OUTPUTS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def build(job: Job) -> dict:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    spec = job.spec
+    special = spec.special_tokens
+    specials = [special.bos, special.eos, special.unk, special.pad]
+    tok = Tokenizer(models.BPE(unk_token=special.unk, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    if spec.add_bos_token:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{special.bos} $A", pair=f"{special.bos} $A {special.bos} $B", special_tokens=[(special.bos, 0)])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, min_frequency=spec.min_frequency,
+                                  special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    texts = list(_train_texts(job.inputs["dataset"]))
+    if not texts:
+        raise BuildError(f"dataset '{spec.dataset}' has no training documents to learn a vocabulary from")
+    job.log(f"training BPE to {spec.vocab_size:,} tokens on {len(texts):,} documents")
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tok.save(str(job.out / "tokenizer.json"))
+    _write_configs(job.out, spec, specials)
+    vocab = tok.get_vocab_size()
+    if vocab < spec.vocab_size:
+        job.log(f"warning: the corpus yields only {vocab:,} tokens of the {spec.vocab_size:,} asked for")
+    return {"vocab_size": vocab, "requested_vocab_size": spec.vocab_size, "documents": len(texts),
+            "special_token_ids": {t: tok.token_to_id(t) for t in specials}}
+
+
+def _train_texts(dataset: Path) -> Iterator[str]:
+    for shard in sorted(dataset.glob("train-*.jsonl")):
+        with open(shard, encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)["text"]
+
+
+def _write_configs(out: Path, spec, specials: list[str]) -> None:
+    s = spec.special_tokens
+    tokens = {"bos_token": s.bos, "eos_token": s.eos, "unk_token": s.unk, "pad_token": s.pad}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **tokens,
+        "add_bos_token": spec.add_bos_token,
+        "add_eos_token": False,
+        "model_max_length": spec.max_length,
+        "clean_up_tokenization_spaces": False,
+        "padding_side": "right",
+        "added_tokens_decoder": {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,
+                                          "normalized": False, "single_word": False} for i, t in enumerate(specials)},
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(tokens, indent=2) + "\n")
