@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import graph, project, runner, store
+from . import explain, graph, project, runner, store
 from .errors import SpecError
 
 
@@ -27,7 +27,7 @@ def compile_here(dodo_file: str) -> tuple[dict, list[dict]]:
     (root / "build").mkdir(exist_ok=True)
     config = {"dep_file": str(root / "build" / ".doit.db"), "backend": "sqlite3", "verbosity": 2,
               "default_tasks": [t for t, p in plans.items() if _default(t, plans)]}
-    return config, [task(p) for p in plans.values()]
+    return config, [task(p) for p in plans.values()] + [explain_task(plans)]
 
 
 def _default(task: str, plans: dict[str, dict]) -> bool:
@@ -47,4 +47,14 @@ def task(plan: dict) -> dict:
         "uptodate": [(store.up_to_date, [plan["root"], plan["key"], plan["link"]])],
         "clean": [(store.unlink, [plan["root"], plan["link"]])],
         "meta": {"plan": plan},
+    }
+
+
+def explain_task(plans: dict[str, dict]) -> dict:
+    return {
+        "basename": "explain",
+        "doc": "say why each step will run, or that it will not: doit explain [STEP ...]",
+        "actions": [(explain.report, [plans])],
+        "pos_arg": "steps",
+        "uptodate": [False],
     }

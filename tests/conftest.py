@@ -1,0 +1,147 @@
+"""Shared fixtures: temporary Ingot projects, run through the real `doit`.
+
+A temporary project is a copy of this checkout's code (compiler/, targets/,
+dodo.py, pyproject.toml) with manifests and data written inline by the test, so a
+test can edit anything, builder code included, without touching the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CODE = ("compiler", "targets", "dodo.py", "pyproject.toml")
+TINY_CORPUS_DOCS = 300
+
+
+class Project:
+    """A temporary Ingot project and the commands a user would run in it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def write(self, rel: str, text: str) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+        return path
+
+    def read(self, rel: str) -> str:
+        return (self.root / rel).read_text(encoding="utf-8")
+
+    def edit(self, rel: str, old: str, new: str) -> None:
+        text = self.read(rel)
+        assert old in text, f"{old!r} not in {rel}"
+        (self.root / rel).write_text(text.replace(old, new, 1), encoding="utf-8")
+
+    def doit(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run `python -m doit ARGS` in the project; fail the test on a non-zero exit unless check=False."""
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        result = subprocess.run([sys.executable, "-m", "doit", *args], cwd=self.root, env=env,
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"doit {' '.join(args)} exited {result.returncode}\n"
+                                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        return result
+
+    def build_files(self) -> dict[str, tuple[int, int]]:
+        """Every path under build/ with its size and mtime, to prove a command touched nothing."""
+        build = self.root / "build"
+        if not build.exists():
+            return {}
+        return {str(p.relative_to(build)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in build.rglob("*")}
+
+
+def ran(result: subprocess.CompletedProcess) -> list[str]:
+    """Tasks doit executed (its `.  name` lines), in order."""
+    return [line[3:].strip() for line in result.stdout.splitlines() if line.startswith(".  ")]
+
+
+def skipped(result: subprocess.CompletedProcess) -> list[str]:
+    """Tasks doit found up to date (its `-- name` lines)."""
+    return [line[3:].strip() for line in result.stdout.splitlines() if line.startswith("-- ")]
+
+
+def tiny_corpus(n: int = TINY_CORPUS_DOCS) -> list[str]:
+    """Real English/Python text from the documentation that ships with CPython: paragraphs of
+    the pydoc topics, enough to train a small tokenizer in well under a second."""
+    from pydoc_data.topics import topics
+
+    paras = [p.strip() for name in sorted(topics) for p in topics[name].split("\n\n") if len(p.strip()) > 80]
+    return paras[:n]
+
+
+@pytest.fixture
+def make_project(tmp_path):
+    """make_project() -> an empty project (code only); write manifests with project.write()."""
+
+    def make() -> Project:
+        root = tmp_path / "proj"
+        root.mkdir()
+        for name in CODE:
+            src = REPO / name
+            if src.is_dir():
+                shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(src, root / name)
+        return Project(root)
+
+    return make
+
+
+TINY_SPECS = {
+    "specs/datasets/docs.yaml": """
+        kind: dataset
+        name: docs
+        sources:
+          - type: files
+            glob: data/*.jsonl
+        filters:
+          min_chars: 20
+        split:
+          validation: 0.1
+    """,
+    "specs/models/tiny.yaml": """
+        kind: model
+        name: tiny
+        hidden_size: 32
+        intermediate_size: 64
+        layers: 2
+        heads: 4
+        kv_heads: 2
+        vocab_size: 512
+        max_positions: 128
+    """,
+    "specs/pipelines/main.yaml": """
+        kind: pipeline
+        name: main
+        steps:
+          tok:
+            kind: tokenizer
+            dataset: docs
+            vocab_size: 400
+          init:
+            kind: init
+            model: tiny
+            tokenizer: tok
+    """,
+}
+
+
+@pytest.fixture
+def tiny_project(make_project):
+    """A small dataset -> tokenizer -> init project on 300 paragraphs of the Python docs."""
+    import json
+
+    project = make_project()
+    project.write("data/docs.jsonl", "\n".join(json.dumps({"text": t}) for t in tiny_corpus()) + "\n")
+    for rel, text in TINY_SPECS.items():
+        project.write(rel, text)
+    return project
