@@ -1,0 +1,80 @@
+"""Content keys: canonical JSON, stat-cached file digests, builder-code digests."""
+
+from __future__ import annotations
+
+import os
+
+import xxhash
+from conftest import REPO
+
+from compiler.keys import FileDigests, canonical, code_digest, digest, keyed
+from compiler.specs import ModelSpec
+
+
+def test_canonical_json_ignores_key_order_and_number_spelling():
+    assert canonical({"b": 1, "a": [1.0, 1e-06]}) == canonical({"a": [1.0, 0.000001], "b": 1})
+    assert canonical({"a": 1}) != canonical({"a": 1.5})
+
+
+def test_keyed_drops_describing_fields_and_fills_defaults():
+    a = ModelSpec.model_validate({"kind": "model", "name": "a", "hidden_size": 64, "intermediate_size": 128,
+                                  "layers": 2, "heads": 4, "vocab_size": 300, "description": "x",
+                                  "expect_params": 1})
+    b = ModelSpec.model_validate({"kind": "model", "name": "b", "hidden_size": 64, "intermediate_size": 128,
+                                  "layers": 2, "heads": 4, "kv_heads": 4, "head_dim": 16, "vocab_size": 300,
+                                  "rope_theta": 10000})
+    assert keyed(a) == keyed(b)
+    assert "name" not in keyed(a) and "description" not in keyed(a) and keyed(a)["head_dim"] == 16
+
+
+def test_file_digest_is_xxh3_128_of_the_bytes(tmp_path):
+    f = tmp_path / "data.txt"
+    f.write_bytes(b"hello")
+    assert FileDigests(tmp_path)(f) == xxhash.xxh3_128_hexdigest(b"hello")
+
+
+def test_unchanged_stat_is_not_read_again(tmp_path):
+    f = tmp_path / "data.txt"
+    f.write_bytes(b"hello")
+    digests = FileDigests(tmp_path)
+    first = digests(f)
+    digests.save()
+    st = f.stat()
+    f.write_bytes(b"HELLO")  # same size; put the old mtime back: the cache must answer
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert FileDigests(tmp_path)(f) == first
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # a touched file is read again
+    assert FileDigests(tmp_path)(f) == xxhash.xxh3_128_hexdigest(b"HELLO")
+
+
+def _copy_code(tmp_path):
+    import shutil
+
+    for name in ("targets", "compiler"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def test_code_digest_follows_project_imports(tmp_path):
+    root = _copy_code(tmp_path)
+
+    def digests():
+        files = FileDigests(root)
+        return {k: code_digest(root, f"targets.{k}", files) for k in ("dataset", "tokenizer", "init")}
+
+    before = digests()
+    (root / "targets/tokenizer.py").write_text((root / "targets/tokenizer.py").read_text() + "\n# edit\n")
+    after = digests()
+    assert after["tokenizer"] != before["tokenizer"]
+    assert after["dataset"] == before["dataset"] and after["init"] == before["init"]
+    # Every builder imports the package (Job, BuildError): an edit there changes them all.
+    (root / "targets/__init__.py").write_text((root / "targets/__init__.py").read_text() + "\n# edit\n")
+    now = digests()
+    assert all(now[k] != after[k] for k in now)
+    # The compiler is not a builder's import: editing it rebuilds nothing.
+    (root / "compiler/project.py").write_text((root / "compiler/project.py").read_text() + "\n# edit\n")
+    assert digests() == now
+
+
+def test_digest_is_xxh3_128():
+    assert digest(b"abc") == xxhash.xxh3_128_hexdigest(b"abc") and len(digest(b"")) == 32
