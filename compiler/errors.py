@@ -42,9 +42,17 @@ class SpecError(Exception):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A `did you mean 'x'?` phrase for the closest choice, or '' when none is close."""
-    close = difflib.get_close_matches(str(word), sorted(set(choices)), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else ""
+    # Compare case-folded so that 'nfc' finds 'NFC', but suggest the choice as written.
+    by_folded = {str(c).casefold(): str(c) for c in sorted(set(choices), reverse=True)}
+    close = difflib.get_close_matches(str(word).casefold(), list(by_folded), n=1, cutoff=0.6)
+    return f"did you mean '{by_folded[close[0]]}'?" if close else ""
 
 
 def one_of(choices: Iterable[str]) -> str:
     return "one of " + ", ".join(f"'{c}'" for c in sorted(set(choices)))
+
+
+def either(choices: Iterable[str | int]) -> str:
+    """`'a'`, `'a' or 'b'`, `'a', 'b' or 'c'` (numbers unquoted): where "one of" reads badly."""
+    quoted = [f"'{c}'" if isinstance(c, str) else str(c) for c in sorted(set(choices))]
+    return " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from . import params, pydantic_errors
-from .errors import SpecError, did_you_mean, one_of
+from .errors import SpecError, did_you_mean, either, one_of
 from .specs import KINDS, DatasetSpec, Manifest, ModelSpec, PipelineSpec, Spec
 from .yamlfile import Document, fmt_path, read
 
@@ -41,7 +41,7 @@ class Node:
         return self.doc.line(self.path + sub)
 
     def error(self, sub: tuple, expected: str, found: str, fix: str = "") -> SpecError:
-        return SpecError.one(self.doc.file, self.line(*sub), fmt_path(self.path + sub), expected, found, fix)
+        return SpecError.one(self.doc.file, self.line(*sub), self.doc.field(self.path + sub), expected, found, fix)
 
 
 @dataclass
@@ -63,15 +63,23 @@ def load(root: Path, profile: str | None = None) -> Project:
     for path in files:
         _add(project, _validate(read(path, str(path.relative_to(root))), profile))
     if profile is not None and profile not in project.profiles:
-        raise SpecError.one("command line", None, "profile", one_of(project.profiles) if project.profiles
-                            else "a profile declared under `profiles:` in some manifest", f"'{profile}'",
-                            did_you_mean(profile, project.profiles) or "run `doit` without profile=")
-    for spec, doc in project.models.values():
-        _check_model(spec, doc)
+        raise _unknown_profile(profile, project.profiles)
     _make_nodes(project)
     _resolve(project)
     _check_cycles(project)
+    for node in project.nodes.values():  # after the cycle check, which names the loop itself
+        _check_pairing(project, node)
     return project
+
+
+def _unknown_profile(profile: str, declared: set[str]) -> SpecError:
+    if not declared:
+        return SpecError.one("command line", None, "profile", "a profile declared under `profiles:` in some manifest",
+                             f"'{profile}', and no manifest declares any profile",
+                             f"run `doit` without profile=, or add `profiles: {{{profile}: ...}}` to a manifest")
+    return SpecError.one("command line", None, "profile", f"a profile some manifest declares ({one_of(declared)})",
+                         f"'{profile}'", did_you_mean(profile, declared) or f"use profile={sorted(declared)[0]}, "
+                         "or run `doit` without profile=")
 
 
 # ---------------------------------------------------------------- one document
@@ -79,7 +87,9 @@ def load(root: Path, profile: str | None = None) -> Project:
 def _validate(doc: Document, profile: str | None) -> tuple[Manifest, Document, set[str]]:
     data = doc.data
     if not isinstance(data, dict):
-        raise SpecError.one(doc.file, 1, "", "a mapping with `kind:` and `name:`", pydantic_errors.found(data))
+        raise SpecError.one(doc.file, 1, "", "a mapping with `kind:` and `name:`",
+                            "an empty file" if data is None else pydantic_errors.found(data),
+                            "start the file with `kind: dataset`, `kind: model` or `kind: pipeline`")
     kind = data.get("kind")
     if kind not in KINDS:
         raise SpecError.one(doc.file, doc.line(("kind",)), "kind", one_of(KINDS),
@@ -91,6 +101,8 @@ def _validate(doc: Document, profile: str | None) -> tuple[Manifest, Document, s
         overlays = {}  # pydantic reports the wrong type below
     spec = _checked(cls, data, doc)
     chosen = (spec, doc)
+    # Every overlay is checked, selected or not: a typo in the `ci` profile must fail on
+    # the laptop too, not first in CI.
     for name, overlay in overlays.items():
         merged = _overlay(doc, name, overlay)
         merged_spec = _checked(cls, merged.data, merged)
@@ -101,9 +113,12 @@ def _validate(doc: Document, profile: str | None) -> tuple[Manifest, Document, s
 
 def _checked(cls: type[BaseModel], data: Any, doc: Document) -> Any:
     try:
-        return cls.model_validate(data)
+        spec = cls.model_validate(data)
     except ValidationError as exc:
         raise SpecError(pydantic_errors.problems(exc, cls, doc)) from None
+    if isinstance(spec, ModelSpec):
+        _check_model(spec, doc)
+    return spec
 
 
 def _overlay(doc: Document, name: str, overlay: Any) -> Document:
@@ -112,7 +127,7 @@ def _overlay(doc: Document, name: str, overlay: Any) -> Document:
     if not isinstance(overlay, dict):
         raise SpecError.one(doc.file, doc.line(base), fmt_path(base), "a mapping of fields to override",
                             pydantic_errors.found(overlay))
-    merged = Document(doc.file, copy.deepcopy(doc.data), dict(doc.lines))
+    merged = Document(doc.file, copy.deepcopy(doc.data), dict(doc.lines), profile=name)
     merged.data.pop("profiles", None)
 
     def merge(into: dict, over: dict, path: tuple) -> None:
@@ -122,6 +137,7 @@ def _overlay(doc: Document, name: str, overlay: Any) -> Document:
                 merge(into[k], v, path + (k,))
             else:
                 into[k] = copy.deepcopy(v)
+                merged.overlaid.add(path + (k,))  # errors here are named `profiles.NAME...`
                 for p, line in doc.lines.items():  # lines of nested values of the overlay
                     if p[: len(base) + len(path) + 1] == base + path + (k,):
                         merged.lines[p[len(base):]] = line
@@ -140,8 +156,9 @@ def _add(project: Project, validated: tuple[Manifest, Document, set[str]]) -> No
                             f"'{spec.name}', already the name of the {spec.kind} in {first.file}:{first.line(('name',))}",
                             "rename one of them")
     if spec.kind == "pipeline" and spec.name in RESERVED_PIPELINES:
-        raise SpecError.one(doc.file, doc.line(("name",)), "name", f"a pipeline name other than {one_of(RESERVED_PIPELINES)}",
-                            f"'{spec.name}'", "these names are folders of build/; pick another")
+        raise SpecError.one(doc.file, doc.line(("name",)), "name",
+                            f"a pipeline name other than {either(RESERVED_PIPELINES)}", f"'{spec.name}'",
+                            f"rename the pipeline: build/{spec.name}/ is Ingot's own folder")
     table[spec.name] = (spec, doc)
 
 
@@ -149,21 +166,25 @@ def _add(project: Project, validated: tuple[Manifest, Document, set[str]]) -> No
 
 def _check_model(m: ModelSpec, doc: Document) -> None:
     def fail(f: str, expected: str, found: str, fix: str) -> SpecError:
-        return SpecError.one(doc.file, doc.line((f,)), f, expected, found, fix)
+        return SpecError.one(doc.file, doc.line((f,)), doc.field((f,)), expected, found, fix)
 
     if m.head_dim is None:  # only left unset when heads does not divide hidden_size
-        divisors = [d for d in range(1, m.hidden_size + 1) if m.hidden_size % d == 0 and d <= 256]
         raise fail("heads", f"a divisor of hidden_size ({m.hidden_size})", str(m.heads),
-                   f"use one of {', '.join(map(str, divisors[-6:]))}, or set head_dim explicitly")
+                   f"use {either(_nearest_divisors(m.hidden_size, m.heads))}, or set head_dim explicitly")
     if m.heads % m.kv_heads:
-        divisors = [d for d in range(1, m.heads + 1) if m.heads % d == 0]
         raise fail("kv_heads", f"a divisor of heads ({m.heads})", str(m.kv_heads),
-                   f"use one of {', '.join(map(str, divisors))}")
-    if m.expect_params is not None and params.count(m) != m.expect_params:
-        n = params.count(m)
-        raise fail("expect_params", f"{m.expect_params:,} parameters (the derived count must match)",
-                   f"{n:,} derived from the architecture ({n - m.expect_params:+,})",
-                   "fix the architecture, or set expect_params to the derived count")
+                   f"use {either(_nearest_divisors(m.heads, m.kv_heads))}")
+    if m.expect_params is not None and (n := params.count(m)) != m.expect_params:
+        off = f"{n - m.expect_params:,} too many" if n > m.expect_params else f"{m.expect_params - n:,} too few"
+        raise fail("expect_params", f"{n:,}, the parameter count derived from the architecture",
+                   f"{m.expect_params:,}", f"if the architecture is right, set `expect_params: {n}`; "
+                   f"if {m.expect_params:,} is right, the architecture has {off}")
+
+
+def _nearest_divisors(total: int, near: int, k: int = 3) -> list[int]:
+    """The k divisors of `total` closest to what the user wrote: the likely intended values."""
+    divisors = [d for d in range(1, total + 1) if total % d == 0]
+    return sorted(divisors, key=lambda d: (abs(d - near), d))[:k]
 
 
 def _make_nodes(project: Project) -> None:
@@ -189,22 +210,38 @@ def _resolve(project: Project) -> None:
                 node.models[fname] = project.models[value][0]
             elif kind == "step":
                 task = value if "." in value else f"{pipeline}.{value}"
-                steps = {t for t in project.nodes if not t.startswith("dataset.")}
-                _need(node, fname, task, steps, "step", shown=value)
                 if task == node.task:
-                    raise node.error((fname,), "another step", f"'{value}', this step itself",
-                                     "a step cannot consume its own output")
+                    raise node.error((fname,), "another step", f"'{value}', the step itself",
+                                     "a step cannot consume its own output; name the step it builds on")
+                _need_step(project, node, fname, value, task)
                 node.deps[fname] = task
-        _check_pairing(project, node)
 
 
-def _need(node: Node, fname: str, name: str, table: Any, what: str, shown: str | None = None) -> None:
+def _need(node: Node, fname: str, name: str, table: Any, what: str) -> None:
     if name in table:
         return
-    names = [t for t in table]
-    hint = did_you_mean(name, names) or did_you_mean(shown or name, names)
+    names = list(table)
     raise node.error((fname,), f"the name of a {what} ({one_of(names) if names else f'none is declared under {SPECS}/'})",
-                     f"'{shown or name}'", hint or f"declare a {what} named '{shown or name}', or fix the name")
+                     f"'{name}'", did_you_mean(name, names) or f"declare a {what} named '{name}', or fix the name")
+
+
+def _need_step(project: Project, node: Node, fname: str, value: str, task: str) -> None:
+    """A step reference: `step` in the same pipeline or `pipeline.step`; choices are listed
+    the way the user would write them, the referring step left out."""
+    if task in project.nodes:
+        return
+    pipeline, _, step = task.partition(".")
+    if pipeline not in project.pipelines:
+        raise node.error((fname,), f"`pipeline.step` naming a declared pipeline ({one_of(project.pipelines)})",
+                         f"'{value}', but no pipeline is named '{pipeline}'",
+                         did_you_mean(pipeline, project.pipelines) or f"declare pipeline '{pipeline}', or fix the name")
+    here = node.task.split(".")[0]
+    steps = [s if pipeline == here else f"{pipeline}.{s}" for s in project.pipelines[pipeline][0].steps
+             if f"{pipeline}.{s}" != node.task]
+    where = "this pipeline" if pipeline == here else f"pipeline '{pipeline}'"
+    hint = did_you_mean(value, steps) or did_you_mean(step, steps)
+    raise node.error((fname,), f"a step of {where} ({one_of(steps) if steps else 'it has no other step'})",
+                     f"'{value}'", hint or f"add a step '{step}' to {where}, or fix the name")
 
 
 def _check_pairing(project: Project, node: Node) -> None:
@@ -213,13 +250,18 @@ def _check_pairing(project: Project, node: Node) -> None:
     if model is None or tok_task is None:
         return
     tok = project.nodes[tok_task]
+    if tok.kind != "tokenizer":  # the builder would look for a tokenizer.json that is not there
+        article = "an" if tok.kind[0] in "aeiou" else "a"
+        raise node.error(("tokenizer",), "a tokenizer step",
+                         f"'{getattr(node.spec, 'tokenizer')}', {article} {tok.kind} step", "name a step of kind `tokenizer`")
     if getattr(tok.spec, "vocab_size", 0) > model.vocab_size:
         name = getattr(node.spec, "model")
+        doc = project.models[name][1]  # the fix goes in the model's file, so say where that is
         raise node.error(("model",), f"a model whose vocab_size is at least the tokenizer's ({tok.spec.vocab_size:,}, "
                                      f"step '{tok_task}')",
                          f"model '{name}' with vocab_size {model.vocab_size:,}",
-                         f"raise vocab_size of model '{name}' to {tok.spec.vocab_size:,} or more, "
-                         f"or lower the tokenizer's vocab_size")
+                         f"raise vocab_size of model '{name}' ({doc.file}:{doc.line(('vocab_size',))}) to "
+                         f"{tok.spec.vocab_size:,} or more, or lower the tokenizer's vocab_size")
 
 
 def _check_cycles(project: Project) -> None:
@@ -232,7 +274,7 @@ def _check_cycles(project: Project) -> None:
             loop = trail[trail.index(task):] + [task]
             node = project.nodes[trail[-1]]
             fname = next(f for f, t in node.deps.items() if t == task)
-            raise node.error((fname,), "steps that form no cycle", " -> ".join(loop),
+            raise node.error((fname,), "a step that does not depend on itself", "the cycle " + " -> ".join(loop),
                              "one of these steps must take its input from elsewhere")
         state[task] = 1
         for dep in project.nodes[task].deps.values():

@@ -2,12 +2,14 @@
 
 Each pydantic error location is mapped back to the YAML path (dropping the tags of
 discriminated unions) and so to the line; each error type gets a plain-words
-"expected", the value found, and a fix (a did-you-mean for unknown keys).
+"expected", the value found, and a fix where one is known (a did-you-mean for
+unknown keys and choices, the meaning of a missing field, a valid spelling of a name).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .errors import Problem, did_you_mean, one_of
-from .yamlfile import Document, fmt_path
+from .yamlfile import Document
 
 EXPECTED = {
     "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
@@ -33,60 +35,112 @@ def found(value: Any) -> str:
         return "a list"
     if isinstance(value, str):
         return f"'{value}'"
-    return json.dumps(value) if value is None or isinstance(value, (bool, int, float)) else repr(value)
+    if value is None:
+        return "an empty value"  # `key:` with nothing after it
+    return json.dumps(value) if isinstance(value, (bool, int, float)) else f"{value} (a {type(value).__name__})"
 
 
 def problems(exc: ValidationError, cls: type[BaseModel], doc: Document) -> list[Problem]:
     out = []
     for err in exc.errors(include_url=False):
-        path, model = _yaml_path(doc.data, err["loc"], cls)
-        out.append(_problem(err, path, model, doc))
+        if _echo(err):
+            continue
+        # a bad dict key (a step name) comes as `loc + ("[key]",)`: the key's own line is the place
+        loc = err["loc"][:-1] if err["loc"][-1:] == ("[key]",) else err["loc"]
+        path, model, tp = _yaml_path(doc.data, loc, cls)
+        out.append(_problem(err, path, model, tp, doc))
     return out
 
 
-def _problem(err: dict, path: tuple, model: Any, doc: Document) -> Problem:
-    kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
-    expected, fix, shown = EXPECTED.get(kind), "", found(value)
-    if kind == "missing":
-        expected, shown, fix = "a value for this required field", "nothing", f"add `{path[-1]}:`"
-    elif kind == "extra_forbidden":
-        known = list(getattr(model, "model_fields", {}))
-        expected = "a known key (" + ", ".join(known) + ")" if known else "no key here"
-        shown = f"unknown key '{path[-1]}'"
-        fix = did_you_mean(path[-1], known) or "remove it"
-    elif kind in ("union_tag_invalid", "union_tag_not_found"):
-        tag = ctx.get("discriminator", "'kind'").strip("'")
-        tags = [t.strip().strip("'") for t in ctx.get("expected_tags", "").split(",") if t.strip()]
-        path = path + (tag,)
-        expected = f"`{tag}` {one_of(tags)}"
-        shown = found(ctx.get("tag")) if kind == "union_tag_invalid" else "nothing"
-        fix = did_you_mean(ctx.get("tag", ""), tags) if kind == "union_tag_invalid" else f"add `{tag}:`"
-    elif kind == "literal_error":
-        expected = "one of " + ctx.get("expected", "")
-        options = [o.strip().strip("'") for o in ctx.get("expected", "").replace(" or ", ",").split(",")]
-        fix = did_you_mean(value, options) if isinstance(value, str) else ""
-    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        sign = {"greater_than_equal": "≥", "greater_than": ">", "less_than_equal": "≤", "less_than": "<"}[kind]
-        bound = next(iter(ctx.values()))
-        expected, fix = f"a number {sign} {bound}", f"use a value {sign} {bound}"
-    elif kind == "string_pattern_mismatch":
-        expected = "a name of lowercase letters, digits, '-' and '_'" if "a-z0-9" in ctx.get("pattern", "") \
-            else f"a string matching {ctx.get('pattern')}"
-        if "." in ctx.get("pattern", ""):
-            expected += ", optionally `pipeline.step`"
-    elif kind in ("too_short", "too_long"):
-        n = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
-        limit = "at least" if kind == "too_short" else "at most"
-        expected = f"{limit} {n} {'item' if n == 1 else 'items'}" if not isinstance(value, str) \
-            else f"{limit} {n} characters"
-        shown = f"{len(value)}" if hasattr(value, "__len__") else shown
+def _echo(err: dict) -> bool:
+    """A list that is long enough but counted short only because some item failed: pydantic
+    reports it too, and "expected at least 1 item; found 1" would only confuse."""
+    value, least = err.get("input"), err.get("ctx", {}).get("min_length")
+    return err["type"] == "too_short" and hasattr(value, "__len__") and least is not None and len(value) >= least
+
+
+def _problem(err: dict, path: tuple, model: Any, tp: Any, doc: Document) -> Problem:
+    value, ctx = err.get("input"), err.get("ctx", {})
+    expected, shown, fix = EXPECTED.get(err["type"]), found(value), ""
+    explain = _EXPLAIN.get(err["type"])
+    if explain is not None:
+        expected, shown, fix, path = explain(value, ctx, path, model, tp)
     if expected is None:
         expected = err["msg"][0].lower() + err["msg"][1:]
-    return Problem(doc.file, doc.line(path), fmt_path(path), expected, shown, fix)
+    return Problem(doc.file, doc.line(path), doc.field(path), expected, shown, fix)
 
 
-def _yaml_path(data: Any, loc: tuple, cls: type) -> tuple[tuple, Any]:
-    """The path of `loc` in the YAML data, and the model class holding its last key."""
+def _missing(value, ctx, path, model, tp):
+    # the field's docstring says what the value means, which is what someone adding it needs
+    info = getattr(model, "model_fields", {}).get(path[-1])
+    about = (info.description or "").split("\n")[0].split(". ")[0].rstrip(".") if info else ""
+    fix = f"add `{path[-1]}:`" + (f" ({about})" if about else "")
+    return "a value for this required field", "nothing", fix, path
+
+
+def _extra(value, ctx, path, model, tp):
+    known = list(getattr(model, "model_fields", {}))
+    expected = "a known key (" + ", ".join(known) + ")" if known else "no key here"
+    return expected, f"unknown key '{path[-1]}'", did_you_mean(path[-1], known) or "remove it", path
+
+
+def _union_tag(value, ctx, path, model, tp):
+    # pydantic names the tag only when it is wrong; the choices come from the union itself
+    tag = ctx.get("discriminator", "'kind'").strip("'")
+    tags = sorted(t for m in (_union_members(_unwrap(tp)) or []) for t in _tags(m)) \
+        or [t.strip().strip("'") for t in ctx.get("expected_tags", "").split(",") if t.strip()]
+    if "tag" not in ctx:
+        return one_of(tags), "nothing", "add " + " or ".join(f"`{tag}: {t}`" for t in tags), path + (tag,)
+    return one_of(tags), found(ctx["tag"]), did_you_mean(ctx["tag"], tags), path + (tag,)
+
+
+def _literal(value, ctx, path, model, tp):
+    options = [o.strip().strip("'") for o in ctx.get("expected", "").replace(" or ", ",").split(",")]
+    fix = did_you_mean(value, options) if isinstance(value, str) else ""
+    return "one of " + ctx.get("expected", ""), found(value), fix, path
+
+
+def _bound(value, ctx, path, model, tp):
+    sign = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+    op, bound = next(iter(ctx.items()))
+    return f"a number {sign[op]} {bound}", found(value), f"use a value {sign[op]} {bound}", path
+
+
+def _pattern(value, ctx, path, model, tp):
+    pattern = ctx.get("pattern", "")
+    if "a-z0-9" not in pattern:
+        return f"a string matching {pattern}", found(value), "", path
+    expected = "a name of lowercase letters, digits, '-' and '_'"
+    if "." in pattern:
+        expected += ", or `pipeline.step`"
+    name = re.sub(r"[^a-z0-9_.-]+", "-", str(value).lower()).strip("-_.")
+    fix = f"write '{name}'" if name and re.match(pattern, name) else ""
+    return expected, found(value), fix, path
+
+
+def _length(value, ctx, path, model, tp):
+    short = "min_length" in ctx
+    n = ctx.get("min_length") if short else ctx.get("max_length")
+    unit = "character" if isinstance(value, str) else "item"
+    shown = _count(len(value), unit) if hasattr(value, "__len__") else found(value)
+    return f"{'at least' if short else 'at most'} {_count(n, unit)}", shown, "", path
+
+
+def _count(n: int, unit: str) -> str:
+    return f"{n} {unit}{'' if n == 1 else 's'}"
+
+
+_EXPLAIN = {
+    "missing": _missing, "extra_forbidden": _extra, "union_tag_invalid": _union_tag,
+    "union_tag_not_found": _union_tag, "literal_error": _literal, "greater_than_equal": _bound,
+    "greater_than": _bound, "less_than_equal": _bound, "less_than": _bound,
+    "string_pattern_mismatch": _pattern, "too_short": _length, "too_long": _length,
+}
+
+
+def _yaml_path(data: Any, loc: tuple, cls: type) -> tuple[tuple, Any, Any]:
+    """The path of `loc` in the YAML data, the model class holding its last key, and the
+    declared type at `loc` (for a discriminated union: the union, to list its tags)."""
     path: list = []
     node, tp, parent = data, cls, None
     for part in loc:
@@ -106,7 +160,7 @@ def _yaml_path(data: Any, loc: tuple, cls: type) -> tuple[tuple, Any]:
         else:
             node = None
     is_model = isinstance(parent, type) and issubclass(parent, BaseModel)
-    return tuple(path), parent if is_model else None
+    return tuple(path), parent if is_model else None, tp
 
 
 def _by_data(members: list, node: Any) -> Any:

@@ -50,8 +50,9 @@ def _files(node: Node, i: int, src, root: Path) -> list[Path]:
 def _glob(node: Node, i: int, pattern: str, root: Path) -> list[Path]:
     where = ("sources", i, "glob")
     if os.path.isabs(pattern) or ".." in Path(pattern).parts:
-        raise node.error(where, "a glob inside the project (relative, without '..')", f"'{pattern}'",
-                         "copy or link the data into the project and point the glob there")
+        how = "an absolute path" if os.path.isabs(pattern) else "a path that leaves the project through '..'"
+        raise node.error(where, "a glob relative to the project root that stays inside it", f"'{pattern}', {how}",
+                         "copy the data into the project, e.g. under data/, and point the glob there")
     matches = []
     for name in sorted(glob.glob(pattern, root_dir=root, recursive=True)):
         path = (root / name).resolve()
@@ -63,7 +64,7 @@ def _glob(node: Node, i: int, pattern: str, root: Path) -> list[Path]:
                 raise node.error(where, "only .txt and .jsonl files", f"'{name}'", "narrow the glob, e.g. `data/*.jsonl`")
             matches.append(path)
     if not matches:
-        raise node.error(where, "a glob that matches at least one .txt or .jsonl file", f"no file for '{pattern}'",
+        raise node.error(where, "a glob that matches at least one .txt or .jsonl file", f"no file matching '{pattern}'",
                          "check the pattern; it is relative to the project root")
     return matches
 
