@@ -168,9 +168,10 @@ def _check_model(m: ModelSpec, doc: Document) -> None:
     def fail(f: str, expected: str, found: str, fix: str) -> SpecError:
         return SpecError.one(doc.file, doc.line((f,)), doc.field((f,)), expected, found, fix)
 
-    if m.head_dim is None:  # only left unset when heads does not divide hidden_size
+    # Llama (and transformers' LlamaConfig) needs heads | hidden_size even when head_dim is set.
+    if m.hidden_size % m.heads:
         raise fail("heads", f"a divisor of hidden_size ({m.hidden_size})", str(m.heads),
-                   f"use {either(_nearest_divisors(m.hidden_size, m.heads))}, or set head_dim explicitly")
+                   f"use {either(_nearest_divisors(m.hidden_size, m.heads))}")
     if m.heads % m.kv_heads:
         raise fail("kv_heads", f"a divisor of heads ({m.heads})", str(m.kv_heads),
                    f"use {either(_nearest_divisors(m.heads, m.kv_heads))}")

@@ -10,6 +10,7 @@ records (at least one shard per split, possibly empty) and `stats.json`.
 from __future__ import annotations
 
 import ast
+import codecs
 import json
 import sysconfig
 import unicodedata
@@ -130,35 +131,65 @@ def read_source(source, paths: list[Path]) -> Iterator[tuple[str, str]]:
 
 
 def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # editors on Windows add one
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise BuildError(f"{path}:{line}: expected UTF-8 text; found the byte {data[exc.start]:#04x}") from None
+        raise BuildError(_not_utf8(path, line, data[exc.start])) from None
+
+
+def _not_utf8(path: Path, line: int, byte: int) -> str:
+    return f"{path}:{line}: expected UTF-8 text; found the byte {byte:#04x} (re-encode the file as UTF-8)"
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line, streamed: a JSONL file can be larger than memory."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if n == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BuildError(_not_utf8(path, n, raw[exc.start])) from None
 
 
 def _jsonl(path: Path, field: str) -> Iterator[tuple[str, str]]:
-    for n, line in enumerate(_read_text(path).split("\n"), 1):
+    for n, line in _lines(path):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except ValueError as exc:
             raise BuildError(f"{path}:{n}: expected one JSON object per line; found invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get(field), str):
-            found = "no such field" if not isinstance(record, dict) or field not in record else "a non-string value"
-            raise BuildError(f"{path}:{n}: expected a string in field '{field}'; found {found} "
-                             f"(map another field with `fields: {{text: NAME}}`)")
+        if not isinstance(record, dict):
+            raise BuildError(f"{path}:{n}: expected one JSON object per line; found {_json_type(record)}")
+        if not isinstance(record.get(field), str):
+            found = (f"{_json_type(record[field])} there" if field in record else
+                     f"no such field (the record has {', '.join(repr(k) for k in record) or 'no fields'})")
+            raise BuildError(f"{path}:{n}: expected a string in field '{field}'; found {found}; "
+                             f"map another field with `fields: {{text: NAME}}`")
         yield record[field], f"{path.name}:{n}"
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names[type(value)]
 
 
 def _topics(path: Path) -> Iterator[tuple[str, str]]:
     """The `topics` dict of pydoc_data/topics.py, read as a literal."""
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "topics":
+        # `topics = {...}`; an annotated `topics: dict[str, str] = {...}` would do as well
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if getattr(target, "id", "") == "topics" and isinstance(node.value, ast.Dict):
             for name, text in sorted(ast.literal_eval(node.value).items()):
                 yield text, f"pydoc:{name}"
+            return
+    raise BuildError(f"{path}: expected a `topics = {{...}}` dict literal; found none "
+                     f"(this CPython's pydoc_data differs; set `topics: false` on the pydocs source)")
 
 
 def _docstrings(path: Path) -> Iterator[tuple[str, str]]:

@@ -8,6 +8,7 @@ which `transformers.LlamaForCausalLM.from_pretrained` loads.
 from __future__ import annotations
 
 import json
+import shutil
 
 from targets import Job
 
@@ -43,8 +44,11 @@ def build(job: Job) -> dict:
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     if model.tie_embeddings:
         state.pop("lm_head.weight", None)  # shared with the embedding; safetensors refuses aliases
-    save_file(state, str(job.out / "model.safetensors"), metadata={"format": "pt"})
     (job.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(state, str(job.out / "model.safetensors"), metadata={"format": "pt"})
+    # safetensors writes 0600 files; give the weights the umask's mode, as every other output has,
+    # so a store shared between users or restored by CI stays readable
+    shutil.copymode(job.out / "config.json", job.out / "model.safetensors")
     n = sum(p.numel() for p in net.parameters())
     job.log(f"{n:,} parameters, seed {spec.seed}, {spec.dtype}")
     return {"parameters": n}

@@ -21,13 +21,16 @@ def build(job: Job) -> dict:
 
     spec = job.spec
     special = spec.special_tokens
-    specials = [special.bos, special.eos, special.unk, special.pad]
+    # one entry per distinct token: GPT-2 style specs use one token as bos, eos and pad
+    specials = list(dict.fromkeys([special.bos, special.eos, special.unk, special.pad]))
     tok = Tokenizer(models.BPE(unk_token=special.unk, fuse_unk=False, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     if spec.add_bos_token:
+        # the template transformers itself writes for add_bos_token (second sequence type 1)
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{special.bos} $A", pair=f"{special.bos} $A {special.bos} $B", special_tokens=[(special.bos, 0)])
+            single=f"{special.bos}:0 $A:0", pair=f"{special.bos}:0 $A:0 {special.bos}:1 $B:1",
+            special_tokens=[(special.bos, 0)])  # the trainer gives the special tokens the first ids
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, min_frequency=spec.min_frequency,
@@ -39,7 +42,7 @@ def build(job: Job) -> dict:
     job.log(f"training BPE to {spec.vocab_size:,} tokens on {len(texts):,} documents")
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     tok.save(str(job.out / "tokenizer.json"))
-    _write_configs(job.out, spec, specials)
+    _write_configs(job.out, spec, {t: tok.token_to_id(t) for t in specials})
     vocab = tok.get_vocab_size()
     if vocab < spec.vocab_size:
         job.log(f"warning: the corpus yields only {vocab:,} tokens of the {spec.vocab_size:,} asked for")
@@ -54,7 +57,7 @@ def _train_texts(dataset: Path) -> Iterator[str]:
                 yield json.loads(line)["text"]
 
 
-def _write_configs(out: Path, spec, specials: list[str]) -> None:
+def _write_configs(out: Path, spec, special_ids: dict[str, int]) -> None:
     s = spec.special_tokens
     tokens = {"bos_token": s.bos, "eos_token": s.eos, "unk_token": s.unk, "pad_token": s.pad}
     config = {
@@ -66,7 +69,7 @@ def _write_configs(out: Path, spec, specials: list[str]) -> None:
         "clean_up_tokenization_spaces": False,
         "padding_side": "right",
         "added_tokens_decoder": {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,
-                                          "normalized": False, "single_word": False} for i, t in enumerate(specials)},
+                                          "normalized": False, "single_word": False} for t, i in special_ids.items()},
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps(tokens, indent=2) + "\n")

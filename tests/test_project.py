@@ -137,7 +137,7 @@ CASES = {
     "heads-not-dividing": (model("hidden_size: 32", "intermediate_size: 64", "layers: 2", "heads: 5",
                                  "vocab_size: 512"), (), stderr(
         "specs/models/tiny.yaml:6: heads: expected a divisor of hidden_size (32); found 5\n"
-        "  fix: use 2, 4 or 8, or set head_dim explicitly")),
+        "  fix: use 2, 4 or 8")),
     "kv-heads-not-dividing": (model(*ARCH[:4], "kv_heads: 3", ARCH[4]), (), stderr(
         "specs/models/tiny.yaml:7: kv_heads: expected a divisor of heads (4); found 3\n"
         "  fix: use 1, 2 or 4")),
@@ -301,7 +301,7 @@ IN_PROCESS = {
     "profile-breaks-model": (model(*ARCH, "profiles:", "  ci:", "    hidden_size: 30"),
                              "specs/models/tiny.yaml:6: heads (with profile 'ci'): expected a divisor of "
                              "hidden_size (30); found 4\n"
-                             "  fix: use 2, 3 or 5, or set head_dim explicitly"),
+                             "  fix: use 2, 3 or 5"),
     "profile-adds-step-without-kind": ({PIPELINE: valid(PIPELINE) + "      extra:\n        vocab_size: 500\n"},
                                        "specs/pipelines/main.yaml:17: profiles.ci.steps.extra.kind: expected one of "
                                        "'init', 'tokenizer'; found nothing\n"

@@ -1,0 +1,402 @@
+"""Dataset builder: normalization, filters, exact dedup, the stable split, shards, sources, bad input.
+
+Most tests call `targets.dataset.build` directly with a `Job`; the last ones go through
+a real project and `doit`, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from compiler.specs import DatasetSpec
+from conftest import ran
+from targets import BuildError, Job, dataset
+
+SPLITS = ("train", "validation")
+
+
+def make_spec(**fields) -> DatasetSpec:
+    data = {"kind": "dataset", "name": "t", "sources": [{"type": "files", "glob": "data/*"}], **fields}
+    return DatasetSpec.model_validate(data)
+
+
+def write_jsonl(path: Path, records) -> Path:
+    """One line per record; a str record is `{"text": record}`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (json.dumps(r if isinstance(r, dict) else {"text": r}, ensure_ascii=False) for r in records)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+class Built:
+    """What one build wrote: its stats and each split's records, shards read in order."""
+
+    def __init__(self, out: Path, stats: dict):
+        self.out, self.stats = out, stats
+        self.records = {s: [json.loads(line) for shard in sorted(out.glob(f"{s}-*.jsonl"))
+                            for line in shard.read_text(encoding="utf-8").splitlines()] for s in SPLITS}
+
+    def texts(self, split: str = "train") -> list[str]:
+        return [r["text"] for r in self.records[split]]
+
+    def side(self) -> dict[str, str]:
+        return {r["text"]: s for s in SPLITS for r in self.records[s]}
+
+    def files(self) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(self.out.iterdir())}
+
+
+def build(tmp_path: Path, files: list[list[Path]], **fields) -> Built:
+    out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+    out.mkdir()
+    stats = dataset.build(Job("dataset.t", make_spec(**fields), out, files=files, root=tmp_path))
+    assert json.loads((out / "stats.json").read_text()) == stats
+    return Built(out, stats)
+
+
+# ---------------------------------------------------------------- normalization, filters, dedup
+
+ACCENTS = ["\ufb01nal cafe\u0301", "caf\u00e9 \u2460 x\u00b2"]  # "ﬁ" ligature + combining acute; circled 1, ²
+
+
+@pytest.mark.parametrize("form, expected", [
+    ("NFC", ["\ufb01nal caf\u00e9", "caf\u00e9 \u2460 x\u00b2"]),
+    ("NFKC", ["final caf\u00e9", "caf\u00e9 1 x2"]),
+    ("NFD", ["\ufb01nal cafe\u0301", "cafe\u0301 \u2460 x\u00b2"]),
+    ("none", ACCENTS),
+])
+def test_unicode_normalization(tmp_path, form, expected):
+    data = write_jsonl(tmp_path / "data/a.jsonl", ACCENTS)
+    built = build(tmp_path, [[data]], normalize=form, split={"validation": 0})
+    assert built.texts() == expected
+    assert [r["id"] for r in built.records["train"]] == [xxhash.xxh3_64_hexdigest(t.encode()) for t in expected]
+
+
+def test_line_endings_and_surrounding_whitespace_are_normalized(tmp_path):
+    data = write_jsonl(tmp_path / "data/a.jsonl", ["\n  one\r\ntwo\rthree \t\n"])
+    assert build(tmp_path, [[data]], split={"validation": 0}).texts() == ["one\ntwo\nthree"]
+
+
+def test_dedup_is_exact_after_normalization(tmp_path):
+    # precomposed and combining "café" are one document once normalized, distinct without
+    texts = ["caf\u00e9 au lait", "cafe\u0301 au lait", "  caf\u00e9 au lait\n", "tea"]
+    data = write_jsonl(tmp_path / "data/a.jsonl", texts)
+    nfc = build(tmp_path, [[data]], split={"validation": 0})
+    assert nfc.texts() == ["caf\u00e9 au lait", "tea"]
+    assert nfc.stats["removed"] == {"min_chars": 0, "max_chars": 0, "exact_duplicate": 2}
+    raw = build(tmp_path, [[data]], normalize="none", split={"validation": 0})
+    assert raw.texts() == ["caf\u00e9 au lait", "cafe\u0301 au lait", "tea"]
+    assert raw.stats["removed"]["exact_duplicate"] == 1
+    kept = build(tmp_path, [[data]], dedup="none", split={"validation": 0})
+    assert kept.texts() == ["caf\u00e9 au lait", "caf\u00e9 au lait", "caf\u00e9 au lait", "tea"]
+    assert kept.stats["removed"]["exact_duplicate"] == 0
+
+
+def test_dedup_spans_sources_and_keeps_the_first(tmp_path):
+    a = write_jsonl(tmp_path / "data/a.jsonl", ["shared text", "only in a"])
+    b = tmp_path / "data/b.txt"
+    b.write_text("shared text\n", encoding="utf-8")
+    built = build(tmp_path, [[a], [b]], sources=[{"type": "files", "glob": "data/*.jsonl"},
+                                                 {"type": "files", "glob": "data/*.txt"}], split={"validation": 0})
+    assert [(r["text"], r["source"]) for r in built.records["train"]] == [("shared text", "a.jsonl:1"),
+                                                                         ("only in a", "a.jsonl:2")]
+    assert built.stats["removed"]["exact_duplicate"] == 1
+
+
+def test_length_filters_count_normalized_chars(tmp_path):
+    texts = ["ab", "  abc  ", "abcde", "abcdefgh", "abcdefghi", "\ufb01\ufb01"]  # "ﬁﬁ" is 2 chars, or 4 in NFKC
+    data = write_jsonl(tmp_path / "data/a.jsonl", texts)
+    nfc = build(tmp_path, [[data]], filters={"min_chars": 3, "max_chars": 8}, split={"validation": 0})
+    assert nfc.texts() == ["abc", "abcde", "abcdefgh"]
+    assert nfc.stats["removed"] == {"min_chars": 2, "max_chars": 1, "exact_duplicate": 0}
+    nfkc = build(tmp_path, [[data]], normalize="NFKC", filters={"min_chars": 3, "max_chars": 8},
+                 split={"validation": 0})
+    assert nfkc.texts() == ["abc", "abcde", "abcdefgh", "fifi"]
+    assert nfkc.stats["removed"] == {"min_chars": 1, "max_chars": 1, "exact_duplicate": 0}
+
+
+def test_empty_documents_are_dropped_by_the_default_min_chars(tmp_path):
+    data = write_jsonl(tmp_path / "data/a.jsonl", ["", "   \n", "x"])
+    built = build(tmp_path, [[data]], split={"validation": 0})
+    assert built.texts() == ["x"]
+    assert built.stats["removed"]["min_chars"] == 2
+
+
+def test_a_filtered_document_is_not_remembered_for_dedup(tmp_path):
+    # the long copy is dropped by max_chars, so it is counted there and not as a duplicate
+    data = write_jsonl(tmp_path / "data/a.jsonl", ["x" * 20, "x" * 20, "short"])
+    built = build(tmp_path, [[data]], filters={"max_chars": 10}, split={"validation": 0})
+    assert built.texts() == ["short"]
+    assert built.stats["removed"] == {"min_chars": 0, "max_chars": 2, "exact_duplicate": 0}
+
+
+def test_stats_add_up(tmp_path):
+    a = write_jsonl(tmp_path / "data/a.jsonl", ["hello world", "hi", "hello world", "a" * 50, "bonjour"])
+    b = tmp_path / "data/b.txt"
+    b.write_text("guten tag", encoding="utf-8")
+    built = build(tmp_path, [[a], [b]], filters={"min_chars": 3, "max_chars": 40}, split={"validation": 0},
+                  sources=[{"type": "files", "glob": "data/*.jsonl"}, {"type": "files", "glob": "data/*.txt"}])
+    assert built.stats == {
+        "documents_in": 6,
+        "by_source": [{"source": 0, "type": "files", "documents": 5}, {"source": 1, "type": "files", "documents": 1}],
+        "removed": {"min_chars": 1, "max_chars": 1, "exact_duplicate": 1},
+        "documents_out": 3,
+        "splits": {"train": {"documents": 3, "chars": 11 + 7 + 9, "shards": ["train-00000.jsonl"]},
+                   "validation": {"documents": 0, "chars": 0, "shards": ["validation-00000.jsonl"]}},
+    }
+    s = built.stats
+    assert s["documents_in"] == sum(s["removed"].values()) + s["documents_out"]
+    assert s["documents_in"] == sum(x["documents"] for x in s["by_source"])
+
+
+# ---------------------------------------------------------------- split and shards
+
+def numbered(start: int, stop: int) -> list[str]:
+    return [f"document {i}: the quick brown fox jumps over {i * 7 % 13} lazy dogs" for i in range(start, stop)]
+
+
+def test_split_is_deterministic_and_near_the_fraction(tmp_path):
+    data = write_jsonl(tmp_path / "data/a.jsonl", numbered(0, 400))
+    first = build(tmp_path, [[data]], split={"validation": 0.2})
+    second = build(tmp_path, [[data]], split={"validation": 0.2})
+    assert first.files() == second.files()
+    held_out = first.stats["splits"]["validation"]["documents"]
+    assert 50 <= held_out <= 110, held_out  # 400 * 0.2 = 80 expected
+    assert held_out + first.stats["splits"]["train"]["documents"] == 400
+
+
+def test_split_is_stable_when_documents_are_added(tmp_path):
+    base = numbered(0, 300)
+    small = build(tmp_path, [[write_jsonl(tmp_path / "data/a.jsonl", base)]], split={"validation": 0.2})
+    # a superset, reordered, in two files: every old document keeps its side
+    more = [write_jsonl(tmp_path / "more/b.jsonl", numbered(300, 600) + base[::2]),
+            write_jsonl(tmp_path / "more/c.jsonl", base[1::2][::-1])]
+    big = build(tmp_path, [more], split={"validation": 0.2})
+    small_side, big_side = small.side(), big.side()
+    assert len(small_side) == 300 and len(big_side) == 600
+    assert {t: big_side[t] for t in small_side} == small_side
+    assert set(small_side.values()) == {"train", "validation"}
+
+
+def test_salt_draws_another_split(tmp_path):
+    data = write_jsonl(tmp_path / "data/a.jsonl", numbered(0, 200))
+    one = build(tmp_path, [[data]], split={"validation": 0.3}).side()
+    other = build(tmp_path, [[data]], split={"validation": 0.3, "salt": "another"}).side()
+    assert one.keys() == other.keys()
+    assert sum(one[t] != other[t] for t in one) > 20
+
+
+def test_validation_zero_keeps_everything_for_training(tmp_path):
+    data = write_jsonl(tmp_path / "data/a.jsonl", numbered(0, 50))
+    built = build(tmp_path, [[data]], split={"validation": 0})
+    assert len(built.texts("train")) == 50
+    assert built.records["validation"] == []
+    assert (built.out / "validation-00000.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize("docs, sizes", [(10, [3, 3, 3, 1]), (9, [3, 3, 3]), (1, [1])])
+def test_shards_hold_shard_docs_each(tmp_path, docs, sizes):
+    data = write_jsonl(tmp_path / "data/a.jsonl", numbered(0, docs))
+    built = build(tmp_path, [[data]], shard_docs=3, split={"validation": 0})
+    names = [f"train-{i:05d}.jsonl" for i in range(len(sizes))]
+    assert sorted(built.files()) == sorted(names + ["validation-00000.jsonl", "stats.json"])
+    assert [len((built.out / n).read_text().splitlines()) for n in names] == sizes
+    assert built.stats["splits"]["train"]["shards"] == names
+    assert built.texts() == numbered(0, docs)  # shards in order hold the documents in order
+
+
+# ---------------------------------------------------------------- sources
+
+def test_jsonl_field_mapping(tmp_path):
+    data = tmp_path / "data/a.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text('{"id": 1, "body": "first body", "text": 5}\n\n{"body": "second body"}\n', encoding="utf-8")
+    built = build(tmp_path, [[data]], sources=[{"type": "files", "glob": "data/*.jsonl", "fields": {"text": "body"}}],
+                  split={"validation": 0})
+    assert [(r["text"], r["source"]) for r in built.records["train"]] == [("first body", "a.jsonl:1"),
+                                                                         ("second body", "a.jsonl:3")]
+
+
+def test_txt_files_are_one_document_each(tmp_path):
+    paths = []
+    for name, text in [("a.txt", "first line\nsecond line\n\nnew paragraph\n"), ("b.txt", "\ufeffwith a BOM\r\n")]:
+        paths.append(tmp_path / "data" / name)
+        paths[-1].parent.mkdir(exist_ok=True)
+        paths[-1].write_bytes(text.encode("utf-8"))
+    built = build(tmp_path, [paths], split={"validation": 0})
+    assert [(r["text"], r["source"]) for r in built.records["train"]] == [
+        ("first line\nsecond line\n\nnew paragraph", "a.txt"), ("with a BOM", "b.txt")]
+
+
+def test_jsonl_with_a_bom_and_crlf_line_endings(tmp_path):
+    data = tmp_path / "data/a.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b'\xef\xbb\xbf{"text": "one"}\r\n{"text": "two"}\r\n')
+    assert build(tmp_path, [[data]], split={"validation": 0}).texts() == ["one", "two"]
+
+
+class ImportSpy:
+    """A meta-path finder that records any attempt to import the watched modules."""
+
+    def __init__(self, names: set[str]):
+        self.names, self.seen = names, []
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.names:
+            self.seen.append(name)
+        return None
+
+
+def test_pydocs_reads_topics_and_docstrings_without_importing(tmp_path):
+    from pydoc_data.topics import topics
+
+    watched = {"graphlib", "tabnanny"}
+    assert not watched & set(sys.modules), "the test needs modules nothing has imported yet"
+    spy = ImportSpy(watched)
+    sys.meta_path.insert(0, spy)
+    try:
+        built = build(tmp_path, [[dataset.STDLIB / "pydoc_data" / "topics.py"],
+                                 [dataset.STDLIB / "graphlib.py", dataset.STDLIB / "tabnanny.py"]],
+                      sources=[{"type": "pydocs", "modules": []}, {"type": "pydocs", "topics": False,
+                                                                        "modules": ["graphlib", "tabnanny"]}],
+                      split={"validation": 0}, dedup="none")
+    finally:
+        sys.meta_path.remove(spy)
+    assert spy.seen == [] and not watched & set(sys.modules)
+    docs = {r["source"]: r["text"] for r in built.records["train"]}
+    assert built.stats["by_source"][0]["documents"] == len(topics)
+    assert docs["pydoc:assert"] == topics["assert"].strip()
+    assert docs["pydoc:assert"].startswith('The "assert" statement')
+    # graphlib has no module docstring; its classes and methods have
+    assert "doc:graphlib" not in docs
+    assert docs["doc:graphlib.TopologicalSorter"].startswith(
+        "class graphlib.TopologicalSorter\n\nProvides functionality")
+    assert docs["doc:graphlib.TopologicalSorter.add"].startswith(
+        "def graphlib.TopologicalSorter.add(self, node, *predecessors)\n\n")
+    assert "doc:graphlib.TopologicalSorter.__init__" not in docs  # no docstring, no document
+    assert docs["doc:tabnanny"].startswith("Module tabnanny\n\nThe Tab Nanny")
+    assert docs["doc:tabnanny.check"].startswith("def tabnanny.check(file)\n\ncheck(file_or_dir)")
+    assert not [s for s in docs if not s.startswith(("pydoc:", "doc:graphlib", "doc:tabnanny"))]
+
+
+# ---------------------------------------------------------------- bad input
+
+def bad_file(tmp_path: Path, name: str, content: bytes) -> Path:
+    path = tmp_path / "data" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+BAD = [
+    ("a.jsonl", b'{"text": "fine"}\n{"text": \n',
+     "2: expected one JSON object per line; found invalid JSON (Expecting value)"),
+    ("a.jsonl", b'{"text": "fine"}\n\n["a list"]\n',
+     "3: expected one JSON object per line; found an array"),
+    ("a.jsonl", b'{"text": "fine"}\n{"body": "x", "id": 3}\n',
+     "2: expected a string in field 'text'; found no such field (the record has 'body', 'id'); "
+     "map another field with `fields: {text: NAME}`"),
+    ("a.jsonl", b'{"text": null}\n',
+     "1: expected a string in field 'text'; found null there; map another field with `fields: {text: NAME}`"),
+    ("a.jsonl", b'{"text": "fine"}\n{"text": "caf\xe9"}\n',
+     "2: expected UTF-8 text; found the byte 0xe9 (re-encode the file as UTF-8)"),
+    ("a.txt", b"line one\nline two\nbad \xff here\n",
+     "3: expected UTF-8 text; found the byte 0xff (re-encode the file as UTF-8)"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", BAD)
+def test_bad_input_names_file_and_line(tmp_path, name, content, message):
+    path = bad_file(tmp_path, name, content)
+    with pytest.raises(BuildError) as exc:
+        build(tmp_path, [[path]])
+    assert str(exc.value) == f"{path}:{message}"
+
+
+def test_bad_topics_file_is_an_error_not_an_empty_corpus(tmp_path):
+    path = bad_file(tmp_path, "pydoc_data/topics.py", b"TOPICS = {}\n")
+    with pytest.raises(BuildError) as exc:
+        build(tmp_path, [[path]], sources=[{"type": "pydocs", "modules": []}])
+    assert str(exc.value) == (f"{path}: expected a `topics = {{...}}` dict literal; found none (this CPython's "
+                              f"pydoc_data differs; set `topics: false` on the pydocs source)")
+
+
+# ---------------------------------------------------------------- through a project
+
+def complete_entries(root: Path) -> list[str]:
+    store = root / "build" / "store"
+    return sorted(p.name for p in store.iterdir() if (p / "manifest.json").is_file()) if store.exists() else []
+
+
+def test_project_build_matches_the_builder(tiny_project, tmp_path):
+    tiny_project.doit("dataset.docs")
+    entry = tiny_project.root / "build" / "dataset" / "docs"
+    manifest = json.loads((entry / "manifest.json").read_text())
+    stats = json.loads((entry / "stats.json").read_text())
+    assert manifest["metrics"] == stats
+    assert stats["documents_in"] == 300 == sum(stats["removed"].values()) + stats["documents_out"]
+    assert sorted(manifest["outputs"]) == ["stats.json", "train-00000.jsonl", "validation-00000.jsonl"]
+    # the same spec built directly gives the same bytes
+    direct = build(tmp_path, [[tiny_project.root / "data" / "docs.jsonl"]],
+                   sources=[{"type": "files", "glob": "data/*.jsonl"}], filters={"min_chars": 20},
+                   split={"validation": 0.1})
+    assert direct.files() == {n: (entry / n).read_bytes() for n in manifest["outputs"]}
+
+
+def test_project_pydocs_includes_a_packages_submodules(make_project):
+    project = make_project()
+    project.write("specs/datasets/py.yaml", """
+        kind: dataset
+        name: py
+        sources:
+          - type: pydocs
+            topics: false
+            modules: [json]
+        split:
+          validation: 0
+    """)
+    project.doit("dataset.py")
+    entry = project.root / "build" / "dataset" / "py"
+    sources = {json.loads(line)["source"] for line in (entry / "train-00000.jsonl").read_text().splitlines()}
+    assert {"doc:json", "doc:json.dumps", "doc:json.decoder.JSONDecoder", "doc:json.decoder.JSONDecoder.decode",
+            "doc:json.encoder.JSONEncoder.default"} <= sources
+    assert all(s.startswith("doc:json") for s in sources)
+
+
+@pytest.mark.parametrize("name, content, message", [BAD[0], BAD[2], BAD[4]])
+def test_bad_input_fails_the_task_and_stores_nothing(make_project, name, content, message):
+    project = make_project()
+    project.write("specs/datasets/docs.yaml", """
+        kind: dataset
+        name: docs
+        sources:
+          - type: files
+            glob: data/*
+    """)
+    path = bad_file(project.root, name, content)
+    result = project.doit(check=False)
+    assert result.returncode == 1
+    assert ran(result) == ["dataset.docs"]
+    output = result.stdout + result.stderr
+    assert f"TaskFailed - taskid:dataset.docs\ndataset.docs: {path.resolve()}:{message}\n" in output
+    assert "Traceback" not in output
+    assert complete_entries(project.root) == []
+    staging = project.root / "build" / "store" / ".tmp"
+    assert not staging.exists() or list(staging.iterdir()) == []
+    assert not (project.root / "build" / "dataset" / "docs").exists()
+
+
+def test_a_failed_rebuild_keeps_the_previous_entries(tiny_project):
+    tiny_project.doit("dataset.docs")
+    before = complete_entries(tiny_project.root)
+    with open(tiny_project.root / "data" / "docs.jsonl", "a", encoding="utf-8") as f:
+        f.write("not json\n")
+    result = tiny_project.doit("dataset.docs", check=False)
+    assert result.returncode == 1
+    assert f"docs.jsonl:301: expected one JSON object per line; found invalid JSON (Expecting value)" in result.stdout
+    assert complete_entries(tiny_project.root) == before
