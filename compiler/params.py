@@ -1,38 +1,54 @@
-"""Exact parameter counts of a model spec, per component, without torch.
+"""The tensors of a model spec, and its exact parameter count per component, without torch.
 
-The names follow Hugging Face's `LlamaForCausalLM` state dict, so a breakdown row
-can be checked against the real model tensor by tensor.
+One table (`tensors`) gives every weight's Hugging Face `LlamaForCausalLM` name and
+shape; counts and the breakdown are sums over it, and the init builder creates its
+weights from it, so the count a report shows is the count of what was built.
 """
 
 from __future__ import annotations
 
-from .specs import ModelSpec
+import math
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # type hints only: builders import this module, and need no pydantic
+    from .specs import ModelSpec
+
+LAYER = re.compile(r"^model\.layers\.\d+\.(.+)\.weight$")
 
 
-def layer_breakdown(m: ModelSpec) -> dict[str, int]:
-    """Parameters of one decoder layer, by projection and norm."""
-    q_width, kv_width = m.heads * m.head_dim, m.kv_heads * m.head_dim
+def layer_tensors(m: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Shapes of one decoder layer's weights, by their name inside the layer."""
+    h, q_width, kv_width = m.hidden_size, m.heads * m.head_dim, m.kv_heads * m.head_dim
     return {
-        "self_attn.q_proj": m.hidden_size * q_width,
-        "self_attn.k_proj": m.hidden_size * kv_width,
-        "self_attn.v_proj": m.hidden_size * kv_width,
-        "self_attn.o_proj": q_width * m.hidden_size,
-        "mlp.gate_proj": m.hidden_size * m.intermediate_size,
-        "mlp.up_proj": m.hidden_size * m.intermediate_size,
-        "mlp.down_proj": m.intermediate_size * m.hidden_size,
-        "input_layernorm": m.hidden_size,
-        "post_attention_layernorm": m.hidden_size,
+        "self_attn.q_proj": (q_width, h), "self_attn.k_proj": (kv_width, h),
+        "self_attn.v_proj": (kv_width, h), "self_attn.o_proj": (h, q_width),
+        "mlp.gate_proj": (m.intermediate_size, h), "mlp.up_proj": (m.intermediate_size, h),
+        "mlp.down_proj": (h, m.intermediate_size),
+        "input_layernorm": (h,), "post_attention_layernorm": (h,),
     }
+
+
+def tensors(m: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every weight of the model with its shape, in state-dict order; a tied LM head has none."""
+    out = {"model.embed_tokens.weight": (m.vocab_size, m.hidden_size)}
+    for i in range(m.layers):
+        out.update({f"model.layers.{i}.{name}.weight": shape for name, shape in layer_tensors(m).items()})
+    out["model.norm.weight"] = (m.hidden_size,)
+    if not m.tie_embeddings:
+        out["lm_head.weight"] = (m.vocab_size, m.hidden_size)
+    return out
 
 
 def breakdown(m: ModelSpec) -> dict[str, int]:
     """Parameters by component: embedding, all layers' parts summed, final norm, LM head."""
-    out = {"embed_tokens": m.vocab_size * m.hidden_size}
-    out.update({f"layers.{name}": n * m.layers for name, n in layer_breakdown(m).items()})
-    out["norm"] = m.hidden_size
-    out["lm_head"] = 0 if m.tie_embeddings else m.vocab_size * m.hidden_size
+    out = {"embed_tokens": 0, **{f"layers.{n}": 0 for n in layer_tensors(m)}, "norm": 0, "lm_head": 0}
+    for name, shape in tensors(m).items():
+        layer = LAYER.match(name)
+        part = f"layers.{layer.group(1)}" if layer else name.removeprefix("model.").removesuffix(".weight")
+        out[part] += math.prod(shape)
     return out
 
 
 def count(m: ModelSpec) -> int:
-    return sum(breakdown(m).values())
+    return sum(math.prod(shape) for shape in tensors(m).values())

@@ -1,5 +1,9 @@
 """Init builder: a seeded, randomly initialized Llama model for a model spec.
 
+Initialization follows transformers' Llama scheme (every matrix ~ N(0, 0.02), norms
+one, the pad row of the embedding zero), drawn with numpy from the seed over the
+tensor table of `compiler.params`, so this step needs neither torch nor transformers.
+
 Reads: the model spec (`job.models["model"]`) and the paired tokenizer entry (for
 its special-token ids). Writes: `model.safetensors` (no pickle) and `config.json`,
 which `transformers.LlamaForCausalLM.from_pretrained` loads.
@@ -10,9 +14,11 @@ from __future__ import annotations
 import json
 import shutil
 
+from compiler import params
 from targets import Job
 
 OUTPUTS = ("model.safetensors", "config.json")
+INIT_STD = 0.02  # transformers' LlamaConfig.initializer_range
 
 
 def hf_config(model, tokenizer_ids: dict[str, int], dtype: str) -> dict:
@@ -25,33 +31,47 @@ def hf_config(model, tokenizer_ids: dict[str, int], dtype: str) -> dict:
         "vocab_size": model.vocab_size, "max_position_embeddings": model.max_positions,
         "rms_norm_eps": model.rms_norm_eps, "tie_word_embeddings": model.tie_embeddings,
         "rope_parameters": {"rope_type": "default", "rope_theta": model.rope_theta},
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "initializer_range": 0.02,
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "initializer_range": INIT_STD,
         "bos_token_id": tokenizer_ids.get("bos"), "eos_token_id": tokenizer_ids.get("eos"),
         "pad_token_id": tokenizer_ids.get("pad"), "dtype": dtype,
     }
 
 
 def build(job: Job) -> dict:
-    import torch
-    from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import numpy as np
 
     spec, model = job.spec, job.models["model"]
     ids = _special_ids(job.inputs["tokenizer"])
     config = hf_config(model, ids, spec.dtype)
-    torch.manual_seed(spec.seed)
-    net = LlamaForCausalLM(LlamaConfig(**config)).to(getattr(torch, spec.dtype))
-    state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    if model.tie_embeddings:
-        state.pop("lm_head.weight", None)  # shared with the embedding; safetensors refuses aliases
+    rng = np.random.default_rng(spec.seed)
+    state = {}
+    for name, shape in params.tensors(model).items():
+        state[name] = (np.ones(shape, np.float32) if name.endswith("norm.weight")
+                       else rng.standard_normal(shape, dtype=np.float32) * np.float32(INIT_STD))
+    if ids.get("pad") is not None:  # as nn.Embedding(padding_idx=pad) starts: the pad row is zero
+        state["model.embed_tokens.weight"][ids["pad"]] = 0
     (job.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(state, str(job.out / "model.safetensors"), metadata={"format": "pt"})
+    _save(state, job.out / "model.safetensors", spec.dtype)
     # safetensors writes 0600 files; give the weights the umask's mode, as every other output has,
     # so a store shared between users or restored by CI stays readable
     shutil.copymode(job.out / "config.json", job.out / "model.safetensors")
-    n = sum(p.numel() for p in net.parameters())
+    n = params.count(model)
     job.log(f"{n:,} parameters, seed {spec.seed}, {spec.dtype}")
     return {"parameters": n}
+
+
+def _save(state: dict, path, dtype: str) -> None:
+    """Write safetensors in `dtype`; numpy has no bfloat16, so that one goes through torch."""
+    if dtype == "bfloat16":
+        import torch
+        from safetensors.torch import save_file
+
+        save_file({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in state.items()}, str(path),
+                  metadata={"format": "pt"})
+        return
+    from safetensors.numpy import save_file
+
+    save_file({k: v.astype(dtype) for k, v in state.items()}, str(path), metadata={"format": "pt"})
 
 
 def _special_ids(tokenizer_dir) -> dict[str, int]:
