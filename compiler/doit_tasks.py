@@ -3,6 +3,7 @@
 Compiling happens when doit imports dodo.py, before doit opens its database, so a
 bad manifest leaves build/ untouched. Each task's action and up-to-date check are
 module-level functions with plain-data arguments, so `doit -n 2` can pickle them.
+The runner (and through it the builders) is imported only when a step runs.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import explain, graph, project, runner, store
+from . import explain, graph, project, store
 from .errors import SpecError
 
 
@@ -22,27 +23,42 @@ def compile_here(dodo_file: str) -> tuple[dict, list[dict]]:
     try:
         plans = graph.plans(project.load(root, get_var("profile", None)))
     except SpecError as exc:
-        print(f"ingot: {len(exc.problems)} problem(s) in the manifests; nothing was built\n{exc}", file=sys.stderr)
+        n = len(exc.problems)
+        print(f"ingot: {n} problem{'s' if n > 1 else ''} found; nothing was built\n{exc}", file=sys.stderr)
         sys.exit(2)
     (root / "build").mkdir(exist_ok=True)
     config = {"dep_file": str(root / "build" / ".doit.db"), "backend": "sqlite3", "verbosity": 2,
-              "default_tasks": [t for t, p in plans.items() if _default(t, plans)]}
+              "default_tasks": _defaults(plans)}
     return config, [task(p) for p in plans.values()] + [explain_task(plans)]
 
 
-def _default(task: str, plans: dict[str, dict]) -> bool:
+def _defaults(plans: dict[str, dict]) -> list[str]:
     """Steps of default pipelines, and datasets that such a step (or no step) consumes."""
-    if not task.startswith("dataset."):
-        return plans[task]["default"]
-    users = [p for p in plans.values() if any(i["task"] == task for i in p["inputs"].values())]
-    return not users or any(p["default"] for p in users)
+    users: dict[str, list[bool]] = {}  # dataset task -> `default` of each step that consumes it
+    for plan in plans.values():
+        for i in plan["inputs"].values():
+            users.setdefault(i["task"], []).append(plan["default"])
+
+    def default(task: str, plan: dict) -> bool:
+        if task.startswith("dataset."):
+            return task not in users or any(users[task])
+        return plan["default"]
+
+    return [t for t, p in plans.items() if default(t, p)]
+
+
+def build(plan: dict):
+    """A step's action: `runner.run`, imported only when a step runs."""
+    from . import runner
+
+    return runner.run(plan)
 
 
 def task(plan: dict) -> dict:
     return {
         "basename": plan["task"],
         "doc": f"{plan['kind']}: {plan['summary']} -> {plan['link']}",
-        "actions": [(runner.run, [plan])],
+        "actions": [(build, [plan])],
         "task_dep": [i["task"] for i in plan["inputs"].values()],
         "uptodate": [(store.up_to_date, [plan["root"], plan["key"], plan["link"]])],
         "clean": [(store.unlink, [plan["root"], plan["link"]])],

@@ -8,6 +8,7 @@ digest cache, so an unchanged file is never read twice.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 from pathlib import Path
@@ -32,14 +33,26 @@ def digest(data: bytes) -> str:
 
 def keyed(value: Any) -> Any:
     """A spec as plain JSON data with every field marked UNKEYED left out, recursively."""
-    if isinstance(value, BaseModel):
-        return {name: keyed(getattr(value, name)) for name, info in type(value).model_fields.items()
-                if (info.json_schema_extra or {}).get("keyed", True)}
+    fields = _keyed_fields(type(value))
+    if fields is not None:
+        return {name: keyed(getattr(value, name)) for name in fields}
     if isinstance(value, (list, tuple)):
         return [keyed(v) for v in value]
     if isinstance(value, dict):
         return {str(k): keyed(v) for k, v in value.items()}
     return value
+
+
+@functools.cache
+def _keyed_fields(cls: type) -> tuple[str, ...] | None:
+    """The keyed fields of a pydantic model class, in order; None for any other type.
+    Cached per class: a thousand steps share a handful of classes."""
+    from pydantic import BaseModel  # here, so that a compile answered from the cache never imports pydantic
+
+    if not issubclass(cls, BaseModel):
+        return None
+    return tuple(name for name, info in cls.model_fields.items()
+                 if (info.json_schema_extra or {}).get("keyed", True))
 
 
 def file_digest(path: Path) -> str:
@@ -64,7 +77,7 @@ class FileDigests:
         self.dirty = False
 
     def __call__(self, path: Path) -> str:
-        st = path.stat()
+        st = os.stat(path)
         name = str(path)
         hit = self.cache.get(name)
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
@@ -96,7 +109,7 @@ def _project_imports(root: Path, module: str, path: Path) -> set[str]:
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     source = path.read_text(encoding="utf-8")
     found = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in _runtime_nodes(ast.parse(source)):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -113,6 +126,19 @@ def _project_imports(root: Path, module: str, path: Path) -> set[str]:
                 found.add(name)
                 found.add(top)  # importing a submodule runs the package's __init__ too
     return found
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node, except those under `if TYPE_CHECKING:`: imports for type hints only do not
+    run, so they do not change what a builder makes."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
 
 
 def code_digest(root: Path, module: str, files: FileDigests) -> str:

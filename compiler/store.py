@@ -9,6 +9,8 @@ for this key", whatever doit's own database says.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import shutil
@@ -41,11 +43,32 @@ def point(root: Path, link: str, key: str) -> None:
 
 
 def up_to_date(root: str, key: str, link: str) -> bool:
-    """doit's uptodate check: the entry exists; then the friendly link is made to point at it."""
-    if not is_complete(Path(root), key):
+    """doit's uptodate check: the entry exists; then the friendly link is made to point at it.
+
+    Runs for every step on every `doit`, so it works on strings and costs two system
+    calls when the link is already right (a stat and a readlink); `point` does the rest.
+    """
+    if not os.path.isfile(f"{root}/{STORE}/{key}/{MANIFEST}"):
         return False
+    try:
+        if os.readlink(f"{root}/{link}") == f"{_store_from(root, link.rpartition('/')[0])}/{key}":
+            return True
+    except OSError:  # no link yet, or not a link
+        pass
     point(Path(root), link, key)
     return True
+
+
+# doit calls inspect.signature() on an uptodate callable for every step on every run (it looks
+# for `task`/`values` parameters); a signature given once makes that a lookup (~12 ms per 1,000 steps).
+up_to_date.__signature__ = inspect.signature(up_to_date)
+
+
+@functools.cache
+def _store_from(root: str, folder: str) -> str:
+    """build/store/ relative to `folder` (relative to root): the start of every link target
+    made there. Steps of one pipeline share a folder, so this is worked out once per pipeline."""
+    return os.path.relpath(os.path.join(root, STORE), os.path.join(root, folder))
 
 
 def unlink(root: str, link: str) -> None:

@@ -78,3 +78,15 @@ def test_code_digest_follows_project_imports(tmp_path):
 
 def test_digest_is_xxh3_128():
     assert digest(b"abc") == xxhash.xxh3_128_hexdigest(b"abc") and len(digest(b"")) == 32
+
+
+def test_imports_for_type_hints_only_are_not_code_inputs(tmp_path):
+    root = _copy_code(tmp_path)
+    files = FileDigests(root)
+    before = code_digest(root, "targets.init", files)
+    # compiler/params.py imports compiler.specs under TYPE_CHECKING only: the init builder's
+    # weights do not depend on the specs module.
+    (root / "compiler/specs.py").write_text((root / "compiler/specs.py").read_text() + "\n# edit\n")
+    assert code_digest(root, "targets.init", FileDigests(root)) == before
+    (root / "compiler/params.py").write_text((root / "compiler/params.py").read_text() + "\n# edit\n")
+    assert code_digest(root, "targets.init", FileDigests(root)) != before

@@ -82,7 +82,8 @@ TOK = "tok:\n  kind: tokenizer\n  dataset: docs\n  vocab_size: 400\n"
 
 def stderr(*problems: str) -> str:
     """The whole of what `doit` prints for these problems."""
-    return f"ingot: {len(problems)} problem(s) in the manifests; nothing was built\n" + "\n".join(problems) + "\n"
+    n = len(problems)
+    return f"ingot: {n} problem{'s' if n > 1 else ''} found; nothing was built\n" + "\n".join(problems) + "\n"
 
 
 KNOWN_MODEL_KEYS = ("name, description, profiles, kind, architecture, hidden_size, intermediate_size, layers, "
