@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import sources
+from . import sources, training
 from .keys import FileDigests, canonical, code_digest, digest, keyed
-from .project import Node, Project
+from .project import Node, Project, topo_order
 
 
 def link_for(task: str, profile: str | None) -> str:
@@ -22,18 +22,7 @@ def link_for(task: str, profile: str | None) -> str:
 
 
 def order(project: Project) -> list[str]:
-    """Tasks so that every step comes after the steps it consumes (cycles were refused)."""
-    done: dict[str, None] = {}
-
-    def visit(task: str) -> None:
-        if task not in done:
-            for dep in project.nodes[task].deps.values():
-                visit(dep)
-            done[task] = None
-
-    for task in project.nodes:
-        visit(task)
-    return list(done)
+    return topo_order(project)
 
 
 def plans(project: Project) -> dict[str, dict]:
@@ -54,7 +43,8 @@ def _plan(project: Project, node: Node, done: dict[str, dict], code: str, files:
     spec = keyed(node.spec)
     spec.update({f: keyed(m) for f, m in node.models.items()})  # a model's fields, not its name
     file_lists = sources.dataset_files(node, project.root) if node.kind == "dataset" else []
-    digests = {sources.label(p, project.root): files(p) for paths in file_lists for p in paths}
+    read = [p for paths in file_lists for p in paths] + training.source_files(project, node)
+    digests = {sources.label(p, project.root): files(p) for p in read}
     inputs = {f: {"task": dep, "key": done[dep]["key"]} for f, dep in sorted(node.deps.items())}
     key = digest(canonical({"kind": node.kind, "code": code, "spec": spec,
                             "inputs": {f: i["key"] for f, i in inputs.items()}, "sources": digests}))

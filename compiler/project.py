@@ -67,9 +67,27 @@ def load(root: Path, profile: str | None = None) -> Project:
     _make_nodes(project)
     _resolve(project)
     _check_cycles(project)
-    for node in project.nodes.values():  # after the cycle check, which names the loop itself
+    from . import training  # after the cycle check, which names the loop itself
+
+    training.resolve(project, topo_order(project))
+    for node in project.nodes.values():
         _check_pairing(project, node)
     return project
+
+
+def topo_order(project: Project) -> list[str]:
+    """Tasks so that every step comes after the steps it consumes (cycles were refused)."""
+    done: dict[str, None] = {}
+
+    def visit(task: str) -> None:
+        if task not in done:
+            for dep in project.nodes[task].deps.values():
+                visit(dep)
+            done[task] = None
+
+    for task in list(project.nodes):
+        visit(task)
+    return list(done)
 
 
 def _unknown_profile(profile: str, declared: set[str]) -> SpecError:
@@ -203,6 +221,8 @@ def _resolve(project: Project) -> None:
         for fname, info in type(node.spec).model_fields.items():
             kind = (info.json_schema_extra or {}).get("ref")
             value = getattr(node.spec, fname)
+            if value is None:  # an optional reference left out
+                continue
             if kind == "dataset":
                 _need(node, fname, value, project.datasets, "dataset")
                 node.deps[fname] = f"dataset.{value}"
@@ -256,7 +276,7 @@ def _check_pairing(project: Project, node: Node) -> None:
         raise node.error(("tokenizer",), "a tokenizer step",
                          f"'{getattr(node.spec, 'tokenizer')}', {article} {tok.kind} step", "name a step of kind `tokenizer`")
     if getattr(tok.spec, "vocab_size", 0) > model.vocab_size:
-        name = getattr(node.spec, "model")
+        name = model.name
         doc = project.models[name][1]  # the fix goes in the model's file, so say where that is
         raise node.error(("model",), f"a model whose vocab_size is at least the tokenizer's ({tok.spec.vocab_size:,}, "
                                      f"step '{tok_task}')",

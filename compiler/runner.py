@@ -20,7 +20,7 @@ from doit.exceptions import TaskFailed
 
 from . import store
 from .keys import file_digest
-from .specs import STEP_ADAPTER, DatasetSpec, ModelSpec
+from .specs import STEP_ADAPTER, DatasetSpec, ModelSpec, TokensStep
 
 
 def run(plan: dict) -> TaskFailed | None:
@@ -32,7 +32,7 @@ def run(plan: dict) -> TaskFailed | None:
 
     builder = importlib.import_module(f"targets.{plan['kind']}")
     tmp = store.staging(root, key)
-    job = Job(plan["task"], _spec(plan), tmp, root=root,
+    job = Job(plan["task"], _spec(plan), tmp, root=root, work=store.work_dir(root, key),
               inputs={f: store.entry(root, i["key"]) for f, i in plan["inputs"].items()},
               models={f: ModelSpec.model_validate(m) for f, m in plan["models"].items()},
               files=[[Path(p) for p in paths] for paths in plan["files"]])
@@ -51,12 +51,15 @@ def run(plan: dict) -> TaskFailed | None:
                     timings={"started": started, "finished": time.time(), "seconds": round(time.time() - started, 3)})
     store.commit(root, key, tmp, manifest)
     store.point(root, plan["link"], key)
+    shutil.rmtree(job.work, ignore_errors=True)  # the entry is complete: resume state is spent
     return None
 
 
 def _spec(plan: dict):
     if plan["kind"] == "dataset":
         return DatasetSpec.model_validate(plan["step"])
+    if plan["kind"] == "tokens":
+        return TokensStep.model_validate(plan["step"])
     return STEP_ADAPTER.validate_python(plan["step"])
 
 

@@ -208,7 +208,188 @@ class InitStep(Step):
         return f"{self.dtype} weights of model '{self.model}' initialized with seed {self.seed}"
 
 
-AnyStep = Annotated[Union[TokenizerStep, InitStep], Field(discriminator="kind")]
+class TokensStep(Step):
+    """Made by the compiler, never written by hand: a dataset tokenized by a tokenizer step,
+    shared by every train step that reads that pair (task `PIPELINE.TOKENIZER@DATASET`)."""
+
+    kind: Literal["tokens"]
+    """A dataset's documents as token ids, each followed by eos, packed into one stream per split."""
+    dataset: str = ref("dataset")
+    """The dataset to tokenize."""
+    tokenizer: str = ref("step")
+    """The tokenizer step (as `pipeline.step`)."""
+
+    def summary(self) -> str:
+        return f"dataset '{self.dataset}' as token ids of '{self.tokenizer}', packed for training"
+
+
+class Optimizer(Spec):
+    lr: float = Field(3e-4, gt=0)
+    """Peak learning rate of AdamW."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's beta1 and beta2."""
+    weight_decay: float = Field(0.0, ge=0)
+    """Decoupled weight decay of the matrices (norms and embeddings are not decayed)."""
+    eps: float = Field(1e-8, gt=0)
+    """AdamW's epsilon."""
+
+
+class Schedule(Spec):
+    kind: Literal["constant", "cosine"] = "cosine"
+    """`constant` after warmup, or `cosine` decay from lr to lr * min_lr_ratio at the last step."""
+    warmup_steps: int = Field(0, ge=0)
+    """Optimizer steps of linear warmup from 0 to lr."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Final learning rate of the cosine schedule, as a fraction of lr."""
+
+
+class Evaluation(Spec):
+    every: int = Field(50, ge=1)
+    """Evaluate validation loss every this many optimizer steps (and at the last step)."""
+    batches: int = Field(8, ge=1)
+    """Validation batches per evaluation (always the same ones)."""
+
+
+class Checkpoints(Spec):
+    every: int = Field(50, ge=1)
+    """Save a checkpoint (weights, optimizer, schedule, RNG, data cursor) every this many steps."""
+    keep: int = Field(2, ge=1)
+    """Keep the last this many checkpoints, plus the best by validation loss."""
+
+
+class EarlyStopping(Spec):
+    patience: int = Field(ge=1)
+    """Stop after this many evaluations without an improvement of validation loss."""
+    min_delta: float = Field(0.0, ge=0)
+    """An improvement must lower validation loss by more than this."""
+
+
+class Teacher(Spec):
+    step: str | None = ref("step")
+    """A train or init step of this project whose weights teach (`step` or `pipeline.step`)."""
+    path: str | None = None
+    """Or: a local Hugging Face model folder, relative to the project root."""
+    hub: str | None = None
+    """Or: a Hugging Face hub id, for machines that can reach the hub."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Teacher":
+        given = [f for f in ("step", "path", "hub") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of `step`, `path` or `hub` (found {len(given)})")
+        return self
+
+
+class Phase(Spec):
+    name: str = ""
+    """Label of the phase in metrics and reports."""
+    steps: int = Field(ge=1)
+    """Optimizer steps of this phase."""
+    teachers: dict[Name, float] = Field(min_length=1)
+    """Teachers of this phase by name, with the weight of each one's distillation loss."""
+
+
+class Distill(Spec):
+    teachers: dict[Name, Teacher] = Field(min_length=1)
+    """The teachers, by a name the phases use."""
+    temperature: float = Field(2.0, gt=0)
+    """Softmax temperature T of teacher and student logits; the KL term is scaled by T²."""
+    alpha: float = Field(0.5, ge=0, le=1)
+    """loss = alpha · Σ weight · KL(teacher ‖ student) · T² + (1 - alpha) · CE."""
+    phases: tuple[Phase, ...] = Field(min_length=1)
+    """Phases in order; each runs its own teachers for its own steps."""
+
+
+class Stage(Spec):
+    name: Name
+    """Label of the stage (e.g. foundation, reasoning, advanced)."""
+    datasets: dict[Name, float] = Field(min_length=1)
+    """Datasets of this stage with their mixture weights (tokenized with the step's tokenizer)."""
+    steps: int = Field(ge=1)
+    """Optimizer steps of this stage."""
+    seq_len: int | None = Field(None, ge=2)
+    """Sequence length of this stage; the step's `seq_len` when absent."""
+
+
+class TrainStep(Step):
+    kind: Literal["train"]
+    """Train a model: pretrain, supervised fine-tuning or distillation."""
+    model: str | None = ref("model")
+    """Start from a fresh, seeded initialization of this model manifest..."""
+    init: str | None = ref("step")
+    """...or from the weights of an init or train step (the model comes with them)."""
+    tokenizer: str = ref("step")
+    """The tokenizer step the model reads."""
+    data: str | None = ref("dataset")
+    """The dataset to train on; or give `stages` for a curriculum."""
+    stages: tuple[Stage, ...] = ()
+    """Curriculum: ordered stages, each with its own dataset mixture and length."""
+    objective: Literal["pretrain", "sft", "distill"] = "pretrain"
+    """What to learn: next tokens (`pretrain`), responses only (`sft`), or teachers (`distill`)."""
+    distill: Distill | None = None
+    """Teachers, temperature, alpha and phases; required by `objective: distill`."""
+    max_steps: int | None = Field(None, ge=1)
+    """Optimizer steps; may be left out when stages or phases give the length."""
+    batch_size: int = Field(8, ge=1)
+    """Sequences per micro-batch."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches accumulated per optimizer step."""
+    seq_len: int = Field(128, ge=2)
+    """Tokens per training sequence; at most the model's max_positions."""
+    clip: float | None = Field(1.0, gt=0)
+    """Clip the gradient norm to this; no clipping when absent."""
+    optimizer: Optimizer = Optimizer()
+    """AdamW settings."""
+    schedule: Schedule = Schedule()
+    """Learning-rate schedule."""
+    eval: Evaluation = Evaluation()
+    """Validation cadence."""
+    checkpoints: Checkpoints = Checkpoints()
+    """Checkpoint cadence and retention."""
+    early_stopping: EarlyStopping | None = None
+    """Stop when validation loss stops improving; never when absent."""
+    seed: int = Field(0, ge=0)
+    """Seed of initialization, data order and every other random draw."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Training precision: float32, or bfloat16 autocast where the device supports it."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` is CUDA when present, else the CPU."""
+
+    def summary(self) -> str:
+        start = f"model '{self.model}'" if self.model else f"'{self.init}'"
+        return f"{self.objective} of {start}, {self.total_steps() or '?'} steps"
+
+    def total_steps(self) -> int | None:
+        if self.max_steps is not None:
+            return self.max_steps
+        if self.stages:
+            return sum(s.steps for s in self.stages)
+        if self.distill is not None:
+            return sum(p.steps for p in self.distill.phases)
+        return None
+
+
+class Export(Step):
+    kind: Literal["export"]
+    """Export trained weights as a Hugging Face model folder."""
+    model: str = ref("step")
+    """The train or init step whose weights to export."""
+    format: Literal["hf"] = "hf"
+    """`hf`: model.safetensors, config.json, generation_config.json and the tokenizer files."""
+    chat_template: str = "specs/templates/chat.jinja"
+    """Jinja chat template (relative to the project root) written as chat_template.jinja."""
+    max_new_tokens: int = Field(128, ge=1)
+    """`generation_config.json`: default number of tokens to generate."""
+    temperature: float = Field(0.8, ge=0)
+    """`generation_config.json`: sampling temperature (0 for greedy)."""
+    top_p: float = Field(0.95, gt=0, le=1)
+    """`generation_config.json`: nucleus sampling threshold."""
+
+    def summary(self) -> str:
+        return f"Hugging Face folder of '{self.model}'"
+
+
+AnyStep = Annotated[Union[TokenizerStep, InitStep, TrainStep, Export], Field(discriminator="kind")]
 
 
 class PipelineSpec(Manifest):

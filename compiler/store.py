@@ -88,6 +88,14 @@ def staging(root: Path, key: str) -> Path:
     return tmp
 
 
+def work_dir(root: Path, key: str) -> Path:
+    """A directory that outlives a killed build of `key` (training checkpoints live here, so
+    the next attempt at the same key resumes); the runner removes it once the entry exists."""
+    path = Path(root) / STORE / ".work" / key
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def commit(root: Path, key: str, tmp: Path, manifest: dict) -> Path:
     """Write the manifest last, then rename the staging directory into place."""
     data = json.dumps(manifest, indent=2, sort_keys=True) + "\n"

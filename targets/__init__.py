@@ -27,6 +27,7 @@ class Job:
     models: dict[str, Any] = field(default_factory=dict)   # spec field -> ModelSpec
     files: list[list[Path]] = field(default_factory=list)  # per source, the files to read
     root: Path = Path(".")
+    work: Path | None = None      # survives a killed build of the same key: resume state
 
     def log(self, message: str) -> None:
         """Progress for the terminal (doit shows a step's output live with verbosity 2)."""

@@ -1,0 +1,216 @@
+"""Compile-time resolution and checks of train and export steps.
+
+Reads: the resolved project, and for a teacher given by `path:` its `config.json`.
+Adds to the graph one `tokens` node per (tokenizer, dataset) pair a train step reads,
+named `PIPELINE.TOKENIZER@DATASET` and shared by every step reading that pair, and
+fails with a `SpecError` for every mismatch that would otherwise surface hours into
+a run: vocabularies, sequence lengths, unknown teachers, stages and datasets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import did_you_mean, one_of
+from .project import Node, Project
+from .specs import ModelSpec, TokensStep
+
+WEIGHT_KINDS = ("init", "train")  # steps whose output is model.safetensors + config.json
+
+
+def resolve(project: Project, order: list[str]) -> None:
+    """Resolve train and export steps in dependency order (a step's `init` comes first)."""
+    for task in order:
+        node = project.nodes[task]
+        if node.kind == "train":
+            _train(project, node)
+        elif node.kind == "export":
+            _export(project, node)
+
+
+def model_of(project: Project, task: str) -> ModelSpec:
+    """The model spec behind an init or train step's weights."""
+    return project.nodes[task].models["model"]
+
+
+def _weights_step(project: Project, node: Node, where: tuple, task: str, value: str) -> None:
+    kind = project.nodes[task].kind
+    if kind not in WEIGHT_KINDS:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise node.error(where, "an init or train step (a step that makes model weights)",
+                         f"'{value}', {article} {kind} step", "name a step of kind `init` or `train`")
+
+
+def _train(project: Project, node: Node) -> None:
+    spec = node.spec
+    if (spec.model is None) == (spec.init is None):
+        raise node.error(("model",), "exactly one of `model` (a fresh start) or `init` (a step's weights)",
+                         "both" if spec.model else "neither", "keep one of them")
+    if spec.init is not None:
+        _weights_step(project, node, ("init",), node.deps["init"], spec.init)
+        node.models["model"] = model_of(project, node.deps["init"])
+    model = node.models["model"]
+    _check_seq_len(node, ("seq_len",), spec.seq_len, model)
+    datasets = _datasets(project, node)
+    tok_task = node.deps["tokenizer"]
+    node.deps.pop("data", None)
+    for name in datasets:
+        node.deps[f"tokens.{name}"] = _tokens_node(project, tok_task, name)
+    _check_length(node)
+    if spec.objective == "distill" or spec.distill is not None:
+        _distill(project, node, model, tok_task)
+
+
+def _check_seq_len(node: Node, where: tuple, seq_len: int, model: ModelSpec) -> None:
+    if seq_len > model.max_positions:
+        raise node.error(where, f"at most the model's max_positions ({model.max_positions:,}, model '{model.name}')",
+                         f"{seq_len:,}", f"lower seq_len to {model.max_positions:,} or less, "
+                                         f"or raise max_positions of model '{model.name}'")
+
+
+def _datasets(project: Project, node: Node) -> list[str]:
+    spec = node.spec
+    if (spec.data is None) == (not spec.stages):
+        raise node.error(("data",), "exactly one of `data` (one dataset) or `stages` (a curriculum)",
+                         "both" if spec.data else "neither", "keep one of them")
+    if spec.data is not None:
+        return [spec.data]
+    names: list[str] = []
+    for i, stage in enumerate(spec.stages):
+        for name in stage.datasets:
+            if name not in project.datasets:
+                known = list(project.datasets)
+                raise node.error(("stages", i, "datasets", name),
+                                 f"the name of a dataset ({one_of(known) if known else 'none is declared'})",
+                                 f"'{name}' in stage '{stage.name}'",
+                                 did_you_mean(name, known) or f"declare a dataset named '{name}', or fix the name")
+            if name not in names:
+                names.append(name)
+        if stage.seq_len is not None:
+            _check_seq_len(node, ("stages", i, "seq_len"), stage.seq_len, node.models["model"])
+    return names
+
+
+def _tokens_node(project: Project, tok_task: str, dataset: str) -> str:
+    task = f"{tok_task}@{dataset}"
+    if task not in project.nodes:
+        tok = project.nodes[tok_task]
+        spec = TokensStep(kind="tokens", dataset=dataset, tokenizer=tok_task)
+        node = Node(task, "tokens", spec, tok.doc, tok.path, tok.default)
+        node.deps = {"dataset": f"dataset.{dataset}", "tokenizer": tok_task}
+        project.nodes[task] = node
+    return task
+
+
+def _check_length(node: Node) -> None:
+    spec = node.spec
+    lengths = {"max_steps": spec.max_steps,
+               "stages": sum(s.steps for s in spec.stages) if spec.stages else None,
+               "distill.phases": sum(p.steps for p in spec.distill.phases) if spec.distill else None}
+    given = {k: v for k, v in lengths.items() if v is not None}
+    if not given:
+        raise node.error(("max_steps",), "the length of training: `max_steps`, or the steps of stages or phases",
+                         "none of them", "add `max_steps: N`")
+    if len(set(given.values())) > 1:
+        said = ", ".join(f"{k} {v:,}" for k, v in given.items())
+        raise node.error((next(iter(given)),), "one length of training from every place that gives one",
+                         said, "make them agree, or leave max_steps out")
+
+
+def _distill(project: Project, node: Node, student: ModelSpec, tok_task: str) -> None:
+    spec = node.spec
+    if spec.objective != "distill":
+        raise node.error(("objective",), "`distill`, since the step has a `distill:` section",
+                         f"'{spec.objective}'", "set `objective: distill`, or remove `distill:`")
+    if spec.distill is None:
+        raise node.error(("distill",), "a `distill:` section (teachers, temperature, alpha, phases)", "nothing",
+                         "add `distill:`, or use another objective")
+    for i, phase in enumerate(spec.distill.phases):
+        for name in phase.teachers:
+            if name not in spec.distill.teachers:
+                known = list(spec.distill.teachers)
+                raise node.error(("distill", "phases", i, "teachers", name),
+                                 f"a teacher declared under distill.teachers ({one_of(known)})", f"'{name}'",
+                                 did_you_mean(name, known) or f"declare teacher '{name}' under distill.teachers")
+    for name, teacher in spec.distill.teachers.items():
+        where = ("distill", "teachers", name)
+        if teacher.step is not None:
+            _step_teacher(project, node, where, name, teacher.step, student, tok_task)
+        elif teacher.path is not None:
+            _path_teacher(project, node, where, name, teacher.path, student)
+
+
+def _step_teacher(project: Project, node: Node, where: tuple, name: str, ref: str,
+                  student: ModelSpec, tok_task: str) -> None:
+    pipeline = node.task.split(".")[0]
+    task = ref if "." in ref else f"{pipeline}.{ref}"
+    if task not in project.nodes or project.nodes[task].kind == "tokens":
+        steps = [t for t, n in project.nodes.items() if n.kind in WEIGHT_KINDS and t != node.task]
+        raise node.error(where + ("step",), f"an init or train step ({one_of(steps) if steps else 'none is declared'})",
+                         f"'{ref}'", did_you_mean(task, steps) or "declare the teacher step, or fix the name")
+    if task == node.task:
+        raise node.error(where + ("step",), "another step", f"'{ref}', the step itself", "a model cannot teach itself")
+    _weights_step(project, node, where + ("step",), task, ref)
+    teacher = model_of(project, task)
+    _same_vocab(node, where, name, teacher.vocab_size, student)
+    teacher_tok = project.nodes[task].deps.get("tokenizer")
+    if teacher_tok != tok_task:
+        raise node.error(where + ("step",), f"a teacher trained with the student's tokenizer ('{tok_task}')",
+                         f"teacher '{name}' with tokenizer '{teacher_tok}'",
+                         "train the teacher with the same tokenizer step, or distill from another teacher")
+    node.deps[f"teacher.{name}"] = task
+
+
+def _path_teacher(project: Project, node: Node, where: tuple, name: str, rel: str, student: ModelSpec) -> None:
+    folder = inside(node, where + ("path",), rel, project.root)
+    config = folder / "config.json"
+    try:
+        vocab = json.loads(config.read_text())["vocab_size"]
+    except (OSError, ValueError, KeyError):
+        raise node.error(where + ("path",), "a Hugging Face model folder with a config.json giving vocab_size",
+                         f"'{rel}'", "point `path:` at the folder that holds config.json and the weights") from None
+    _same_vocab(node, where, name, vocab, student)
+
+
+def _same_vocab(node: Node, where: tuple, name: str, vocab: int, student: ModelSpec) -> None:
+    if vocab != student.vocab_size:
+        raise node.error(where, f"a teacher with the student's vocabulary ({student.vocab_size:,} tokens, "
+                                f"model '{student.name}')",
+                         f"teacher '{name}' with a vocabulary of {vocab:,} tokens",
+                         "distill from a teacher that shares the student's tokenizer and vocabulary")
+
+
+def inside(node: Node, where: tuple, rel: str, root: Path) -> Path:
+    """`rel` resolved against the project root; an error if it is absolute or leaves the project."""
+    if os.path.isabs(rel) or ".." in Path(rel).parts:
+        raise node.error(where, "a path relative to the project root that stays inside it", f"'{rel}'",
+                         "copy or link the files into the project and give the path from its root")
+    path = root / rel
+    if not path.exists():
+        raise node.error(where, "an existing file or folder (relative to the project root)", f"'{rel}', which does not exist",
+                         "check the path")
+    return path
+
+
+def _export(project: Project, node: Node) -> None:
+    _weights_step(project, node, ("model",), node.deps["model"], node.spec.model)
+    node.models["model"] = model_of(project, node.deps["model"])
+    node.deps["tokenizer"] = project.nodes[node.deps["model"]].deps["tokenizer"]
+    inside(node, ("chat_template",), node.spec.chat_template, project.root)
+
+
+def source_files(project: Project, node: Node) -> list[Path]:
+    """Files outside the store a train or export step reads: teacher folders, templates."""
+    if node.kind == "export":
+        return [project.root / node.spec.chat_template]
+    if node.kind != "train" or node.spec.distill is None:
+        return []
+    out = []
+    for teacher in node.spec.distill.teachers.values():
+        if teacher.path is not None:
+            folder = project.root / teacher.path
+            out += sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return out
+
