@@ -59,3 +59,20 @@ def test_gladius_125m_has_the_reference_parameter_count():
 
     model = project.load(REPO).models["gladius-125m"][0]
     assert params.count(model) == 124_668_672
+
+
+def test_full_size_gladius_compiles_but_is_not_a_default():
+    from compiler import doit_tasks, params
+
+    loaded = project.load(REPO)
+    plans = graph.plans(loaded)
+    student = loaded.nodes["gladius-full.student"]
+    assert params.count(student.models["model"]) == 124_668_672
+    assert student.spec.distill.temperature == 2.0 and student.spec.distill.alpha == 0.5
+    assert [(list(p.teachers.items()), p.steps) for p in student.spec.distill.phases] == [
+        ([("teacher-a", 1.5)], 2000), ([("teacher-b", 1.0)], 2000)]
+    assert (student.spec.optimizer.lr, student.spec.batch_size, student.spec.grad_accum,
+            student.spec.clip, student.spec.seq_len) == (1e-4, 1, 8, 1.0, 128)
+    defaults = doit_tasks._defaults(plans)
+    assert "gladius.export" in defaults
+    assert not [t for t in defaults if t.startswith("gladius-full.")]
