@@ -66,9 +66,10 @@ def load(root: Path, profile: str | None = None) -> Project:
         raise _unknown_profile(profile, project.profiles)
     _make_nodes(project)
     _resolve(project)
-    _check_cycles(project)
-    from . import training  # after the cycle check, which names the loop itself
+    from . import training
 
+    training.teacher_deps(project)  # teachers are inputs too: a loop through them is a cycle
+    _check_cycles(project)
     training.resolve(project, topo_order(project))
     for node in project.nodes.values():
         _check_pairing(project, node)
@@ -295,7 +296,8 @@ def _check_cycles(project: Project) -> None:
             loop = trail[trail.index(task):] + [task]
             node = project.nodes[trail[-1]]
             fname = next(f for f, t in node.deps.items() if t == task)
-            raise node.error((fname,), "a step that does not depend on itself", "the cycle " + " -> ".join(loop),
+            where = ("distill", "teachers", fname.split(".", 1)[1], "step") if fname.startswith("teacher.") else (fname,)
+            raise node.error(where, "a step that does not depend on itself", "the cycle " + " -> ".join(loop),
                              "one of these steps must take its input from elsewhere")
         state[task] = 1
         for dep in project.nodes[task].deps.values():

@@ -90,8 +90,27 @@ def _union_tag(value, ctx, path, model, tp):
     tags = sorted(t for m in (_union_members(_unwrap(tp)) or []) for t in _tags(m)) \
         or [t.strip().strip("'") for t in ctx.get("expected_tags", "").split(",") if t.strip()]
     if "tag" not in ctx:
-        return one_of(tags), "nothing", "add " + " or ".join(f"`{tag}: {t}`" for t in tags), path + (tag,)
+        return one_of(tags), "nothing", "add " + _either_code(f"{tag}: {t}" for t in tags), path + (tag,)
     return one_of(tags), found(ctx["tag"]), did_you_mean(ctx["tag"], tags), path + (tag,)
+
+
+def _either_code(items) -> str:
+    """`a`, `a` or `b`, `a`, `b` or `c`: choices written as code."""
+    items = [f"`{i}`" for i in items]
+    return " or ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+
+
+def _value_error(value, ctx, path, model, tp):
+    # A validator of ours words its rule as an instruction, with a count of what it saw
+    # ("give exactly one of `step`, `path` or `hub` (found 2)"): the rule is what was
+    # expected, and the keys the mapping does give say more than the count.
+    rule = re.sub(r"\s*\(found [^)]*\)$", "", str(ctx.get("error", "")))
+    expected = re.sub(r"^give ", "", rule)
+    if not isinstance(value, dict):
+        return expected, found(value), "", path
+    given = [f"`{k}`" for k, v in value.items() if v is not None]
+    shown = " and ".join([", ".join(given[:-1]), given[-1]] if len(given) > 1 else given)
+    return expected, shown or ("an empty mapping" if not value else "only empty values"), "", path
 
 
 def _literal(value, ctx, path, model, tp):
@@ -135,6 +154,7 @@ _EXPLAIN = {
     "union_tag_not_found": _union_tag, "literal_error": _literal, "greater_than_equal": _bound,
     "greater_than": _bound, "less_than_equal": _bound, "less_than": _bound,
     "string_pattern_mismatch": _pattern, "too_short": _length, "too_long": _length,
+    "value_error": _value_error,
 }
 
 

@@ -9,6 +9,7 @@ a run: vocabularies, sequence lengths, unknown teachers, stages and datasets.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -30,6 +31,22 @@ def resolve(project: Project, order: list[str]) -> None:
             _export(project, node)
 
 
+def teacher_deps(project: Project) -> None:
+    """Teacher steps as inputs of their students, early: the cycle check and the order of
+    `resolve` must see them (a teacher is resolved before its student). A teacher that is
+    not a step of the project, or is the student itself, is left for `_step_teacher` to name."""
+    for node in project.nodes.values():
+        distill = getattr(node.spec, "distill", None) if node.kind == "train" else None
+        for name, teacher in (distill.teachers.items() if distill else ()):
+            task = _step_task(node, teacher.step) if teacher.step else None
+            if task in project.nodes and task != node.task:
+                node.deps[f"teacher.{name}"] = task
+
+
+def _step_task(node: Node, ref: str) -> str:
+    return ref if "." in ref else f"{node.task.split('.')[0]}.{ref}"
+
+
 def model_of(project: Project, task: str) -> ModelSpec:
     """The model spec behind an init or train step's weights."""
     return project.nodes[task].models["model"]
@@ -47,12 +64,13 @@ def _train(project: Project, node: Node) -> None:
     spec = node.spec
     if (spec.model is None) == (spec.init is None):
         raise node.error(("model",), "exactly one of `model` (a fresh start) or `init` (a step's weights)",
-                         "both" if spec.model else "neither", "keep one of them")
+                         "both" if spec.model else "neither",
+                         "keep one of them" if spec.model else "add `model: MODEL` or `init: STEP`")
     if spec.init is not None:
         _weights_step(project, node, ("init",), node.deps["init"], spec.init)
         node.models["model"] = model_of(project, node.deps["init"])
     model = node.models["model"]
-    _check_seq_len(node, ("seq_len",), spec.seq_len, model)
+    _check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
     datasets = _datasets(project, node)
     tok_task = node.deps["tokenizer"]
     node.deps.pop("data", None)
@@ -63,18 +81,21 @@ def _train(project: Project, node: Node) -> None:
         _distill(project, node, model, tok_task)
 
 
-def _check_seq_len(node: Node, where: tuple, seq_len: int, model: ModelSpec) -> None:
+def _check_seq_len(project: Project, node: Node, where: tuple, seq_len: int, model: ModelSpec) -> None:
     if seq_len > model.max_positions:
+        doc = project.models[model.name][1]  # the other fix goes in the model's file, so say where that is
+        at = f"{doc.file}:{doc.lines[('max_positions',)]}" if ("max_positions",) in doc.lines else doc.file
         raise node.error(where, f"at most the model's max_positions ({model.max_positions:,}, model '{model.name}')",
                          f"{seq_len:,}", f"lower seq_len to {model.max_positions:,} or less, "
-                                         f"or raise max_positions of model '{model.name}'")
+                                         f"or raise max_positions of model '{model.name}' ({at})")
 
 
 def _datasets(project: Project, node: Node) -> list[str]:
     spec = node.spec
     if (spec.data is None) == (not spec.stages):
         raise node.error(("data",), "exactly one of `data` (one dataset) or `stages` (a curriculum)",
-                         "both" if spec.data else "neither", "keep one of them")
+                         "both" if spec.data else "neither",
+                         "keep one of them" if spec.data else "add `data: DATASET` or `stages:`")
     if spec.data is not None:
         return [spec.data]
     names: list[str] = []
@@ -89,7 +110,7 @@ def _datasets(project: Project, node: Node) -> list[str]:
             if name not in names:
                 names.append(name)
         if stage.seq_len is not None:
-            _check_seq_len(node, ("stages", i, "seq_len"), stage.seq_len, node.models["model"])
+            _check_seq_len(project, node, ("stages", i, "seq_len"), stage.seq_len, node.models["model"])
     return names
 
 
@@ -144,17 +165,18 @@ def _distill(project: Project, node: Node, student: ModelSpec, tok_task: str) ->
 
 def _step_teacher(project: Project, node: Node, where: tuple, name: str, ref: str,
                   student: ModelSpec, tok_task: str) -> None:
-    pipeline = node.task.split(".")[0]
-    task = ref if "." in ref else f"{pipeline}.{ref}"
+    pipeline, task = node.task.split(".")[0], _step_task(node, ref)
     if task not in project.nodes or project.nodes[task].kind == "tokens":
-        steps = [t for t, n in project.nodes.items() if n.kind in WEIGHT_KINDS and t != node.task]
+        # listed the way the user would write them: a step of this pipeline by its bare name
+        steps = [t.split(".", 1)[1] if t.startswith(pipeline + ".") else t
+                 for t, n in project.nodes.items() if n.kind in WEIGHT_KINDS and t != node.task]
         raise node.error(where + ("step",), f"an init or train step ({one_of(steps) if steps else 'none is declared'})",
-                         f"'{ref}'", did_you_mean(task, steps) or "declare the teacher step, or fix the name")
+                         f"'{ref}'", did_you_mean(ref, steps) or "declare the teacher step, or fix the name")
     if task == node.task:
         raise node.error(where + ("step",), "another step", f"'{ref}', the step itself", "a model cannot teach itself")
     _weights_step(project, node, where + ("step",), task, ref)
     teacher = model_of(project, task)
-    _same_vocab(node, where, name, teacher.vocab_size, student)
+    _same_vocab(node, where, name, teacher.vocab_size, f"model '{teacher.name}'", student)
     teacher_tok = project.nodes[task].deps.get("tokenizer")
     if teacher_tok != tok_task:
         raise node.error(where + ("step",), f"a teacher trained with the student's tokenizer ('{tok_task}')",
@@ -168,30 +190,47 @@ def _path_teacher(project: Project, node: Node, where: tuple, name: str, rel: st
     config = folder / "config.json"
     try:
         vocab = json.loads(config.read_text())["vocab_size"]
-    except (OSError, ValueError, KeyError):
+        if not isinstance(vocab, int) or isinstance(vocab, bool):
+            raise ValueError(vocab)
+    except (OSError, ValueError, KeyError, TypeError):
+        why = "whose config.json gives no integer vocab_size" if config.is_file() else "which has no config.json"
         raise node.error(where + ("path",), "a Hugging Face model folder with a config.json giving vocab_size",
-                         f"'{rel}'", "point `path:` at the folder that holds config.json and the weights") from None
-    _same_vocab(node, where, name, vocab, student)
+                         f"'{rel}', {why}", "point `path:` at the folder that holds config.json and the weights") from None
+    _same_vocab(node, where, name, vocab, f"{rel}/config.json", student)
 
 
-def _same_vocab(node: Node, where: tuple, name: str, vocab: int, student: ModelSpec) -> None:
+def _same_vocab(node: Node, where: tuple, name: str, vocab: int, source: str, student: ModelSpec) -> None:
     if vocab != student.vocab_size:
         raise node.error(where, f"a teacher with the student's vocabulary ({student.vocab_size:,} tokens, "
                                 f"model '{student.name}')",
-                         f"teacher '{name}' with a vocabulary of {vocab:,} tokens",
+                         f"teacher '{name}' with a vocabulary of {vocab:,} tokens ({source})",
                          "distill from a teacher that shares the student's tokenizer and vocabulary")
 
 
 def inside(node: Node, where: tuple, rel: str, root: Path) -> Path:
     """`rel` resolved against the project root; an error if it is absolute or leaves the project."""
     if os.path.isabs(rel) or ".." in Path(rel).parts:
-        raise node.error(where, "a path relative to the project root that stays inside it", f"'{rel}'",
+        how = "an absolute path" if os.path.isabs(rel) else "a path that leaves the project through '..'"
+        raise node.error(where, "a path relative to the project root that stays inside it", f"'{rel}', {how}",
                          "copy or link the files into the project and give the path from its root")
     path = root / rel
     if not path.exists():
+        same_name = difflib.get_close_matches(rel, _find(root, Path(rel).name), n=1, cutoff=0)
+        hint = f"did you mean '{same_name[0]}'? Paths are" if same_name else "check the path; it is"
         raise node.error(where, "an existing file or folder (relative to the project root)", f"'{rel}', which does not exist",
-                         "check the path")
+                         f"{hint} relative to the project root")
     return path
+
+
+def _find(root: Path, name: str) -> list[str]:
+    """Paths (from the root) of what is called `name` in the project: the likely meant one
+    when a path was given from the wrong folder. Skips build/ and hidden folders."""
+    out = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not (folder == str(root) and d == "build")]
+        if name in files or name in dirs:
+            out.append(str((Path(folder) / name).relative_to(root)))
+    return out
 
 
 def _export(project: Project, node: Node) -> None:

@@ -1,0 +1,382 @@
+"""Train and export steps at compile time: the mistakes that would otherwise surface hours
+into a run (vocabularies, sequence lengths, teachers, curricula, lengths) each get one
+whole, exact message; and the graph the compiler makes of a valid distillation pipeline
+(shared token data, inherited models, keys that change only downstream of an edit).
+
+The central cases go through the real `python -m doit list`; the rest are loaded
+in-process, where a case costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from conftest import REPO
+
+from compiler import graph, project
+from compiler.errors import SpecError
+
+DATASET, MODEL, WIDE, PIPELINE = ("specs/datasets/docs.yaml", "specs/models/tiny.yaml", "specs/models/wide.yaml",
+                                  "specs/pipelines/main.yaml")
+TEMPLATE = "specs/templates/chat.jinja"
+
+# A valid distillation project; each case edits one or two files. Line numbers in the
+# expected messages count from these texts, so keep them as they are.
+VALID = {
+    DATASET: """
+        kind: dataset
+        name: docs
+        sources:
+          - type: files
+            glob: data/*.jsonl
+    """,
+    MODEL: """
+        kind: model
+        name: tiny
+        hidden_size: 32
+        intermediate_size: 64
+        layers: 2
+        heads: 4
+        vocab_size: 512
+        max_positions: 128
+    """,
+    WIDE: """
+        kind: model
+        name: wide
+        hidden_size: 64
+        intermediate_size: 128
+        layers: 2
+        heads: 4
+        vocab_size: 600
+    """,
+    PIPELINE: """
+        kind: pipeline
+        name: main
+        steps:
+          tok:
+            kind: tokenizer
+            dataset: docs
+            vocab_size: 400
+          teacher:
+            kind: train
+            model: tiny
+            tokenizer: tok
+            data: docs
+            max_steps: 10
+          student:
+            kind: train
+            model: tiny
+            tokenizer: tok
+            data: docs
+            seq_len: 64
+            objective: distill
+            distill:
+              teachers:
+                big: {step: teacher}
+              phases:
+                - {name: one, steps: 5, teachers: {big: 1.0}}
+          export:
+            kind: export
+            model: student
+    """,
+}
+
+
+def valid(rel: str) -> str:
+    return textwrap.dedent(VALID[rel]).lstrip("\n")
+
+
+def edit(rel: str, *pairs: str) -> dict[str, str]:
+    """VALID[rel] with each (old, new) pair replaced once; every `old` must be there."""
+    text = valid(rel)
+    for old, new in zip(pairs[::2], pairs[1::2]):
+        assert old in text, f"{old!r} not in {rel}"
+        text = text.replace(old, new, 1)
+    return {rel: text}
+
+
+def student(*pairs: str) -> dict[str, str]:
+    """The pipeline with edits inside the student step only (from line 14 on)."""
+    head, _, rest = valid(PIPELINE).partition("  student:\n")
+    for old, new in zip(pairs[::2], pairs[1::2]):
+        assert old in rest, f"{old!r} not in the student step"
+        rest = rest.replace(old, new, 1)
+    return {PIPELINE: head + "  student:\n" + rest}
+
+
+def write(p, files: dict[str, str], extra: dict[str, str] | None = None) -> None:
+    """VALID with `files` laid over it, `extra` files beside it, and the data and template it reads."""
+    p.write("data/docs.jsonl", "".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(5)))
+    p.write(TEMPLATE, (REPO / TEMPLATE).read_text(encoding="utf-8"))
+    for rel, text in {**VALID, **files, **(extra or {})}.items():
+        p.write(rel, text)
+
+
+def stderr(problem: str) -> str:
+    return f"ingot: 1 problem found; nothing was built\n{problem}\n"
+
+
+# a public teacher's config.json: the 151K-vs-32K vocabulary mismatch of DESIGN.md
+QWEN_CONFIG = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936}
+
+# ---------------------------------------------------------------- through `doit list`
+
+# (files replacing those of VALID, files to add, the whole stderr)
+CASES = {
+    "teacher-step-vocab-mismatch": (edit(PIPELINE, "model: tiny", "model: wide"), {}, stderr(
+        "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big: expected a teacher with the student's "
+        "vocabulary (512 tokens, model 'tiny'); found teacher 'big' with a vocabulary of 600 tokens (model 'wide')\n"
+        "  fix: distill from a teacher that shares the student's tokenizer and vocabulary")),
+    "teacher-path-vocab-mismatch": (
+        {**student("big: {step: teacher}", "qwen: {path: teachers/qwen}", "{big: 1.0}", "{qwen: 1.0}"),
+         **edit(MODEL, "vocab_size: 512", "vocab_size: 32000")},
+        {"teachers/qwen/config.json": json.dumps(QWEN_CONFIG)}, stderr(
+            "specs/pipelines/main.yaml:23: steps.student.distill.teachers.qwen: expected a teacher with the "
+            "student's vocabulary (32,000 tokens, model 'tiny'); found teacher 'qwen' with a vocabulary of "
+            "151,936 tokens (teachers/qwen/config.json)\n"
+            "  fix: distill from a teacher that shares the student's tokenizer and vocabulary")),
+    "seq-len-above-max-positions": (student("seq_len: 64", "seq_len: 256"), {}, stderr(
+        "specs/pipelines/main.yaml:19: steps.student.seq_len: expected at most the model's max_positions "
+        "(128, model 'tiny'); found 256\n"
+        "  fix: lower seq_len to 128 or less, or raise max_positions of model 'tiny' (specs/models/tiny.yaml:8)")),
+    "unknown-teacher-in-phase": (student("{big: 1.0}", "{bgi: 1.0}"), {}, stderr(
+        "specs/pipelines/main.yaml:25: steps.student.distill.phases[0].teachers.bgi: expected a teacher declared "
+        "under distill.teachers (one of 'big'); found 'bgi'\n"
+        "  fix: did you mean 'big'?")),
+    "stage-unknown-dataset": (student("data: docs\n", "stages:\n      - {name: base, steps: 5, datasets: {doc: 1.0}}\n"),
+                              {}, stderr(
+        "specs/pipelines/main.yaml:19: steps.student.stages[0].datasets.doc: expected the name of a dataset "
+        "(one of 'docs'); found 'doc' in stage 'base'\n"
+        "  fix: did you mean 'docs'?")),
+    "grad-accum-zero": (student("seq_len: 64", "seq_len: 64\n    grad_accum: 0"), {}, stderr(
+        "specs/pipelines/main.yaml:20: steps.student.grad_accum: expected a number ≥ 1; found 0\n"
+        "  fix: use a value ≥ 1")),
+}
+
+
+@pytest.mark.parametrize("files, extra, expected", CASES.values(), ids=CASES.keys())
+def test_bad_train_step_is_refused_and_build_untouched(make_project, files, extra, expected):
+    p = make_project()
+    write(p, files, extra)
+    p.write("build/store/0123abcd/manifest.json", "{}\n")  # an earlier build's entry, which must survive
+    before = p.build_files()
+    result = p.doit("list", check=False)
+    assert result.stderr == expected
+    assert (result.returncode, result.stdout) == (2, "")
+    assert p.build_files() == before
+
+
+# ---------------------------------------------------------------- in-process: the rest
+
+def load_error(p, files: dict[str, str], extra: dict[str, str]) -> str:
+    write(p, files, extra)
+    with pytest.raises(SpecError) as info:
+        graph.plans(project.load(p.root))
+    assert not (p.root / "build").exists()
+    return str(info.value)
+
+
+TOK2 = "  tok2:\n    kind: tokenizer\n    dataset: docs\n    vocab_size: 300\n"
+
+IN_PROCESS = {
+    "stage-seq-len-above-max-positions": (
+        student("data: docs\n", "stages:\n      - {name: base, steps: 5, datasets: {docs: 1.0}, seq_len: 512}\n"), {},
+        "specs/pipelines/main.yaml:19: steps.student.stages[0].seq_len: expected at most the model's max_positions "
+        "(128, model 'tiny'); found 512\n"
+        "  fix: lower seq_len to 128 or less, or raise max_positions of model 'tiny' (specs/models/tiny.yaml:8)"),
+    "teacher-step-does-not-exist": (
+        student("{step: teacher}", "{step: teachr}"), {},
+        "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big.step: expected an init or train step "
+        "(one of 'teacher'); found 'teachr'\n"
+        "  fix: did you mean 'teacher'?"),
+    "teacher-with-another-tokenizer": (  # tok2 comes first (lines 4-7); the teacher is trained with it
+        {PIPELINE: valid(PIPELINE).replace("steps:\n", "steps:\n" + TOK2, 1).replace("tokenizer: tok\n",
+                                                                                   "tokenizer: tok2\n", 1)}, {},
+        "specs/pipelines/main.yaml:27: steps.student.distill.teachers.big.step: expected a teacher trained with the "
+        "student's tokenizer ('main.tok'); found teacher 'big' with tokenizer 'main.tok2'\n"
+        "  fix: train the teacher with the same tokenizer step, or distill from another teacher"),
+    "model-and-init": (
+        student("model: tiny", "model: tiny\n    init: teacher"), {},
+        "specs/pipelines/main.yaml:16: steps.student.model: expected exactly one of `model` (a fresh start) or "
+        "`init` (a step's weights); found both\n"
+        "  fix: keep one of them"),
+    "neither-model-nor-init": (
+        student("    model: tiny\n", ""), {},
+        "specs/pipelines/main.yaml:14: steps.student.model: expected exactly one of `model` (a fresh start) or "
+        "`init` (a step's weights); found neither\n"
+        "  fix: add `model: MODEL` or `init: STEP`"),
+    "data-and-stages": (
+        student("data: docs\n", "data: docs\n    stages:\n      - {name: base, steps: 5, datasets: {docs: 1.0}}\n"), {},
+        "specs/pipelines/main.yaml:18: steps.student.data: expected exactly one of `data` (one dataset) or "
+        "`stages` (a curriculum); found both\n"
+        "  fix: keep one of them"),
+    "neither-data-nor-stages": (
+        student("    data: docs\n", ""), {},
+        "specs/pipelines/main.yaml:14: steps.student.data: expected exactly one of `data` (one dataset) or "
+        "`stages` (a curriculum); found neither\n"
+        "  fix: add `data: DATASET` or `stages:`"),
+    "no-length": (
+        edit(PIPELINE, "    max_steps: 10\n", ""), {},
+        "specs/pipelines/main.yaml:8: steps.teacher.max_steps: expected the length of training: `max_steps`, or the "
+        "steps of stages or phases; found none of them\n"
+        "  fix: add `max_steps: N`"),
+    "lengths-disagree": (
+        student("seq_len: 64", "seq_len: 64\n    max_steps: 7"), {},
+        "specs/pipelines/main.yaml:20: steps.student.max_steps: expected one length of training from every place "
+        "that gives one; found max_steps 7, distill.phases 5\n"
+        "  fix: make them agree, or leave max_steps out"),
+    "distill-objective-without-distill": (
+        student("    distill:\n      teachers:\n        big: {step: teacher}\n      phases:\n"
+                "        - {name: one, steps: 5, teachers: {big: 1.0}}\n", "    max_steps: 5\n"), {},
+        "specs/pipelines/main.yaml:14: steps.student.distill: expected a `distill:` section (teachers, temperature, "
+        "alpha, phases); found nothing\n"
+        "  fix: add `distill:`, or use another objective"),
+    "distill-with-objective-pretrain": (
+        student("objective: distill", "objective: pretrain"), {},
+        "specs/pipelines/main.yaml:20: steps.student.objective: expected `distill`, since the step has a `distill:` "
+        "section; found 'pretrain'\n"
+        "  fix: set `objective: distill`, or remove `distill:`"),
+    "teacher-with-step-and-path": (  # the validator of Teacher, through pydantic
+        student("{step: teacher}", "{step: teacher, path: teachers/qwen}"), {},
+        "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big: expected exactly one of `step`, `path` "
+        "or `hub`; found `step` and `path`"),
+    "teacher-path-escapes-project": (
+        student("{step: teacher}", "{path: ../qwen}"), {},
+        "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big.path: expected a path relative to the "
+        "project root that stays inside it; found '../qwen', a path that leaves the project through '..'\n"
+        "  fix: copy or link the files into the project and give the path from its root"),
+    "teacher-folder-without-config": (
+        student("{step: teacher}", "{path: teachers/qwen}"), {"teachers/qwen/model.safetensors": "weights\n"},
+        "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big.path: expected a Hugging Face model "
+        "folder with a config.json giving vocab_size; found 'teachers/qwen', which has no config.json\n"
+        "  fix: point `path:` at the folder that holds config.json and the weights"),
+    "teacher-is-the-student": (
+        student("{step: teacher}", "{step: student}"), {},
+        "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big.step: expected another step; "
+        "found 'student', the step itself\n"
+        "  fix: a model cannot teach itself"),
+    "teachers-in-a-cycle": (  # the teacher now distills from the student (4 lines: the student starts on 17)
+        edit(PIPELINE, "    max_steps: 10\n", "    objective: distill\n    distill:\n"
+             "      teachers: {s: {step: student}}\n      phases: [{steps: 10, teachers: {s: 1.0}}]\n"), {},
+        "specs/pipelines/main.yaml:26: steps.student.distill.teachers.big.step: expected a step that does not "
+        "depend on itself; found the cycle main.teacher -> main.student -> main.teacher\n"
+        "  fix: one of these steps must take its input from elsewhere"),
+    "export-of-a-tokenizer": (
+        edit(PIPELINE, "model: student", "model: tok"), {},
+        "specs/pipelines/main.yaml:28: steps.export.model: expected an init or train step (a step that makes model "
+        "weights); found 'tok', a tokenizer step\n"
+        "  fix: name a step of kind `init` or `train`"),
+    "export-chat-template-missing": (
+        edit(PIPELINE, "model: student", "model: student\n    chat_template: chat.jinja"), {},
+        "specs/pipelines/main.yaml:29: steps.export.chat_template: expected an existing file or folder (relative "
+        "to the project root); found 'chat.jinja', which does not exist\n"
+        "  fix: did you mean 'specs/templates/chat.jinja'? Paths are relative to the project root"),
+}
+
+
+@pytest.mark.parametrize("files, extra, expected", IN_PROCESS.values(), ids=IN_PROCESS.keys())
+def test_train_and_export_mistakes_in_process(make_project, files, extra, expected):
+    assert load_error(make_project(), files, extra) == expected
+
+
+# ---------------------------------------------------------------- the graph of a valid pipeline
+
+def test_valid_distillation_pipeline_compiles_with_one_shared_tokens_step(make_project):
+    p = make_project()
+    write(p, {})
+    result = p.doit("list")
+    # teacher and student both read docs with tok: one `main.tok@docs`, built once for both
+    assert result.stdout.splitlines() == [
+        "dataset.docs    dataset: documents from data/*.jsonl; exact dedup, 5% validation -> build/dataset/docs",
+        "explain         say why each step will run, or that it will not: doit explain [STEP ...]",
+        "main.export     export: Hugging Face folder of 'student' -> build/main/export",
+        "main.student    train: distill of model 'tiny', 5 steps -> build/main/student",
+        "main.teacher    train: pretrain of model 'tiny', 10 steps -> build/main/teacher",
+        "main.tok        tokenizer: byte-level BPE of 400 tokens trained on dataset 'docs' -> build/main/tok",
+        "main.tok@docs   tokens: dataset 'docs' as token ids of 'main.tok', packed for training -> build/main/tok@docs",
+    ]
+    plans = graph.plans(project.load(p.root))
+    assert {f: i["task"] for f, i in plans["main.student"]["inputs"].items()} == {
+        "teacher.big": "main.teacher", "tokenizer": "main.tok", "tokens.docs": "main.tok@docs"}
+    assert {f: i["task"] for f, i in plans["main.export"]["inputs"].items()} == {
+        "model": "main.student", "tokenizer": "main.tok"}
+
+FROM_INIT = """
+    kind: pipeline
+    name: main
+    steps:
+      student:
+        kind: train
+        init: start
+        tokenizer: tok
+        data: docs
+        objective: distill
+        distill:
+          teachers:
+            big: {step: teacher}
+          phases:
+            - {steps: 5, teachers: {big: 1.0}}
+      teacher:
+        kind: train
+        init: start
+        tokenizer: tok
+        data: docs
+        max_steps: 10
+      start:
+        kind: init
+        model: tiny
+        tokenizer: tok
+      tok:
+        kind: tokenizer
+        dataset: docs
+        vocab_size: 400
+"""
+
+TINY_KEYED = {"kind": "model", "architecture": "llama", "hidden_size": 32, "intermediate_size": 64, "layers": 2,
+              "heads": 4, "kv_heads": 4, "head_dim": 8, "vocab_size": 512, "max_positions": 128, "rope_theta": 10000.0,
+              "rms_norm_eps": 1e-06, "tie_embeddings": False}
+
+
+def test_train_from_an_init_step_inherits_its_model_and_teachers_come_first(make_project):
+    p = make_project()
+    write(p, {PIPELINE: FROM_INIT})  # the teacher is listed after its student
+    plans = graph.plans(project.load(p.root))
+    assert plans["main.student"]["spec"]["model"] == plans["main.teacher"]["spec"]["model"] == TINY_KEYED
+    assert plans["main.student"]["models"]["model"]["name"] == "tiny"
+    assert {f: i["task"] for f, i in plans["main.student"]["inputs"].items()} == {
+        "init": "main.start", "teacher.big": "main.teacher", "tokenizer": "main.tok", "tokens.docs": "main.tok@docs"}
+    assert list(plans).index("main.teacher") < list(plans).index("main.student")
+
+
+def keys(root) -> dict[str, str]:
+    return {task: plan["key"] for task, plan in graph.plans(project.load(root)).items()}
+
+
+def test_student_learning_rate_changes_the_keys_of_the_student_and_its_export_only(make_project):
+    p = make_project()
+    write(p, {})
+    before = keys(p.root)
+    assert sorted(before) == ["dataset.docs", "main.export", "main.student", "main.teacher", "main.tok",
+                              "main.tok@docs"]
+    p.edit(PIPELINE, "    objective: distill\n", "    optimizer: {lr: 3.0e-4}\n    objective: distill\n")
+    assert keys(p.root) == before  # the default written out is no change
+    p.edit(PIPELINE, "lr: 3.0e-4", "lr: 1.0e-3")
+    after = keys(p.root)
+    assert sorted(t for t in before if after[t] != before[t]) == ["main.export", "main.student"]
+
+
+def test_curriculum_reads_one_tokens_step_per_dataset_shared_with_other_steps(make_project):
+    p = make_project()
+    more = {"specs/datasets/more.yaml": "kind: dataset\nname: more\nsources:\n  - type: files\n    glob: data/*.jsonl\n"}
+    stages = ("stages:\n      - {name: foundation, steps: 3, datasets: {docs: 1.0}}\n"
+              "      - {name: reasoning, steps: 2, datasets: {docs: 0.5, more: 0.5}, seq_len: 32}\n")
+    write(p, {**student("data: docs\n", stages)}, more)
+    plans = graph.plans(project.load(p.root))
+    assert sorted(t for t, plan in plans.items() if plan["kind"] == "tokens") == ["main.tok@docs", "main.tok@more"]
+    assert {f: i["task"] for f, i in plans["main.student"]["inputs"].items()} == {
+        "teacher.big": "main.teacher", "tokenizer": "main.tok", "tokens.docs": "main.tok@docs",
+        "tokens.more": "main.tok@more"}
+    assert plans["main.tok@more"]["inputs"] == {"dataset": {"task": "dataset.more", "key": plans["dataset.more"]["key"]},
+                                                "tokenizer": {"task": "main.tok", "key": plans["main.tok"]["key"]}}
