@@ -19,10 +19,11 @@ UNKEYED = {"keyed": False}
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 
 
-def ref(kind: Literal["dataset", "model", "step"]) -> Any:
-    """A field that names a dataset or model manifest, or a step (`step` or `pipeline.step`)."""
+def ref(kind: Literal["dataset", "model", "step"], default: Any = ...) -> Any:
+    """A field that names a dataset or model manifest, or a step (`step` or `pipeline.step`);
+    required unless a default (None: the reference is optional) is given."""
     pattern = STEP_REF_PATTERN if kind == "step" else NAME_PATTERN
-    return Field(pattern=pattern, json_schema_extra={"ref": kind})
+    return Field(default, pattern=pattern, json_schema_extra={"ref": kind})
 
 
 class Spec(BaseModel):
@@ -265,7 +266,7 @@ class EarlyStopping(Spec):
 
 
 class Teacher(Spec):
-    step: str | None = ref("step")
+    step: str | None = ref("step", None)
     """A train or init step of this project whose weights teach (`step` or `pipeline.step`)."""
     path: str | None = None
     """Or: a local Hugging Face model folder, relative to the project root."""
@@ -314,13 +315,13 @@ class Stage(Spec):
 class TrainStep(Step):
     kind: Literal["train"]
     """Train a model: pretrain, supervised fine-tuning or distillation."""
-    model: str | None = ref("model")
+    model: str | None = ref("model", None)
     """Start from a fresh, seeded initialization of this model manifest..."""
-    init: str | None = ref("step")
+    init: str | None = ref("step", None)
     """...or from the weights of an init or train step (the model comes with them)."""
     tokenizer: str = ref("step")
     """The tokenizer step the model reads."""
-    data: str | None = ref("dataset")
+    data: str | None = ref("dataset", None)
     """The dataset to train on; or give `stages` for a curriculum."""
     stages: tuple[Stage, ...] = ()
     """Curriculum: ordered stages, each with its own dataset mixture and length."""
