@@ -237,7 +237,10 @@ def _export(project: Project, node: Node) -> None:
     _weights_step(project, node, ("model",), node.deps["model"], node.spec.model)
     node.models["model"] = model_of(project, node.deps["model"])
     node.deps["tokenizer"] = project.nodes[node.deps["model"]].deps["tokenizer"]
-    inside(node, ("chat_template",), node.spec.chat_template, project.root)
+    rel = node.spec.chat_template
+    if not inside(node, ("chat_template",), rel, project.root).is_file():
+        raise node.error(("chat_template",), "a Jinja template file", f"'{rel}', a folder",
+                         "name the template file, e.g. specs/templates/chat.jinja")
 
 
 def source_files(project: Project, node: Node) -> list[Path]:

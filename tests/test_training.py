@@ -380,3 +380,21 @@ def test_curriculum_reads_one_tokens_step_per_dataset_shared_with_other_steps(ma
         "tokens.more": "main.tok@more"}
     assert plans["main.tok@more"]["inputs"] == {"dataset": {"task": "dataset.more", "key": plans["dataset.more"]["key"]},
                                                 "tokenizer": {"task": "main.tok", "key": plans["main.tok"]["key"]}}
+
+
+def test_export_chat_template_must_be_a_file(make_project):
+    p = make_project()
+    p.write("specs/templates/chat.jinja", "{{ messages }}")
+    p.write("data/docs.txt", "Some text that is long enough to keep.\n")
+    p.write("specs/datasets/docs.yaml", "kind: dataset\nname: docs\nsources:\n  - type: files\n    glob: data/*.txt\n")
+    p.write("specs/models/tiny.yaml", "kind: model\nname: tiny\nhidden_size: 32\nintermediate_size: 64\n"
+                                     "layers: 1\nheads: 4\nvocab_size: 512\n")
+    p.write("specs/pipelines/main.yaml", "kind: pipeline\nname: main\nsteps:\n  tok: {kind: tokenizer, dataset: docs, "
+                                        "vocab_size: 300}\n  init: {kind: init, model: tiny, tokenizer: tok}\n"
+                                        "  hf:\n    kind: export\n    model: init\n    chat_template: specs/templates\n")
+    r = p.doit("list", check=False)
+    assert r.returncode == 2
+    assert r.stderr == ("ingot: 1 problem found; nothing was built\n"
+                        "specs/pipelines/main.yaml:9: steps.hf.chat_template: expected a Jinja template file; "
+                        "found 'specs/templates', a folder\n"
+                        "  fix: name the template file, e.g. specs/templates/chat.jinja\n")
