@@ -38,18 +38,10 @@ def hf_config(model, tokenizer_ids: dict[str, int], dtype: str) -> dict:
 
 
 def build(job: Job) -> dict:
-    import numpy as np
-
     spec, model = job.spec, job.models["model"]
-    ids = _special_ids(job.inputs["tokenizer"])
+    ids = special_ids(job.inputs["tokenizer"])
     config = hf_config(model, ids, spec.dtype)
-    rng = np.random.default_rng(spec.seed)
-    state = {}
-    for name, shape in params.tensors(model).items():
-        state[name] = (np.ones(shape, np.float32) if name.endswith("norm.weight")
-                       else rng.standard_normal(shape, dtype=np.float32) * np.float32(INIT_STD))
-    if ids.get("pad") is not None:  # as nn.Embedding(padding_idx=pad) starts: the pad row is zero
-        state["model.embed_tokens.weight"][ids["pad"]] = 0
+    state = init_state(model, ids, spec.seed)
     (job.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     _save(state, job.out / "model.safetensors", spec.dtype)
     # safetensors writes 0600 files; give the weights the umask's mode, as every other output has,
@@ -58,6 +50,21 @@ def build(job: Job) -> dict:
     n = params.count(model)
     job.log(f"{n:,} parameters, seed {spec.seed}, {spec.dtype}")
     return {"parameters": n}
+
+
+def init_state(model, ids: dict[str, int], seed: int) -> dict:
+    """The float32 numpy weights of a fresh model: the same for this step and for a train step
+    that starts from `model:` with the same seed."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    state = {}
+    for name, shape in params.tensors(model).items():
+        state[name] = (np.ones(shape, np.float32) if name.endswith("norm.weight")
+                       else rng.standard_normal(shape, dtype=np.float32) * np.float32(INIT_STD))
+    if ids.get("pad") is not None:  # as nn.Embedding(padding_idx=pad) starts: the pad row is zero
+        state["model.embed_tokens.weight"][ids["pad"]] = 0
+    return state
 
 
 def _save(state: dict, path, dtype: str) -> None:
@@ -74,7 +81,7 @@ def _save(state: dict, path, dtype: str) -> None:
     save_file({k: v.astype(dtype) for k, v in state.items()}, str(path), metadata={"format": "pt"})
 
 
-def _special_ids(tokenizer_dir) -> dict[str, int]:
+def special_ids(tokenizer_dir) -> dict[str, int]:
     """Ids of bos/eos/unk/pad in the paired tokenizer, for config.json."""
     from tokenizers import Tokenizer
 

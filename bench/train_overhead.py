@@ -1,0 +1,165 @@
+"""Tokens per second of Ingot's training loop against a bare torch loop, in the same run.
+
+Writes: a temporary folder (removed unless --keep) with a BPE tokenizer trained by
+targets/tokenizer on the pydoc topics that ship with CPython, those topics tokenized by
+targets/tokens into a memmapped stream, and the work and output folders of the train jobs.
+
+Both sides train the same Llama model (width 128, 4 layers, 2,048-token vocabulary, from
+the same seeded initialization) with the same batch (8 sequences of 128 tokens), AdamW,
+gradient clipping at 1.0, on random windows of the same memmapped stream, on the same
+device. The named peer is the bare loop: sample windows, forward, cross-entropy,
+backward, clip, step, nothing else. Ingot's side is `targets.train.build` itself on a job
+whose evaluation and checkpoint cadences never fire before the last step; its speed is
+read from the `wall_time` of its metrics.jsonl lines after the warmup steps and before the
+last step (which evaluates and checkpoints), so it counts everything the loop does per
+step: sampling, schedule, metrics line, progress line, NaN guard. Sides alternate (bare,
+Ingot, bare, Ingot, ...) so drifting machine load hits both; the ratio is of the medians.
+
+Run: `python bench/train_overhead.py [--steps 300] [--warmup 20] [--rounds 3] [--keep]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from compiler.specs import ModelSpec, TokenizerStep, TokensStep, TrainStep  # noqa: E402
+from targets import Job  # noqa: E402
+
+MODEL = {"kind": "model", "name": "bench", "hidden_size": 128, "intermediate_size": 384, "layers": 4,
+         "heads": 4, "kv_heads": 2, "vocab_size": 2048, "max_positions": 256}
+BATCH, SEQ, LR, SEED = 8, 128, 3e-4, 0
+
+
+def corpus() -> list[str]:
+    from pydoc_data.topics import topics
+
+    return [topics[name] for name in sorted(topics)]
+
+
+def prepare(tmp: Path) -> dict[str, Path]:
+    """Tokenizer and tokens entries, made by Ingot's own builders."""
+    from targets import tokenizer, tokens
+
+    data = tmp / "dataset"
+    data.mkdir()
+    texts = corpus()
+    (data / "train-00000.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:-20]))
+    (data / "validation-00000.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[-20:]))
+    tok_spec = TokenizerStep(kind="tokenizer", dataset="docs", vocab_size=MODEL["vocab_size"])
+    (tmp / "tok").mkdir()
+    tokenizer.build(Job("bench.tok", tok_spec, tmp / "tok", inputs={"dataset": data}))
+    (tmp / "tokens").mkdir()
+    tokens.build(Job("bench.tok@docs", TokensStep(kind="tokens", dataset="docs", tokenizer="bench.tok"),
+                     tmp / "tokens", inputs={"dataset": data, "tokenizer": tmp / "tok"}))
+    return {"tokenizer": tmp / "tok", "tokens.docs": tmp / "tokens"}
+
+
+def train_spec(steps: int) -> TrainStep:
+    never = 10**9  # evaluation and checkpoints fire only at the last step
+    return TrainStep(kind="train", model="bench", tokenizer="bench.tok", data="docs", max_steps=steps,
+                     batch_size=BATCH, seq_len=SEQ, clip=1.0, seed=SEED, optimizer={"lr": LR},
+                     schedule={"kind": "constant"}, eval={"every": never, "batches": 1},
+                     checkpoints={"every": never, "keep": 1})
+
+
+def ingot(inputs: dict[str, Path], tmp: Path, steps: int, warmup: int, n: int) -> float:
+    """Tokens/s of targets.train.build, from its own metrics.jsonl."""
+    from targets import train
+
+    out, work = tmp / f"ingot{n}" / "out", tmp / f"ingot{n}" / "work"
+    out.mkdir(parents=True)
+    work.mkdir()
+    job = Job("bench.train", train_spec(steps), out, inputs=inputs, models={"model": ModelSpec(**MODEL)},
+              root=tmp, work=work)
+    train.build(job)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first, last = rows[warmup - 1], rows[-2]
+    shutil.rmtree(tmp / f"ingot{n}")
+    return (last["step"] - first["step"]) * BATCH * SEQ / (last["wall_time"] - first["wall_time"])
+
+
+def bare(inputs: dict[str, Path], steps: int, warmup: int) -> float:
+    """Tokens/s of a plain torch loop over the same model, batch, optimizer and stream."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from targets.init import hf_config, init_state, special_ids
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    meta = json.loads((inputs["tokens.docs"] / "tokens.json").read_text())
+    stream = np.memmap(inputs["tokens.docs"] / "train.bin", dtype=meta["dtype"], mode="r")
+    spec, ids = ModelSpec(**MODEL), special_ids(inputs["tokenizer"])
+    torch.manual_seed(SEED)
+    model = LlamaForCausalLM(LlamaConfig(**hf_config(spec, ids, "float32")))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in init_state(spec, ids, SEED).items()})
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    rng = np.random.default_rng(SEED)
+    span = np.arange(SEQ + 1)
+    for step in range(steps):
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        starts = rng.integers(0, len(stream) - SEQ - 1, BATCH)
+        batch = torch.from_numpy(stream[starts[:, None] + span].astype(np.int64)).to(device)
+        logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (steps - warmup) * BATCH * SEQ / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per run of each side")
+    ap.add_argument("--warmup", type=int, default=20, help="steps of each run left out of its timing")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each side, alternating")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = ap.parse_args()
+    import torch
+
+    tmp = Path(tempfile.mkdtemp(prefix="ingot-bench-train-"))
+    try:
+        inputs = prepare(tmp)
+        meta = json.loads((inputs["tokens.docs"] / "tokens.json").read_text())
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        print(f"model width {MODEL['hidden_size']}, {MODEL['layers']} layers, vocab {MODEL['vocab_size']:,}; "
+              f"batch {BATCH} x seq {SEQ}; {args.steps} steps per run ({args.warmup} warmup), "
+              f"{args.rounds} rounds; {meta['splits']['train']['tokens']:,} train tokens; {device}, "
+              f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
+        results: dict[str, list[float]] = {"bare torch": [], "ingot": []}
+        for n in range(args.rounds):
+            results["bare torch"].append(bare(inputs, args.steps, args.warmup))
+            results["ingot"].append(ingot(inputs, tmp, args.steps, args.warmup, n))
+            print(f"round {n + 1}: bare torch {results['bare torch'][-1]:,.0f} tok/s, "
+                  f"ingot {results['ingot'][-1]:,.0f} tok/s", flush=True)
+        med = {k: statistics.median(v) for k, v in results.items()}
+        print(f"bare torch loop: {med['bare torch']:,.0f} tokens/s (median of {args.rounds})")
+        print(f"ingot train loop: {med['ingot']:,.0f} tokens/s (median of {args.rounds})")
+        print(f"ratio ingot / bare torch: {med['ingot'] / med['bare torch']:.3f} (goal >= 0.95)")
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""Train builder: pretrain or distill a Llama model on packed token streams, resumably.
+
+Reads: the model spec (`job.models["model"]`) and, when the step starts from another
+step, that `init` entry's `model.safetensors`; the `tokenizer` entry (special-token ids
+for config.json); one `tokens.<dataset>` entry per dataset (train.bin / validation.bin,
+memory-mapped); for distillation, each teacher of the current phase: a `teacher.<name>`
+entry, or the spec's `path:` folder or `hub:` id (loaded without remote code).
+
+Writes: `model.safetensors` (float32) and `config.json` as the init step writes them, so
+the result loads with `LlamaForCausalLM.from_pretrained` and can start or teach another
+step; `metrics.jsonl` (one line per optimizer step); `checkpoints/step-NNNNNN/` (the last
+`keep` and the best by validation loss).
+
+Checkpoints are written to `job.work`, which outlives a killed build, and a new attempt
+resumes from the newest one: on CPU, the resumed run ends with the same bytes as an
+uninterrupted one (the data is a pure function of seed and step; weights, AdamW state and
+RNG are restored exactly).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+from targets import BuildError, Job, losses
+from targets.trainloop import (Progress, TokenData, checkpoints, clear_partial, load_checkpoint, lr_at, prune,
+                               read_metrics, save_checkpoint, segment_at, segments, truncate_metrics, weights)
+
+OUTPUTS = ("model.safetensors", "config.json", "metrics.jsonl", "checkpoints/*")
+SFT_UNSUPPORTED = ("objective sft needs instruction/response datasets, which are not supported yet "
+                   "(planned in a later issue); use `pretrain` or `distill` for now")
+
+
+def build(job: Job) -> dict:
+    if job.spec.objective == "sft":
+        raise BuildError(SFT_UNSUPPORTED)
+    trainer = Trainer(job)
+    trainer.resume()
+    trainer.run()
+    return trainer.finish()
+
+
+class Trainer:
+    """The state of one train step: model, optimizer, data, teachers and the loop's counters."""
+
+    def __init__(self, job: Job):
+        import torch
+
+        self.job, self.spec = job, job.spec
+        spec = self.spec
+        self.total = spec.total_steps()
+        self.device = _device(spec.device)
+        if spec.dtype == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise BuildError("dtype bfloat16 needs a GPU that supports it; this one does not: use float32")
+        self.stages = segments(spec.stages, self.total, "stage")
+        self.phases = segments(spec.distill.phases if spec.distill else (), self.total, "phase")
+        self.mixes = [dict(s.datasets) for s in spec.stages] or [{spec.data: 1.0}]
+        self.lengths = [s.seq_len or spec.seq_len for s in spec.stages] or [spec.seq_len]
+        self.model_spec = job.models["model"]
+        self.data = TokenData(job.inputs, self.model_spec.vocab_size)
+        for n, (mix, length) in enumerate(zip(self.mixes, self.lengths)):
+            self.data.check(mix, length, "train", f"stage '{self.stages[n].name}'" if spec.stages else "training")
+        self.data.check(self.mixes[0], self.lengths[0], "validation", "the validation loss")
+        self.val_batches = [torch.from_numpy(b) for b in self.data.validation_batches(
+            self.mixes[0], spec.eval.batches, spec.batch_size, self.lengths[0])]
+        torch.manual_seed(spec.seed)
+        self.model, self.config = _model(job, self.device)
+        self.optimizer = _adamw(self.model, spec.optimizer)
+        self.teachers: dict[str, object] = {}
+        if job.work is None:
+            raise RuntimeError(f"{job.task}: a train step needs a work directory for its checkpoints")
+        self.ckpt_root = Path(job.work) / "checkpoints"
+        self.metrics_path = Path(job.work) / "metrics.jsonl"
+        self.state = {"step": 0, "val_loss": None, "best_val_loss": None,
+                      "early_stopping": {"best": None, "bad_evals": 0},
+                      "stopped_early": False, "tokens_seen": 0, "elapsed_s": 0.0}
+        self.resumed_from = None
+        self.progress = None
+
+    # ------------------------------------------------------------ resume and loop
+
+    def resume(self) -> None:
+        clear_partial(self.ckpt_root)
+        found = checkpoints(self.ckpt_root)
+        if not found:
+            self.metrics_path.unlink(missing_ok=True)
+            return
+        self.state = load_checkpoint(found[-1], self.model, self.optimizer)
+        self.resumed_from = self.state["step"]
+        truncate_metrics(self.metrics_path, self.state["step"])
+        self.job.log(f"resuming from checkpoint {self._rel(found[-1])} (step {self.state['step']} of {self.total})")
+
+    def run(self) -> None:
+        spec, state = self.spec, self.state
+        n = sum(p.numel() for p in self.model.parameters())
+        self.job.log(f"{n:,} parameters on {self.device.type} ({spec.dtype}): {self.total:,} steps of "
+                     f"{spec.batch_size}×{spec.grad_accum} sequences, {spec.objective}")
+        self.t_start = time.perf_counter()
+        progress = self.progress = Progress(self.total, state["step"])
+        with open(self.metrics_path, "a", encoding="utf-8") as log:
+            for i in range(state["step"], self.total):
+                if state["stopped_early"]:
+                    break
+                row = self.step(i)
+                step = i + 1
+                row["val_loss"] = self.evaluate() if step % spec.eval.every == 0 or step == self.total else None
+                row["wall_time"] = round(self.elapsed(), 4)
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                progress.update(step, row["loss"], row["lr"], row["tokens_per_s"])
+                state["step"], state["val_loss"] = step, row["val_loss"]
+                state["tokens_seen"] += row["tokens"]
+                if step % spec.checkpoints.every == 0 or step == self.total or state["stopped_early"]:
+                    self.checkpoint()
+        progress.close()
+
+    def step(self, i: int) -> dict:
+        """One optimizer step (step index `i`, 0-based): grad_accum micro-batches, clip, AdamW."""
+        import torch
+
+        spec = self.spec
+        stage, phase = segment_at(self.stages, i), segment_at(self.phases, i)
+        teachers, weights_ = self.teachers_for(phase)
+        lr = lr_at(spec, i, self.total)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        length, mix = self.lengths[stage], self.mixes[stage]
+        sums = torch.zeros(3, device=self.device)
+        for micro in range(spec.grad_accum):
+            batch = torch.from_numpy(self.data.train_batch(spec.seed, i, micro, mix, spec.batch_size, length))
+            batch = batch.to(self.device, non_blocking=True)
+            loss, ce, kd = self.objective(batch[:, :-1], batch[:, 1:], teachers, weights_)
+            (loss / spec.grad_accum).backward()
+            sums += torch.stack([loss.detach(), ce.detach(), kd.detach() if kd is not None else ce.new_zeros(())])
+        params = [p for p in self.model.parameters()]
+        if spec.clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, spec.clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        loss_v, ce_v, kd_v = (sums / spec.grad_accum).tolist()
+        grad_norm = float(norm)
+        self.guard(i + 1, loss_v, grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t0
+        tokens = spec.batch_size * spec.grad_accum * length
+        return {"step": i + 1, "phase": self.phases[phase].name, "stage": self.stages[stage].name,
+                "loss": loss_v, "ce": ce_v, "kd": kd_v if teachers else None, "lr": lr, "grad_norm": grad_norm,
+                "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+
+    def objective(self, x, y, teachers: list, weights_: list[float]):
+        """(loss, ce, kd) of one micro-batch; kd is None when nothing is distilled."""
+        import torch
+
+        with self.autocast():
+            logits = self.model(input_ids=x, use_cache=False).logits
+            if not teachers:
+                loss = losses.lm_loss(logits, y)
+                return loss, loss, None
+            with torch.no_grad():
+                taught = [t(input_ids=x, use_cache=False).logits for t in teachers]
+        d = self.spec.distill
+        return losses.distill_loss(logits, taught, weights_, y, d.temperature, d.alpha)
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.spec.dtype == "bfloat16")
+
+    def guard(self, step: int, loss: float, grad_norm: float) -> None:
+        """Stop before a non-finite loss or gradient reaches the weights; the checkpoints stay."""
+        what = "loss" if not math.isfinite(loss) else "gradient norm" if not math.isfinite(grad_norm) else None
+        if what is None:
+            return
+        value = loss if what == "loss" else grad_norm
+        found = checkpoints(self.ckpt_root)
+        last = (f"the last good checkpoint, kept, is {self._rel(found[-1])}" if found else
+                f"there is no checkpoint yet (the first is written at step {self.spec.checkpoints.every})")
+        raise BuildError(f"the {what} is {value} at optimizer step {step} of {self.total}; training stopped "
+                         f"before applying it, and {last}. Lower optimizer.lr, add warmup or set clip, then "
+                         f"build again")
+
+    def evaluate(self) -> float:
+        """Mean cross-entropy on the fixed validation batches (the student's own language-model
+        loss, for distillation too); updates the best value and early stopping."""
+        import torch
+
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            values = [losses.lm_loss(self.model(input_ids=b[:, :-1].to(self.device), use_cache=False).logits,
+                                     b[:, 1:].to(self.device)) for b in self.val_batches]
+        self.model.train()
+        val = float(torch.stack(values).mean())
+        state, rule = self.state, self.spec.early_stopping
+        if state["best_val_loss"] is None or val < state["best_val_loss"]:
+            state["best_val_loss"] = val
+        if rule is not None:
+            es = state["early_stopping"]
+            if es["best"] is None or val < es["best"] - rule.min_delta:
+                es["best"], es["bad_evals"] = val, 0
+            else:
+                es["bad_evals"] += 1
+                state["stopped_early"] = es["bad_evals"] >= rule.patience
+        return val
+
+    def elapsed(self) -> float:
+        """Seconds of training behind the current weights: those of earlier attempts up to the
+        checkpoint resumed from, plus this attempt's."""
+        return self.state["elapsed_s"] + time.perf_counter() - self.t_start
+
+    def checkpoint(self) -> None:
+        # the data cursor is the step: windows are drawn by default_rng([seed, 0, step index, micro-batch]),
+        # and so is the schedule, whose learning rate is a function of the step
+        state = dict(self.state, elapsed_s=self.elapsed(), total_steps=self.total,
+                     data_cursor=self.state["step"], lr_step=self.state["step"])
+        save_checkpoint(self.ckpt_root, state["step"], self.model, self.optimizer, state)
+        prune(self.ckpt_root, self.spec.checkpoints.keep)
+
+    # ------------------------------------------------------------ teachers
+
+    def teachers_for(self, phase: int) -> tuple[list, list[float]]:
+        """The current phase's teachers (loaded now if the phase just began) and their weights."""
+        if self.spec.distill is None:
+            return [], []
+        wanted = self.spec.distill.phases[phase].teachers
+        if set(self.teachers) != set(wanted):
+            for name in [n for n in self.teachers if n not in wanted]:
+                del self.teachers[name]
+            gc.collect()
+            for name in wanted:
+                if name not in self.teachers:
+                    self.teachers[name] = self.load_teacher(name)
+        return [self.teachers[n] for n in wanted], list(wanted.values())
+
+    def load_teacher(self, name: str):
+        import torch
+        from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+        source = self.spec.distill.teachers[name]
+        dtype = torch.bfloat16 if self.spec.dtype == "bfloat16" else torch.float32
+        where = self.job.inputs.get(f"teacher.{name}")
+        try:
+            if where is not None:
+                model = LlamaForCausalLM.from_pretrained(where, dtype=dtype)
+            elif source.path is not None:
+                where = self.job.root / source.path
+                model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=False,
+                                                             local_files_only=True)
+            else:
+                where = source.hub
+                model = AutoModelForCausalLM.from_pretrained(source.hub, dtype=dtype, trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"teacher '{name}' could not be loaded from {where}: {exc}") from None
+        if model.config.vocab_size != self.model_spec.vocab_size:
+            raise BuildError(f"teacher '{name}' ({where}) has a vocabulary of {model.config.vocab_size:,} tokens, "
+                             f"the student {self.model_spec.vocab_size:,}: distill from a teacher that shares "
+                             f"the student's tokenizer")
+        if self.progress is not None:
+            self.progress.close()  # end the progress line before a log line
+        self.job.log(f"teacher '{name}' loaded from {self._rel(where) if isinstance(where, Path) else where}")
+        return model.to(self.device).eval().requires_grad_(False)
+
+    # ------------------------------------------------------------ outputs
+
+    def finish(self) -> dict:
+        from safetensors.torch import save_file
+
+        out = self.job.out
+        (out / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+        save_file(weights(self.model), str(out / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copymode(out / "config.json", out / "model.safetensors")  # safetensors writes 0600
+        shutil.copyfile(self.metrics_path, out / "metrics.jsonl")
+        kept = checkpoints(self.ckpt_root)
+        for ckpt in kept:
+            _link_tree(ckpt, out / "checkpoints" / ckpt.name)
+        rows = read_metrics(self.metrics_path)
+        s = self.state
+        vals = [r["val_loss"] for r in rows if r["val_loss"] is not None]
+        return {
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "steps": s["step"], "total_steps": self.total, "stopped_early": s["stopped_early"],
+            "final_loss": rows[-1]["loss"] if rows else None, "final_val_loss": vals[-1] if vals else None,
+            "best_val_loss": s["best_val_loss"], "tokens_seen": s["tokens_seen"],
+            "seconds": round(self.elapsed(), 3),
+            "resumed_from": self.resumed_from, "device": self.device.type, "dtype": self.spec.dtype,
+            "phases": _summary(rows, "phase"), "stages": _summary(rows, "stage"),
+            "checkpoints": [c.name for c in kept],
+        }
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(Path(path).resolve().relative_to(Path(self.job.root).resolve()))
+        except ValueError:
+            return str(path)
+
+
+def _device(choice: str):
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise BuildError("device cuda was asked for, but torch sees no CUDA device: use device auto or cpu")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def _model(job: Job, device):
+    """A Llama model with the init step's seeded weights, or the `init` entry's; and its config."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from targets.init import hf_config, init_state, special_ids
+    from targets.trainloop import load_weights
+
+    spec = job.models["model"]
+    ids = special_ids(job.inputs["tokenizer"])
+    config = hf_config(spec, ids, "float32")
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    if "init" in job.inputs:
+        saved = load_file(str(job.inputs["init"] / "model.safetensors"))
+        load_weights(model, saved, f"the weights of '{job.spec.init}'")
+    else:
+        state = init_state(spec, ids, job.spec.seed)
+        load_weights(model, {k: torch.from_numpy(v) for k, v in state.items()}, f"model '{spec.name}'")
+    return model.to(device).train(), config
+
+
+def _adamw(model, o):
+    """AdamW with weight decay on the matrices only: not on norms, and not on the embedding."""
+    import torch
+
+    decay, other = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embed_tokens" not in name else other).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link a checkpoint's files into the output (same filesystem: no copy of the bytes);
+    the work copy stays until the entry is committed, so a kill here still resumes."""
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        try:
+            os.link(f, dst / f.name)
+        except OSError:
+            shutil.copy2(f, dst / f.name)
+
+
+def _summary(rows: list[dict], field: str) -> list[dict]:
+    """Per phase or stage, in order (a list: the manifest sorts keys): its name, first and last
+    step, and the loss and its parts at both."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r[field] is None:
+            continue
+        entry = out.setdefault(r[field], {"name": r[field], "first_step": r["step"], "loss_start": r["loss"],
+                                          "ce_start": r["ce"], "kd_start": r["kd"]})
+        entry.update(last_step=r["step"], loss_end=r["loss"], ce_end=r["ce"], kd_end=r["kd"])
+    return list(out.values())
