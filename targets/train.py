@@ -239,31 +239,39 @@ class Trainer:
         return [self.teachers[n] for n in wanted], list(wanted.values())
 
     def load_teacher(self, name: str):
+        """A frozen teacher in eval mode: a step's entry, a local folder, or a hub model."""
         import torch
         from transformers import AutoModelForCausalLM, LlamaForCausalLM
+        from transformers.utils import logging as hf_logging
 
         source = self.spec.distill.teachers[name]
         dtype = torch.bfloat16 if self.spec.dtype == "bfloat16" else torch.float32
-        where = self.job.inputs.get(f"teacher.{name}")
+        if self.progress is not None:
+            self.progress.close()  # end the progress line before other output
+        bar = hf_logging.is_progress_bar_enabled()
         try:
-            if where is not None:
-                model = LlamaForCausalLM.from_pretrained(where, dtype=dtype)
+            if f"teacher.{name}" in self.job.inputs:
+                what = f"step '{source.step}'"
+                hf_logging.disable_progress_bar()  # a local load is instant: no bar
+                model = LlamaForCausalLM.from_pretrained(self.job.inputs[f"teacher.{name}"], dtype=dtype)
             elif source.path is not None:
-                where = self.job.root / source.path
-                model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=False,
-                                                             local_files_only=True)
+                what = f"folder '{source.path}'"
+                hf_logging.disable_progress_bar()
+                model = AutoModelForCausalLM.from_pretrained(self.job.root / source.path, dtype=dtype,
+                                                             trust_remote_code=False, local_files_only=True)
             else:
-                where = source.hub
+                what = f"hub model '{source.hub}'"
                 model = AutoModelForCausalLM.from_pretrained(source.hub, dtype=dtype, trust_remote_code=False)
         except (OSError, ValueError) as exc:
-            raise BuildError(f"teacher '{name}' could not be loaded from {where}: {exc}") from None
+            raise BuildError(f"teacher '{name}' ({what}) could not be loaded: {exc}") from None
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         if model.config.vocab_size != self.model_spec.vocab_size:
-            raise BuildError(f"teacher '{name}' ({where}) has a vocabulary of {model.config.vocab_size:,} tokens, "
+            raise BuildError(f"teacher '{name}' ({what}) has a vocabulary of {model.config.vocab_size:,} tokens, "
                              f"the student {self.model_spec.vocab_size:,}: distill from a teacher that shares "
                              f"the student's tokenizer")
-        if self.progress is not None:
-            self.progress.close()  # end the progress line before a log line
-        self.job.log(f"teacher '{name}' loaded from {self._rel(where) if isinstance(where, Path) else where}")
+        self.job.log(f"teacher '{name}' loaded: {what}, {model.num_parameters():,} parameters")
         return model.to(self.device).eval().requires_grad_(False)
 
     # ------------------------------------------------------------ outputs

@@ -394,7 +394,7 @@ def test_sft_is_refused_until_it_is_supported(proj):
                               "supported yet (planned in a later issue); use `pretrain` or `distill` for now")
 
 
-def test_distill_in_two_phases_from_a_step_and_a_folder(proj, pre):
+def test_distill_in_two_phases_from_a_step_and_a_folder(proj, pre, capsys):
     import torch
     from transformers import LlamaForCausalLM
 
@@ -412,6 +412,10 @@ def test_distill_in_two_phases_from_a_step_and_a_folder(proj, pre):
                  eval={"every": 7, "batches": 1}, checkpoints={"every": 7, "keep": 1})
     assert build(proj, "kd", {"s": step}) == {"kd.s": None}
     entry = proj.root / "build" / "kd" / "s"
+    loaded = [line for line in capsys.readouterr().err.splitlines() if "loaded:" in line]
+    # each teacher loads when its first phase begins, and `a` stays for the second phase
+    assert loaded == ["  [kd.s] teacher 'a' loaded: step 'main.pre', 51,360 parameters",
+                      "  [kd.s] teacher 'b' loaded: folder 'teachers/wide', 68,880 parameters"]
     log = rows(entry)
     assert [r["phase"] for r in log] == ["one"] * 4 + ["two"] * 3
     assert all(r["kd"] > 0 and r["loss"] == pytest.approx(0.5 * r["kd"] + 0.5 * r["ce"], rel=1e-5) for r in log)
