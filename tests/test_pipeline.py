@@ -1,0 +1,86 @@
+"""End to end: a tiny distillation pipeline built with the real doit, edited, rebuilt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY_SPECS, ran, tiny_corpus
+
+PIPELINE = """
+kind: pipeline
+name: main
+steps:
+  tok:
+    kind: tokenizer
+    dataset: docs
+    vocab_size: 400
+  teacher:
+    kind: train
+    model: wide
+    tokenizer: tok
+    data: docs
+    max_steps: 6
+    batch_size: 4
+    seq_len: 32
+    eval: {every: 3, batches: 2}
+    checkpoints: {every: 3, keep: 1}
+  student:
+    kind: train
+    model: tiny
+    tokenizer: tok
+    data: docs
+    objective: distill
+    batch_size: 2
+    grad_accum: 2
+    seq_len: 32
+    optimizer: {lr: 1.0e-3}
+    eval: {every: 2, batches: 2}
+    checkpoints: {every: 2, keep: 1}
+    distill:
+      temperature: 2.0
+      alpha: 0.5
+      teachers:
+        teacher: {step: teacher}
+      phases:
+        - {name: one, steps: 2, teachers: {teacher: 1.5}}
+        - {name: two, steps: 2, teachers: {teacher: 1.0}}
+  hf:
+    kind: export
+    model: student
+"""
+
+WIDE = """
+kind: model
+name: wide
+hidden_size: 48
+intermediate_size: 96
+layers: 2
+heads: 4
+kv_heads: 2
+vocab_size: 512
+max_positions: 128
+"""
+
+
+@pytest.fixture
+def distill_project(make_project):
+    p = make_project()
+    p.write("data/docs.jsonl", "\n".join(json.dumps({"text": t}) for t in tiny_corpus()) + "\n")
+    p.write("specs/datasets/docs.yaml", TINY_SPECS["specs/datasets/docs.yaml"])
+    p.write("specs/models/tiny.yaml", TINY_SPECS["specs/models/tiny.yaml"])
+    p.write("specs/models/wide.yaml", WIDE)
+    p.write("specs/pipelines/main.yaml", PIPELINE)
+    p.write("specs/templates/chat.jinja", "{% for m in messages %}{{ m['content'] }}{{ eos_token }}{% endfor %}")
+    return p
+
+
+@pytest.mark.slow
+def test_changing_the_student_lr_reruns_only_the_student_and_its_export(distill_project):
+    first = distill_project.doit()
+    assert ran(first) == ["dataset.docs", "main.tok", "main.tok@docs", "main.teacher", "main.student", "main.hf"]
+    metrics = [json.loads(line) for line in distill_project.read("build/main/student/metrics.jsonl").splitlines()]
+    assert [m["phase"] for m in metrics] == ["one", "one", "two", "two"]
+    distill_project.edit("specs/pipelines/main.yaml", "lr: 1.0e-3", "lr: 2.0e-3")
+    assert ran(distill_project.doit()) == ["main.student", "main.hf"]
+    assert ran(distill_project.doit()) == []
