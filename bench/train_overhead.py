@@ -13,9 +13,11 @@ whose evaluation and checkpoint cadences never fire before the last step; its sp
 read from the `wall_time` of its metrics.jsonl lines after the warmup steps and before the
 last step (which evaluates and checkpoints), so it counts everything the loop does per
 step: sampling, schedule, metrics line, progress line, NaN guard. Sides alternate (bare,
-Ingot, bare, Ingot, ...) so drifting machine load hits both; the ratio is of the medians.
+Ingot, Ingot, bare, ...) so drifting machine load hits both. Two ratios: of the median
+over runs of tokens/s over each whole timed span, and (on a CPU) of the median step's
+tokens/s, which a load spike from another process on a shared machine barely moves.
 
-Run: `python bench/train_overhead.py [--steps 300] [--warmup 20] [--rounds 3] [--keep]`.
+Run: `python bench/train_overhead.py [--steps 300] [--warmup 20] [--rounds 4] [--keep]`.
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ def train_spec(steps: int) -> TrainStep:
                      checkpoints={"every": never, "keep": 1})
 
 
-def ingot(inputs: dict[str, Path], tmp: Path, steps: int, warmup: int, n: int) -> float:
-    """Tokens/s of targets.train.build, from its own metrics.jsonl."""
+def ingot(inputs: dict[str, Path], tmp: Path, steps: int, warmup: int, n: int) -> list[float]:
+    """Ends of Ingot's steps (seconds), from the wall_time of its own metrics.jsonl: from the
+    last warmup step to the step before the last (the last one evaluates and checkpoints)."""
     from targets import train
 
     out, work = tmp / f"ingot{n}" / "out", tmp / f"ingot{n}" / "work"
@@ -83,13 +86,13 @@ def ingot(inputs: dict[str, Path], tmp: Path, steps: int, warmup: int, n: int) -
               root=tmp, work=work)
     train.build(job)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    first, last = rows[warmup - 1], rows[-2]
     shutil.rmtree(tmp / f"ingot{n}")
-    return (last["step"] - first["step"]) * BATCH * SEQ / (last["wall_time"] - first["wall_time"])
+    return [r["wall_time"] for r in rows[warmup - 1:-1]]
 
 
-def bare(inputs: dict[str, Path], steps: int, warmup: int) -> float:
-    """Tokens/s of a plain torch loop over the same model, batch, optimizer and stream."""
+def bare(inputs: dict[str, Path], steps: int, warmup: int) -> list[float]:
+    """Ends of the steps of a plain torch loop over the same model, batch, optimizer and
+    stream, from the last warmup step to the step before the last, as for Ingot."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -108,11 +111,8 @@ def bare(inputs: dict[str, Path], steps: int, warmup: int) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
     rng = np.random.default_rng(SEED)
     span = np.arange(SEQ + 1)
-    for step in range(steps):
-        if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+    ends = []
+    for step in range(steps - 1):
         starts = rng.integers(0, len(stream) - SEQ - 1, BATCH)
         batch = torch.from_numpy(stream[starts[:, None] + span].astype(np.int64)).to(device)
         logits = model(input_ids=batch[:, :-1], use_cache=False).logits
@@ -121,16 +121,24 @@ def bare(inputs: dict[str, Path], steps: int, warmup: int) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (steps - warmup) * BATCH * SEQ / (time.perf_counter() - t0)
+        if device.type == "cuda" and step in (warmup - 1, steps - 2):
+            torch.cuda.synchronize()  # only around the timed span: the bare loop never waits otherwise
+        ends.append(time.perf_counter())
+    return ends[warmup - 1:]
+
+
+def rates(ends: list[float]) -> tuple[float, float]:
+    """(tokens/s over the whole span, tokens/s of the median step: robust to load spikes)."""
+    tokens = BATCH * SEQ
+    steps = [b - a for a, b in zip(ends, ends[1:])]
+    return tokens * len(steps) / (ends[-1] - ends[0]), tokens / statistics.median(steps)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps per run of each side")
     ap.add_argument("--warmup", type=int, default=20, help="steps of each run left out of its timing")
-    ap.add_argument("--rounds", type=int, default=3, help="runs of each side, alternating")
+    ap.add_argument("--rounds", type=int, default=4, help="runs of each side, alternating")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
     import torch
@@ -144,16 +152,24 @@ def main() -> None:
               f"batch {BATCH} x seq {SEQ}; {args.steps} steps per run ({args.warmup} warmup), "
               f"{args.rounds} rounds; {meta['splits']['train']['tokens']:,} train tokens; {device}, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
-        results: dict[str, list[float]] = {"bare torch": [], "ingot": []}
+        runs: dict[str, list[tuple[float, float]]] = {"bare torch": [], "ingot": []}
         for n in range(args.rounds):
-            results["bare torch"].append(bare(inputs, args.steps, args.warmup))
-            results["ingot"].append(ingot(inputs, tmp, args.steps, args.warmup, n))
-            print(f"round {n + 1}: bare torch {results['bare torch'][-1]:,.0f} tok/s, "
-                  f"ingot {results['ingot'][-1]:,.0f} tok/s", flush=True)
-        med = {k: statistics.median(v) for k, v in results.items()}
-        print(f"bare torch loop: {med['bare torch']:,.0f} tokens/s (median of {args.rounds})")
-        print(f"ingot train loop: {med['ingot']:,.0f} tokens/s (median of {args.rounds})")
-        print(f"ratio ingot / bare torch: {med['ingot'] / med['bare torch']:.3f} (goal >= 0.95)")
+            # ABBA order: whatever the first run of a round pays (a cold allocator, a load
+            # spike) is paid by each side in turn
+            sides = [("bare torch", lambda: bare(inputs, args.steps, args.warmup)),
+                     ("ingot", lambda: ingot(inputs, tmp, args.steps, args.warmup, n))]
+            for name, run in sides[::-1] if n % 2 else sides:
+                runs[name].append(rates(run()))
+            print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1][0]:,.0f} tok/s (median step {v[-1][1]:,.0f} tok/s)"
+                                                   for k, v in runs.items()), flush=True)
+        whole = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+        step = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
+        for k in runs:
+            print(f"{k}: {whole[k]:,.0f} tokens/s over whole runs, {step[k]:,.0f} tokens/s at the median step "
+                  f"(medians of {args.rounds} runs)")
+        print(f"ratio ingot / bare torch, whole runs: {whole['ingot'] / whole['bare torch']:.3f} (goal >= 0.95)")
+        if device == "cpu":  # on a GPU the bare loop's steps are not synchronized one by one
+            print(f"ratio ingot / bare torch, median step: {step['ingot'] / step['bare torch']:.3f}")
     finally:
         if args.keep:
             print(f"kept {tmp}")

@@ -214,9 +214,9 @@ def checkpoints(root: Path) -> list[Path]:
 
 
 def clear_partial(root: Path) -> None:
-    """Remove temporary checkpoint folders a killed build left half-written."""
+    """Remove checkpoint folders a killed build left half-written or half-deleted."""
     if root.is_dir():
-        for p in root.glob(".tmp-step-*"):
+        for p in root.glob(".tmp-*"):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -233,7 +233,10 @@ def kept(root: Path, keep: int) -> list[Path]:
 
 def prune(root: Path, keep: int) -> None:
     for p in set(checkpoints(root)) - set(kept(root, keep)):
-        shutil.rmtree(p)
+        # renamed first, so a kill halfway through the delete leaves no broken step-NNNNNN
+        doomed = root / f".tmp-drop-{p.name}"
+        os.rename(p, doomed)
+        shutil.rmtree(doomed)
 
 
 # ---------------------------------------------------------------- metrics and progress
@@ -242,7 +245,13 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Keep the lines of steps up to `step` (those the resumed checkpoint has seen)."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                lines.append(line)
+        except ValueError:  # the line a kill cut short
+            break
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in lines))
     os.replace(tmp, path)

@@ -246,6 +246,28 @@ def test_a_split_too_short_for_one_window_is_refused(tmp_path):
                               "split.validation")
 
 
+def test_kept_checkpoints_are_the_last_ones_and_the_best(tmp_path):
+    for step, val in ((5, 1.0), (10, 3.0), (15, None), (20, 2.0)):
+        (tmp_path / f"step-{step:06d}").mkdir()
+        (tmp_path / f"step-{step:06d}" / "state.json").write_text(json.dumps({"step": step, "val_loss": val}))
+    (tmp_path / ".tmp-step-000025").mkdir()  # a kill while writing: not a checkpoint
+    (tmp_path / "step-000030").mkdir()  # no state.json: not a checkpoint either
+    assert [p.name for p in trainloop.checkpoints(tmp_path)] == [f"step-{n:06d}" for n in (5, 10, 15, 20)]
+    trainloop.prune(tmp_path, 2)
+    trainloop.clear_partial(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000005", "step-000015", "step-000020", "step-000030"]
+
+
+def test_metrics_log_is_cut_back_to_the_checkpoint_resumed_from(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": n, "loss": 1.0}) + "\n" for n in range(1, 8)) + '{"step": 8, "lo')
+    trainloop.truncate_metrics(log, 5)
+    assert log.read_text() == "".join(json.dumps({"step": n, "loss": 1.0}) + "\n" for n in range(1, 6))
+    log.write_text('{"step": 1, "lo')  # killed while writing the first line
+    trainloop.truncate_metrics(log, 0)
+    assert log.read_text() == ""
+
+
 # ---------------------------------------------------------------- a pretraining run
 
 
