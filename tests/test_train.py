@@ -35,6 +35,17 @@ WIDE = """
     vocab_size: 512
     max_positions: 128
 """
+TIED = """
+    kind: model
+    name: tied
+    hidden_size: 32
+    intermediate_size: 64
+    layers: 1
+    heads: 2
+    vocab_size: 400
+    max_positions: 64
+    tie_embeddings: true
+"""
 CODE_DATA = """
     kind: dataset
     name: code
@@ -70,6 +81,7 @@ def new_project(root: Path) -> Project:
         p.write(rel, text)
     p.write("specs/datasets/code.yaml", CODE_DATA)
     p.write("specs/models/wide.yaml", WIDE)
+    p.write("specs/models/tied.yaml", TIED)
     steps = yaml.safe_load(p.read("specs/pipelines/main.yaml"))
     steps["steps"].update(wideinit={"kind": "init", "model": "wide", "tokenizer": "tok", "seed": 1}, pre=PRE)
     p.write("specs/pipelines/main.yaml", yaml.safe_dump(steps, sort_keys=False))
@@ -486,6 +498,20 @@ def test_bfloat16_autocast(proj, pre):
     assert log[0]["loss"] == pytest.approx(rows(pre)[0]["loss"], rel=0.02)
     assert load(entry).dtype.is_floating_point and manifest(entry)["metrics"]["dtype"] == "bfloat16"
     assert json.loads((entry / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_tied_embeddings(proj):
+    from safetensors.torch import load_file
+
+    step = with_(PRE, model="tied", tokenizer="main.tok", max_steps=3, eval={"every": 3, "batches": 1},
+                 checkpoints={"every": 3, "keep": 1})
+    assert build(proj, "tied", {"s": step}) == {"tied.s": None}
+    entry = proj.root / "build" / "tied" / "s"
+    model = load(entry)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    for path in (entry / "model.safetensors", entry / "checkpoints" / "step-000003" / "model.safetensors"):
+        assert "lm_head.weight" not in load_file(path) and "model.embed_tokens.weight" in load_file(path)
+    assert rows(entry)[-1]["loss"] < rows(entry)[0]["loss"]
 
 
 # ---------------------------------------------------------------- a real kill -9
