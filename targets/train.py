@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 
 from targets import BuildError, Job, losses
-from targets.trainloop import (Progress, TokenData, checkpoints, clear_partial, load_checkpoint, lr_at, prune,
-                               read_metrics, save_checkpoint, segment_at, segments, truncate_metrics, weights)
+from targets.trainloop import (Progress, TokenData, adamw, build_model, checkpoints, clear_partial, device_for,
+                               load_checkpoint, lr_at, prune, read_metrics, save_checkpoint, segment_at, segments,
+                               truncate_metrics, weights)
 
 OUTPUTS = ("model.safetensors", "config.json", "metrics.jsonl", "checkpoints/*")
 SFT_UNSUPPORTED = ("objective sft needs instruction/response datasets, which are not supported yet "
@@ -51,10 +52,12 @@ class Trainer:
     def __init__(self, job: Job):
         import torch
 
+        if job.work is None:
+            raise RuntimeError(f"{job.task}: a train step needs a work directory for its checkpoints")
         self.job, self.spec = job, job.spec
         spec = self.spec
         self.total = spec.total_steps()
-        self.device = _device(spec.device)
+        self.device = device_for(spec.device)
         if spec.dtype == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise BuildError("dtype bfloat16 needs a GPU that supports it; this one does not: use float32")
         self.stages = segments(spec.stages, self.total, "stage")
@@ -69,11 +72,9 @@ class Trainer:
         self.val_batches = [torch.from_numpy(b) for b in self.data.validation_batches(
             self.mixes[0], spec.eval.batches, spec.batch_size, self.lengths[0])]
         torch.manual_seed(spec.seed)
-        self.model, self.config = _model(job, self.device)
-        self.optimizer = _adamw(self.model, spec.optimizer)
+        self.model, self.config = build_model(job, self.device)
+        self.optimizer = adamw(self.model, spec.optimizer)
         self.teachers: dict[str, object] = {}
-        if job.work is None:
-            raise RuntimeError(f"{job.task}: a train step needs a work directory for its checkpoints")
         self.ckpt_root = Path(job.work) / "checkpoints"
         self.metrics_path = Path(job.work) / "metrics.jsonl"
         self.state = {"step": 0, "val_loss": None, "best_val_loss": None,
@@ -306,49 +307,6 @@ class Trainer:
             return str(Path(path).resolve().relative_to(Path(self.job.root).resolve()))
         except ValueError:
             return str(path)
-
-
-def _device(choice: str):
-    import torch
-
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise BuildError("device cuda was asked for, but torch sees no CUDA device: use device auto or cpu")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
-
-
-def _model(job: Job, device):
-    """A Llama model with the init step's seeded weights, or the `init` entry's; and its config."""
-    import torch
-    from safetensors.torch import load_file
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from targets.init import hf_config, init_state, special_ids
-    from targets.trainloop import load_weights
-
-    spec = job.models["model"]
-    ids = special_ids(job.inputs["tokenizer"])
-    config = hf_config(spec, ids, "float32")
-    model = LlamaForCausalLM(LlamaConfig(**config))
-    if "init" in job.inputs:
-        saved = load_file(str(job.inputs["init"] / "model.safetensors"))
-        load_weights(model, saved, f"the weights of '{job.spec.init}'")
-    else:
-        state = init_state(spec, ids, job.spec.seed)
-        load_weights(model, {k: torch.from_numpy(v) for k, v in state.items()}, f"model '{spec.name}'")
-    return model.to(device).train(), config
-
-
-def _adamw(model, o):
-    """AdamW with weight decay on the matrices only: not on norms, and not on the embedding."""
-    import torch
-
-    decay, other = [], []
-    for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "embed_tokens" not in name else other).append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
 
 
 def _link_tree(src: Path, dst: Path) -> None:

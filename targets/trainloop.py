@@ -1,7 +1,9 @@
-"""The parts of the train builder that are not the loop: data, schedule, checkpoints, progress.
+"""The parts of the train builder that are not the loop: schedule, data, model and optimizer,
+checkpoints, metrics and progress.
 
 Reads: `tokens.<dataset>` entries (`train.bin`/`validation.bin`, flat streams of token ids
-described by `tokens.json`), memory-mapped. Writes: checkpoints under the build's work
+described by `tokens.json`), memory-mapped; the tokenizer entry (special ids) and an `init`
+entry's `model.safetensors`. Writes: checkpoints under the build's work
 directory, each `step-NNNNNN/` holding `model.safetensors`, `optimizer.safetensors` (AdamW
 moments and step per parameter, torch RNG states) and `state.json` (the loop's counters).
 Safetensors only: nothing is pickled.
@@ -22,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from targets import BuildError
+from targets import BuildError, Job
 
 CHECKPOINT = re.compile(r"^step-(\d{6,})$")
 
@@ -141,6 +143,51 @@ class TokenData:
                 starts = np.linspace(0, len(stream) - seq_len - 1, rows.size).astype(np.int64)
                 out[rows] = stream[starts[:, None] + span]
         return [out[b * batch:(b + 1) * batch] for b in range(batches)]
+
+
+# ---------------------------------------------------------------- model and optimizer
+
+def device_for(choice: str):
+    """The torch device of the spec's `device`: `auto` is CUDA when torch sees one."""
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise BuildError("device cuda was asked for, but torch sees no CUDA device: use device auto or cpu")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def build_model(job: Job, device):
+    """A Llama model with the init step's seeded weights, or the `init` entry's; and its config."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from targets.init import hf_config, init_state, special_ids
+
+    spec = job.models["model"]
+    ids = special_ids(job.inputs["tokenizer"])
+    config = hf_config(spec, ids, "float32")
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    if "init" in job.inputs:
+        saved = load_file(str(job.inputs["init"] / "model.safetensors"))
+        load_weights(model, saved, f"the weights of '{job.spec.init}'")
+    else:
+        state = init_state(spec, ids, job.spec.seed)
+        load_weights(model, {k: torch.from_numpy(v) for k, v in state.items()}, f"model '{spec.name}'")
+    return model.to(device).train(), config
+
+
+def adamw(model, o):
+    """AdamW with weight decay on the matrices only: not on norms, and not on the embedding."""
+    import torch
+
+    decay, other = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embed_tokens" not in name else other).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
 
 
 # ---------------------------------------------------------------- checkpoints
