@@ -27,9 +27,10 @@ def compile_here(dodo_file: str) -> tuple[dict, list[dict]]:
         print(f"ingot: {n} problem{'s' if n > 1 else ''} found; nothing was built\n{exc}", file=sys.stderr)
         sys.exit(2)
     (root / "build").mkdir(exist_ok=True)
+    defaults = _defaults(plans)
     config = {"dep_file": str(root / "build" / ".doit.db"), "backend": "sqlite3", "verbosity": 2,
-              "default_tasks": _defaults(plans)}
-    return config, [task(p) for p in plans.values()] + [explain_task(plans)]
+              "default_tasks": defaults}
+    return config, [task(p) for p in plans.values()] + [explain_task(plans, defaults)]
 
 
 def _defaults(plans: dict[str, dict]) -> list[str]:
@@ -66,11 +67,11 @@ def task(plan: dict) -> dict:
     }
 
 
-def explain_task(plans: dict[str, dict]) -> dict:
+def explain_task(plans: dict[str, dict], defaults: list[str]) -> dict:
     return {
         "basename": "explain",
         "doc": "say why each step will run, or that it will not: doit explain [STEP ...]",
-        "actions": [(explain.report, [plans])],
+        "actions": [(explain.report, [plans, defaults])],
         "pos_arg": "steps",
         "uptodate": [False],
     }

@@ -12,13 +12,14 @@ from pathlib import Path
 from . import store
 
 
-def report(plans: dict[str, dict], steps: list[str]) -> bool | None:
-    """The `explain` task's action: print why each named step (all when none) will run."""
+def report(plans: dict[str, dict], defaults: list[str], steps: list[str]) -> bool | None:
+    """The `explain` task's action: print why each named step (those a plain `doit` builds,
+    when none is named) will run."""
     unknown = [name for name in steps if name not in plans]
     if unknown:
         print(f"explain: unknown step(s) {', '.join(unknown)}; `doit list` shows them all")
         return False
-    for name in steps or plans:
+    for name in steps or [t for t in plans if t in set(defaults)]:
         print("\n".join(explain(plans[name])))
 
 
