@@ -8,8 +8,6 @@ its inputs' keys, never their bytes.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import sources, training
 from .keys import FileDigests, canonical, code_digest, digest, keyed
 from .project import Node, Project, topo_order

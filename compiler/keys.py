@@ -47,8 +47,6 @@ def keyed(value: Any) -> Any:
 def _keyed_fields(cls: type) -> tuple[str, ...] | None:
     """The keyed fields of a pydantic model class, in order; None for any other type.
     Cached per class: a thousand steps share a handful of classes."""
-    from pydantic import BaseModel  # here, so that a compile answered from the cache never imports pydantic
-
     if not issubclass(cls, BaseModel):
         return None
     return tuple(name for name, info in cls.model_fields.items()

@@ -78,20 +78,24 @@ def tiny_corpus(n: int = TINY_CORPUS_DOCS) -> list[str]:
     return paras[:n]
 
 
+def code_project(root: Path) -> Project:
+    """A new project at `root` holding a copy of this checkout's code and nothing else."""
+    root.mkdir(parents=True)
+    for name in CODE:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    return Project(root)
+
+
 @pytest.fixture
 def make_project(tmp_path):
     """make_project() -> an empty project (code only); write manifests with project.write()."""
 
     def make() -> Project:
-        root = tmp_path / "proj"
-        root.mkdir()
-        for name in CODE:
-            src = REPO / name
-            if src.is_dir():
-                shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(src, root / name)
-        return Project(root)
+        return code_project(tmp_path / "proj")
 
     return make
 

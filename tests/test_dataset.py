@@ -398,5 +398,5 @@ def test_a_failed_rebuild_keeps_the_previous_entries(tiny_project):
         f.write("not json\n")
     result = tiny_project.doit("dataset.docs", check=False)
     assert result.returncode == 1
-    assert f"docs.jsonl:301: expected one JSON object per line; found invalid JSON (Expecting value)" in result.stdout
+    assert "docs.jsonl:301: expected one JSON object per line; found invalid JSON (Expecting value)" in result.stdout
     assert complete_entries(tiny_project.root) == before

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from compiler.specs import Export
-from conftest import CODE, REPO, TINY_SPECS, Project, ran, tiny_corpus
+from conftest import REPO, code_project, TINY_SPECS, Project, ran, tiny_corpus
 from targets import BuildError, Job
 from targets import export as export_builder
 
@@ -30,14 +30,7 @@ RENDERED = ("<s><|user|>\nWhat does len() return?</s>\n<|assistant|>\nThe number
 
 def new_project(root: Path) -> Project:
     """The tiny project of conftest, the default chat template, and an export of its init step."""
-    root.mkdir()
-    for name in CODE:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    p = Project(root)
+    p = code_project(root)
     p.write("data/docs.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus()))
     for rel, text in TINY_SPECS.items():
         p.write(rel, text)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +12,7 @@ import pytest
 
 from compiler import params, project
 from compiler.specs import InitStep
-from conftest import CODE, REPO, TINY_SPECS, Project, ran, tiny_corpus
+from conftest import code_project, TINY_SPECS, Project, ran, tiny_corpus
 from targets import Job
 from targets import init as init_builder
 
@@ -35,14 +34,7 @@ TIED_STEP = "  inittied:\n    kind: init\n    model: tied\n    tokenizer: tok\n 
 
 def new_project(root: Path) -> Project:
     """The tiny project of conftest plus a tied-embedding model, in a directory the whole module shares."""
-    root.mkdir()
-    for name in CODE:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    p = Project(root)
+    p = code_project(root)
     p.write("data/docs.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus()))
     for rel, text in TINY_SPECS.items():
         p.write(rel, text)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import CODE, REPO, TINY_SPECS, Project, ran, tiny_corpus
+from conftest import code_project, TINY_SPECS, Project, ran, tiny_corpus
 from targets import BuildError, Job
 from targets import tokenizer as tokenizer_builder
 
@@ -28,14 +27,7 @@ TEXTS = {
 
 def new_project(root: Path) -> Project:
     """The tiny project of conftest, in a directory that lives as long as the module's tests."""
-    root.mkdir()
-    for name in CODE:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    project = Project(root)
+    project = code_project(root)
     project.write("data/docs.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus()))
     for rel, text in TINY_SPECS.items():
         project.write(rel, text)

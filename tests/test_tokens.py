@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from compiler.specs import TokensStep
-from conftest import CODE, REPO, TINY_SPECS, Project, ran, tiny_corpus
+from conftest import code_project, TINY_SPECS, Project, ran, tiny_corpus
 from targets import BuildError, Job
 from targets import tokens as tokens_builder
 
@@ -35,14 +34,7 @@ def build(job):
 
 def new_project(root: Path) -> Project:
     """The tiny project of conftest (plus TRICKY documents) with two train steps reading docs with tok."""
-    root.mkdir()
-    for name in CODE:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    p = Project(root)
+    p = code_project(root)
     texts = tiny_corpus() + [t.ljust(20, ".") for t in TRICKY]  # min_chars 20
     p.write("data/docs.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in texts))
     for rel, text in TINY_SPECS.items():

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from compiler import graph, params, project, runner, store
-from conftest import CODE, REPO, TINY_SPECS, Project, tiny_corpus
+from conftest import code_project, TINY_SPECS, Project, tiny_corpus
 from targets import losses, trainloop
 
 WIDE = """
@@ -66,14 +66,7 @@ ROW_KEYS = ["step", "phase", "stage", "loss", "ce", "kd", "lr", "grad_norm", "to
 def new_project(root: Path) -> Project:
     """conftest's tiny project (docs -> tok -> init), a second dataset, a wider teacher model,
     and the `pre` pretraining step."""
-    root.mkdir(parents=True)
-    for name in CODE:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    p = Project(root)
+    p = code_project(root)
     texts = tiny_corpus(600)
     p.write("data/docs.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in texts[:300]))
     p.write("extra/code.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in texts[300:]))
