@@ -627,3 +627,26 @@ def test_killed_build_resumes_to_the_same_bytes(tmp_path_factory):
     assert manifest(whole)["key"] == key and manifest(whole)["metrics"]["resumed_from"] is None
     assert (entry / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
     assert [r["loss"] for r in rows(entry)] == [r["loss"] for r in rows(whole)]
+
+
+def test_an_sft_step_without_response_tokens_changes_nothing(proj, monkeypatch):
+    """Windows of prompts only (here: step 1's masks zeroed) give loss 0 and no update, not a NaN."""
+    from safetensors.torch import load_file
+
+    real = trainloop.TokenData.train_batch
+
+    def prompts_at_step_1(self, seed, i, micro, datasets, batch, seq_len, mask=False):
+        ids, masks = real(self, seed, i, micro, datasets, batch, seq_len, mask)
+        return ids, masks * (i != 0)
+
+    monkeypatch.setattr(trainloop.TokenData, "train_batch", prompts_at_step_1)
+    steps = {"s": with_(PRE, tokenizer="main.tok", data="qa", objective="sft", max_steps=3, grad_accum=2,
+                        eval={"every": 3, "batches": 1}, checkpoints={"every": 1, "keep": 3})}
+    assert build(proj, "empty", steps) == {"empty.s": None}
+    entry = proj.root / "build" / "empty" / "s"
+    log = rows(entry)
+    assert (log[0]["loss"], log[0]["grad_norm"]) == (0.0, 0.0)
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in log[1:])
+    first = load_file(str(entry / "checkpoints" / "step-000001" / "model.safetensors"))
+    init = load_file(str(proj.root / "build" / "main" / "init" / "model.safetensors"))
+    assert first.keys() == init.keys() and all((first[k] == init[k]).all() for k in init)
