@@ -39,7 +39,7 @@ def run(plan: dict) -> TaskFailed | None:
     started = time.time()
     try:
         metrics = builder.build(job) or {}
-        outputs = _outputs(tmp, builder.OUTPUTS, plan["task"])
+        outputs = _outputs(tmp, builder.OUTPUTS, plan["task"], getattr(builder, "OPTIONAL_OUTPUTS", ()))
     except BuildError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return TaskFailed(f"{plan['task']}: {exc}")
@@ -63,12 +63,12 @@ def _spec(plan: dict):
     return STEP_ADAPTER.validate_python(plan["step"])
 
 
-def _outputs(out: Path, patterns: tuple[str, ...], task: str) -> dict:
+def _outputs(out: Path, patterns: tuple[str, ...], task: str, optional: tuple[str, ...] = ()) -> dict:
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     for pattern in patterns:
         if not fnmatch.filter(names, pattern):
             raise RuntimeError(f"{task}: builder wrote no file matching '{pattern}' (it wrote {names})")
-    extra = [n for n in names if not any(fnmatch.fnmatch(n, p) for p in patterns)]
+    extra = [n for n in names if not any(fnmatch.fnmatch(n, p) for p in patterns + optional)]
     if extra:
         raise RuntimeError(f"{task}: builder wrote files it does not declare in OUTPUTS: {extra}")
     return {n: {"size": (out / n).stat().st_size, "xxh3_128": file_digest(out / n)} for n in names}

@@ -62,6 +62,21 @@ class PydocsSource(Spec):
 class FieldMap(Spec):
     text: str = "text"
     """Field of each JSONL record that holds the document text."""
+    instruction: str | None = None
+    """Field holding the instruction (user message) of an instruction/response record; with
+    `response`, records are read as instruction/response pairs instead of `text`."""
+    response: str | None = None
+    """Field holding the response (assistant message) of an instruction/response record."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> "FieldMap":
+        if (self.instruction is None) != (self.response is None):
+            raise ValueError("give both `instruction` and `response` (an instruction/response record), or neither")
+        return self
+
+    def chat(self) -> bool:
+        """Whether records are instruction/response pairs rather than texts."""
+        return self.instruction is not None
 
 
 class FilesSource(Spec):
@@ -107,6 +122,19 @@ class DatasetSpec(Manifest):
     """The deterministic train/validation split."""
     shard_docs: int = Field(10_000, ge=1)
     """Documents per output shard file."""
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> "DatasetSpec":
+        shapes = {isinstance(s, FilesSource) and s.fields.chat() for s in self.sources}
+        if len(shapes) > 1:
+            raise ValueError("every source gives texts, or every one gives instruction/response records "
+                             "(`fields: {instruction: ..., response: ...}`); this dataset mixes both")
+        return self
+
+    def chat(self) -> bool:
+        """Whether the records are instruction/response pairs (for `objective: sft`) rather than texts."""
+        source = self.sources[0]
+        return isinstance(source, FilesSource) and source.fields.chat()
 
     def summary(self) -> str:
         kinds = ", ".join(s.glob if isinstance(s, FilesSource) else "python docs" for s in self.sources)
@@ -219,6 +247,9 @@ class TokensStep(Step):
     """The dataset to tokenize."""
     tokenizer: str = ref("step")
     """The tokenizer step (as `pipeline.step`)."""
+    chat_template: str | None = None
+    """For an instruction/response dataset: the Jinja chat template (relative to the project
+    root) each record is rendered with; a response mask is written beside the ids. None for texts."""
 
     def summary(self) -> str:
         return f"dataset '{self.dataset}' as token ids of '{self.tokenizer}', packed for training"
@@ -329,6 +360,10 @@ class TrainStep(Step):
     """What to learn: next tokens (`pretrain`), responses only (`sft`), or teachers (`distill`)."""
     distill: Distill | None = None
     """Teachers, temperature, alpha and phases; required by `objective: distill`."""
+    chat_template: str = Field("specs/templates/chat.jinja", json_schema_extra=UNKEYED)
+    """Jinja chat template (relative to the project root) that renders the records of
+    instruction/response datasets before tokenizing; its path and contents enter the key of
+    the tokens it makes, and through them this step's."""
     max_steps: int | None = Field(None, ge=1)
     """Optimizer steps; may be left out when stages or phases give the length."""
     batch_size: int = Field(8, ge=1)

@@ -72,10 +72,12 @@ def _train(project: Project, node: Node) -> None:
     model = node.models["model"]
     _check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
     datasets = _datasets(project, node)
+    template = _chat_template(project, node, datasets)
     tok_task = node.deps["tokenizer"]
     node.deps.pop("data", None)
     for name in datasets:
-        node.deps[f"tokens.{name}"] = _tokens_node(project, tok_task, name)
+        chat = template if project.datasets[name][0].chat() else None
+        node.deps[f"tokens.{name}"] = _tokens_node(project, node, tok_task, name, chat)
     _check_length(node)
     if spec.objective == "distill" or spec.distill is not None:
         _distill(project, node, model, tok_task)
@@ -114,14 +116,38 @@ def _datasets(project: Project, node: Node) -> list[str]:
     return names
 
 
-def _tokens_node(project: Project, tok_task: str, dataset: str) -> str:
+def _chat_template(project: Project, node: Node, datasets: list[str]) -> str | None:
+    """The chat template the step's instruction/response datasets are rendered with (None when
+    all are texts); `objective: sft` needs every dataset to be instruction/response."""
+    spec = node.spec
+    if spec.objective == "sft":
+        for name in datasets:
+            if not project.datasets[name][0].chat():
+                where = ("data",) if spec.data is not None else ("stages",)
+                raise node.error(where, "instruction/response datasets, since `objective: sft` learns "
+                                        "responses only", f"dataset '{name}', which gives texts",
+                                 f"map its records with `fields: {{instruction: NAME, response: NAME}}` "
+                                 f"in dataset '{name}', or use `objective: pretrain`")
+    if not any(project.datasets[name][0].chat() for name in datasets):
+        return None
+    _template_file(project, node, spec.chat_template)
+    return spec.chat_template
+
+
+def _tokens_node(project: Project, step: Node, tok_task: str, dataset: str, template: str | None) -> str:
     task = f"{tok_task}@{dataset}"
     if task not in project.nodes:
         tok = project.nodes[tok_task]
-        spec = TokensStep(kind="tokens", dataset=dataset, tokenizer=tok_task)
+        spec = TokensStep(kind="tokens", dataset=dataset, tokenizer=tok_task, chat_template=template)
         node = Node(task, "tokens", spec, tok.doc, tok.path, tok.default)
         node.deps = {"dataset": f"dataset.{dataset}", "tokenizer": tok_task}
         project.nodes[task] = node
+    elif project.nodes[task].spec.chat_template != template:
+        # one tokens entry per (tokenizer, dataset): every step reading it renders the same way
+        other = project.nodes[task].spec.chat_template
+        raise step.error(("chat_template",), f"the chat template other steps read dataset '{dataset}' "
+                                             f"with ('{other}')", f"'{template}'",
+                         "use one chat template per tokenizer and dataset")
     return task
 
 
@@ -237,15 +263,18 @@ def _export(project: Project, node: Node) -> None:
     _weights_step(project, node, ("model",), node.deps["model"], node.spec.model)
     node.models["model"] = model_of(project, node.deps["model"])
     node.deps["tokenizer"] = project.nodes[node.deps["model"]].deps["tokenizer"]
-    rel = node.spec.chat_template
+    _template_file(project, node, node.spec.chat_template)
+
+
+def _template_file(project: Project, node: Node, rel: str) -> None:
     if not inside(node, ("chat_template",), rel, project.root).is_file():
         raise node.error(("chat_template",), "a Jinja template file", f"'{rel}', a folder",
                          "name the template file, e.g. specs/templates/chat.jinja")
 
 
 def source_files(project: Project, node: Node) -> list[Path]:
-    """Files outside the store a train or export step reads: teacher folders, templates."""
-    if node.kind == "export":
+    """Files outside the store a train, tokens or export step reads: teacher folders, templates."""
+    if node.kind == "export" or (node.kind == "tokens" and node.spec.chat_template is not None):
         return [project.root / node.spec.chat_template]
     if node.kind != "train" or node.spec.distill is None:
         return []

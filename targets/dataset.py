@@ -4,7 +4,9 @@ Reads: the files the compiler resolved for each source (`job.files`): the Python
 documentation corpus (`pydoc_data/topics.py` and standard-library sources, parsed
 with `ast`, never imported) and local `.txt` / `.jsonl` files. Writes:
 `train-NNNNN.jsonl` and `validation-NNNNN.jsonl` shards of `{"id", "text", "source"}`
-records (at least one shard per split, possibly empty) and `stats.json`.
+records, or `{"id", "instruction", "response", "source"}` when the sources map
+instruction/response fields (at least one shard per split, possibly empty), and `stats.json`.
+A pair is filtered, deduplicated and split by its canonical text (`canonical`).
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ def build(job: Job) -> dict:
     total = 0
     for i, (source, paths) in enumerate(zip(spec.sources, job.files)):
         count = 0
-        for text, origin in read_source(source, paths):
+        for value, origin in read_source(source, paths):
             count += 1
-            text = normalize(text, spec.normalize)
+            fields = {"text": value} if isinstance(value, str) else dict(zip(("instruction", "response"), value))
+            fields = {k: normalize(v, spec.normalize) for k, v in fields.items()}
+            text = canonical(fields)
             reason = rejected(text, spec.filters)
             if reason is None and spec.dedup == "exact":
                 digest = xxhash.xxh3_64_intdigest(text.encode("utf-8"))
@@ -47,7 +51,7 @@ def build(job: Job) -> dict:
             if reason:
                 removed[reason] += 1
                 continue
-            writers[split_of(text, spec.split)].write(text, origin)
+            writers[split_of(text, spec.split)].write(text, fields, origin)
         per_source.append({"source": i, "type": source.type, "documents": count})
         total += count
         job.log(f"source {i} ({source.type}): {count:,} documents read")
@@ -69,6 +73,13 @@ def normalize(text: str, form: str) -> str:
     if form != "none":
         text = unicodedata.normalize(form, text)
     return text.strip()
+
+
+def canonical(fields: dict[str, str]) -> str:
+    """The one text a record is filtered, deduplicated, split and named by."""
+    if "text" in fields:
+        return fields["text"]
+    return fields["instruction"] + "\n\n" + fields["response"]
 
 
 def rejected(text: str, filters) -> str | None:
@@ -103,10 +114,10 @@ class ShardWriter:
         self.shards.append(name)
         self.file = open(self.out / name, "w", encoding="utf-8")
 
-    def write(self, text: str, origin: str) -> None:
+    def write(self, text: str, fields: dict[str, str], origin: str) -> None:
         if self.docs and self.docs % self.per_shard == 0:
             self._next_shard()
-        record = {"id": xxhash.xxh3_64_hexdigest(text.encode("utf-8")), "text": text, "source": origin}
+        record = {"id": xxhash.xxh3_64_hexdigest(text.encode("utf-8")), **fields, "source": origin}
         self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.docs += 1
         self.chars += len(text)
@@ -118,8 +129,9 @@ class ShardWriter:
 
 # ---------------------------------------------------------------- sources
 
-def read_source(source, paths: list[Path]) -> Iterator[tuple[str, str]]:
-    """(text, origin) pairs of one source, in file order."""
+def read_source(source, paths: list[Path]) -> Iterator[tuple[str | tuple[str, str], str]]:
+    """(text, origin) pairs of one source, in file order; ((instruction, response), origin)
+    when the source maps instruction/response fields."""
     for path in paths:
         if source.type == "pydocs":
             yield from (_topics(path) if path.name == "topics.py" and path.parent.name == "pydoc_data"
@@ -127,7 +139,7 @@ def read_source(source, paths: list[Path]) -> Iterator[tuple[str, str]]:
         elif path.suffix == ".txt":
             yield _read_text(path), path.name
         else:
-            yield from _jsonl(path, source.fields.text)
+            yield from _jsonl(path, source.fields)
 
 
 def _read_text(path: Path) -> str:
@@ -155,7 +167,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 raise BuildError(_not_utf8(path, n, raw[exc.start])) from None
 
 
-def _jsonl(path: Path, field: str) -> Iterator[tuple[str, str]]:
+def _jsonl(path: Path, fields) -> Iterator[tuple[str | tuple[str, str], str]]:
+    names = ("instruction", "response") if fields.chat() else ("text",)
     for n, line in _lines(path):
         if not line.strip():
             continue
@@ -165,12 +178,17 @@ def _jsonl(path: Path, field: str) -> Iterator[tuple[str, str]]:
             raise BuildError(f"{path}:{n}: expected one JSON object per line; found invalid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
             raise BuildError(f"{path}:{n}: expected one JSON object per line; found {_json_type(record)}")
-        if not isinstance(record.get(field), str):
-            found = (f"{_json_type(record[field])} there" if field in record else
-                     f"no such field (the record has {', '.join(repr(k) for k in record) or 'no fields'})")
-            raise BuildError(f"{path}:{n}: expected a string in field '{field}'; found {found}; "
-                             f"map another field with `fields: {{text: NAME}}`")
-        yield record[field], f"{path.name}:{n}"
+        values = tuple(_field(record, getattr(fields, role), role, path, n) for role in names)
+        yield values[0] if len(values) == 1 else values, f"{path.name}:{n}"
+
+
+def _field(record: dict, field: str, role: str, path: Path, n: int) -> str:
+    if not isinstance(record.get(field), str):
+        found = (f"{_json_type(record[field])} there" if field in record else
+                 f"no such field (the record has {', '.join(repr(k) for k in record) or 'no fields'})")
+        raise BuildError(f"{path}:{n}: expected a string in field '{field}'; found {found}; "
+                         f"map another field with `fields: {{{role}: NAME}}`")
+    return record[field]
 
 
 def _json_type(value) -> str:

@@ -14,6 +14,17 @@ def lm_loss(logits, labels):
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
+def lm_loss_sum(logits, labels):
+    """(summed next-token cross-entropy, number of tokens counted): labels of -100 are skipped,
+    so a caller divides by the count of a whole optimizer step, and a window without a
+    counted token adds nothing instead of a NaN."""
+    import torch.nn.functional as F
+
+    flat = labels.reshape(-1)
+    return (F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), flat, ignore_index=-100, reduction="sum"),
+            int((flat != -100).sum()))
+
+
 def distill_loss(student_logits, teacher_logits: list, weights: list[float], labels,
                  temperature: float, alpha: float):
     """(loss, ce, kd) with kd = Σ_i w_i · KL(softmax(t_i/T) ‖ softmax(s/T)) · T² (the KL summed

@@ -7,6 +7,12 @@ Writes: `train.bin` and `validation.bin`, each every document's ids followed by 
 eos id, as raw little-endian uint16 (a vocabulary of at most 65,536 tokens) or
 uint32, which `np.memmap(path, dtype)` reads back; and `tokens.json` with the dtype,
 the special ids, the vocabulary size and per-split document and token counts.
+
+An instruction/response dataset (the spec names a `chat_template`, a Jinja file of the
+project) is rendered record by record as a user turn and an assistant turn, and each
+split also gets `<split>.mask.bin`, one uint8 per token: 1 for the tokens the assistant
+says (the response, what the template closes it with, and the separating eos), 0 for the
+prompt. tokens.json then says `"mask": true`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Iterator
 from targets import BuildError, Job
 
 OUTPUTS = ("train.bin", "validation.bin", "tokens.json")
+OPTIONAL_OUTPUTS = ("train.mask.bin", "validation.mask.bin")  # instruction/response datasets only
 SPLITS = ("train", "validation")
 CHUNK_CHARS = 4 << 20  # text handed to encode_batch at once: bounds memory, keeps its threads busy
 
@@ -31,13 +38,20 @@ def build(job: Job) -> dict:
     tok, ids = load_tokenizer(job.inputs["tokenizer"])
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = dtype_for(vocab)
+    chat = job.spec.chat_template is not None
+    render = chat_renderer(job.root / job.spec.chat_template, job.inputs["tokenizer"]) if chat else None
     splits = {}
     for split in SPLITS:
         shards = sorted(job.inputs["dataset"].glob(f"{split}-*.jsonl"))
-        splits[split] = write_split(tok, ids["eos"], dtype, shards, job.out / f"{split}.bin", job.log)
+        if chat:
+            splits[split] = write_chat_split(tok, ids["eos"], dtype, shards, job.out / f"{split}.bin", render)
+        else:
+            splits[split] = write_split(tok, ids["eos"], dtype, shards, job.out / f"{split}.bin", job.log)
         job.log(f"{split}: {splits[split]['documents']:,} documents, {splits[split]['tokens']:,} tokens ({dtype})")
     meta = {"dtype": dtype, "eos_id": ids["eos"], "bos_id": ids["bos"], "pad_id": ids["pad"],
             "vocab_size": vocab, "splits": splits}
+    if chat:
+        meta["mask"] = True
     (job.out / "tokens.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -98,3 +112,88 @@ def chunks(shards: list[Path]) -> Iterator[list[str]]:
                     texts, size = [], 0
     if texts:
         yield texts
+
+
+# ---------------------------------------------------------------- instruction/response records
+
+def chat_renderer(path: Path, tokenizer_entry: Path):
+    """render(instruction, response) -> (prompt, conversation): the user turn followed by the
+    generation prompt, and the whole conversation, as the template writes them."""
+    from jinja2 import StrictUndefined, TemplateError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    names = json.loads((tokenizer_entry / "special_tokens_map.json").read_text())
+    # trim_blocks and lstrip_blocks as in transformers' renderer: training sees what inference writes
+    env = SandboxedEnvironment(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    try:
+        template = env.from_string(path.read_text(encoding="utf-8"))
+    except TemplateError as exc:
+        raise BuildError(f"chat template {path.name}: {type(exc).__name__}: {exc}") from None
+    specials = {"bos_token": names.get("bos_token", ""), "eos_token": names.get("eos_token", "")}
+
+    def render(instruction: str, response: str) -> tuple[str, str]:
+        user = {"role": "user", "content": instruction}
+        try:
+            prompt = template.render(messages=[user], add_generation_prompt=True, **specials)
+            full = template.render(messages=[user, {"role": "assistant", "content": response}],
+                                   add_generation_prompt=False, **specials)
+        except TemplateError as exc:
+            raise BuildError(f"chat template {path.name}: {type(exc).__name__}: {exc}") from None
+        return prompt, full
+
+    return render
+
+
+def write_chat_split(tok, eos: int, dtype: str, shards: list[Path], path: Path, render) -> dict:
+    """Each record's rendered conversation then eos into `path`, and its mask into `<split>.mask.bin`.
+
+    The template's own special tokens (bos, eos) are meant as tokens here, as `apply_chat_template`
+    of the exported tokenizer reads them; the prompt must tokenize to a prefix of the conversation,
+    or the mask would cut a token in two."""
+    import numpy as np
+
+    tok.encode_special_tokens = False
+    documents = tokens = 0
+    mask_path = path.with_name(path.stem + ".mask.bin")
+    with open(path, "wb") as f, open(mask_path, "wb") as m:
+        for batch in chat_chunks(shards):
+            rendered = [render(inst, resp) for _, _, inst, resp in batch]
+            prompts = tok.encode_batch([p for p, _ in rendered], add_special_tokens=False)
+            fulls = tok.encode_batch([c for _, c in rendered], add_special_tokens=False)
+            ids: list[int] = []
+            mask: list[int] = []
+            for (shard, n, _, _), prompt, full in zip(batch, prompts, fulls):
+                cut = len(prompt.ids)
+                if full.ids[:cut] != prompt.ids:
+                    raise BuildError(f"{shard.name}, line {n}: the prompt's tokens are not a prefix of the "
+                                     f"conversation's, so the response cannot be masked; end the template's "
+                                     f"generation prompt at a token boundary (e.g. with a newline)")
+                ids += full.ids + [eos]
+                mask += [0] * cut + [1] * (len(full.ids) - cut + 1)
+            np.asarray(ids, dtype=np.dtype(dtype).newbyteorder("<")).tofile(f)
+            np.asarray(mask, dtype=np.uint8).tofile(m)
+            documents += len(batch)
+            tokens += len(ids)
+    return {"documents": documents, "tokens": tokens}
+
+
+def chat_chunks(shards: list[Path]) -> Iterator[list[tuple[Path, int, str, str]]]:
+    """(shard, line, instruction, response) of the records in order, in lists of about CHUNK_CHARS."""
+    batch: list[tuple[Path, int, str, str]] = []
+    size = 0
+    for shard in shards:
+        with open(shard, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    record = json.loads(line)
+                    pair = record["instruction"], record["response"]
+                except (ValueError, KeyError, TypeError):
+                    raise BuildError(f"{shard.name}, line {n}: not an instruction/response record "
+                                     f"(`instruction` and `response` fields)") from None
+                batch.append((shard, n, *pair))
+                size += len(pair[0]) + len(pair[1])
+                if size >= CHUNK_CHARS:
+                    yield batch
+                    batch, size = [], 0
+    if batch:
+        yield batch

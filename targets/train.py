@@ -1,9 +1,10 @@
-"""Train builder: pretrain or distill a Llama model on packed token streams, resumably.
+"""Train builder: pretrain, fine-tune or distill a Llama model on packed token streams, resumably.
 
 Reads: the model spec (`job.models["model"]`) and, when the step starts from another
 step, that `init` entry's `model.safetensors`; the `tokenizer` entry (special-token ids
 for config.json); one `tokens.<dataset>` entry per dataset (train.bin / validation.bin,
-memory-mapped); for distillation, each teacher of the current phase: a `teacher.<name>`
+memory-mapped; for `objective: sft` also their train.mask.bin / validation.mask.bin, so
+the loss counts response tokens only); for distillation, each teacher of the current phase: a `teacher.<name>`
 entry, or the spec's `path:` folder or `hub:` id (loaded without remote code).
 
 Writes: `model.safetensors` (float32) and `config.json` as the init step writes them, so
@@ -28,18 +29,14 @@ import time
 from pathlib import Path
 
 from targets import BuildError, Job, losses
-from targets.trainloop import (Progress, TokenData, adamw, build_model, checkpoints, clear_partial, device_for,
-                               load_checkpoint, lr_at, prune, read_metrics, save_checkpoint, segment_at, segments,
-                               truncate_metrics, weights)
+from targets.trainloop import (IGNORE, Progress, TokenData, adamw, build_model, checkpoints, clear_partial,
+                               device_for, inputs_and_labels, load_checkpoint, lr_at, prune, read_metrics,
+                               save_checkpoint, segment_at, segments, truncate_metrics, weights)
 
 OUTPUTS = ("model.safetensors", "config.json", "metrics.jsonl", "checkpoints/*")
-SFT_UNSUPPORTED = ("objective sft needs instruction/response datasets, which are not supported yet "
-                   "(planned in a later issue); use `pretrain` or `distill` for now")
 
 
 def build(job: Job) -> dict:
-    if job.spec.objective == "sft":
-        raise BuildError(SFT_UNSUPPORTED)
     trainer = Trainer(job)
     trainer.resume()
     trainer.run()
@@ -69,8 +66,15 @@ class Trainer:
         for n, (mix, length) in enumerate(zip(self.mixes, self.lengths)):
             self.data.check(mix, length, "train", f"stage '{self.stages[n].name}'" if spec.stages else "training")
         self.data.check(self.mixes[0], self.lengths[0], "validation", "the validation loss")
-        self.val_batches = [torch.from_numpy(b) for b in self.data.validation_batches(
-            self.mixes[0], spec.eval.batches, spec.batch_size, self.lengths[0])]
+        self.sft = spec.objective == "sft"
+        if self.sft:
+            self._check_masks()
+        self.val_batches = [tuple(torch.from_numpy(t) for t in inputs_and_labels(*([b] if not self.sft else b)))
+                            for b in self.data.validation_batches(self.mixes[0], spec.eval.batches,
+                                                                  spec.batch_size, self.lengths[0], self.sft)]
+        if self.sft and not any(bool((y != IGNORE).any()) for _, y in self.val_batches):
+            raise BuildError("the validation windows hold no response tokens, so the validation loss of sft "
+                             "is undefined: raise eval.batches or the dataset's split.validation")
         torch.manual_seed(spec.seed)
         self.model, self.config = build_model(job, self.device)
         self.optimizer = adamw(self.model, spec.optimizer)
@@ -132,22 +136,26 @@ class Trainer:
             group["lr"] = lr
         t0 = time.perf_counter()
         length, mix = self.lengths[stage], self.mixes[stage]
+        batches = [self.batch(i, micro, mix, length) for micro in range(spec.grad_accum)]
+        # the mean over what is counted in the whole optimizer step: every token, or for sft
+        # every response token (a micro-batch of prompts only weighs nothing, and is no NaN)
+        scale = sum(int((y != IGNORE).sum()) for _, y in batches) if self.sft else spec.grad_accum
         sums = torch.zeros(3, device=self.device)
-        for micro in range(spec.grad_accum):
-            batch = torch.from_numpy(self.data.train_batch(spec.seed, i, micro, mix, spec.batch_size, length))
-            batch = batch.to(self.device, non_blocking=True)
-            loss, ce, kd = self.objective(batch[:, :-1], batch[:, 1:], teachers, weights_)
-            (loss / spec.grad_accum).backward()
+        for x, y in batches if scale else ():
+            loss, ce, kd = self.objective(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
+                                          teachers, weights_)
+            (loss / scale).backward()
             sums += torch.stack([loss.detach(), ce.detach(), kd.detach() if kd is not None else ce.new_zeros(())])
         params = [p for p in self.model.parameters()]
         if spec.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, spec.clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        loss_v, ce_v, kd_v = (sums / spec.grad_accum).tolist()
+        loss_v, ce_v, kd_v = (sums / max(scale, 1)).tolist()
         grad_norm = float(norm)
         self.guard(i + 1, loss_v, grad_norm)
-        self.optimizer.step()
+        if scale:  # no response token in the whole step: nothing to learn, the weights stay
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
         tokens = spec.batch_size * spec.grad_accum * length
@@ -155,12 +163,31 @@ class Trainer:
                 "loss": loss_v, "ce": ce_v, "kd": kd_v if teachers else None, "lr": lr, "grad_norm": grad_norm,
                 "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
 
+    def batch(self, i: int, micro: int, mix: dict[str, float], length: int):
+        """(inputs, labels) of micro-batch `micro` of step index `i`, as CPU tensors."""
+        import torch
+
+        spec = self.spec
+        drawn = self.data.train_batch(spec.seed, i, micro, mix, spec.batch_size, length, self.sft)
+        return tuple(torch.from_numpy(t) for t in inputs_and_labels(*(drawn if self.sft else [drawn])))
+
+    def _check_masks(self) -> None:
+        for mix in self.mixes:
+            for name in mix:
+                if name not in self.data.masks["train"]:
+                    raise BuildError(f"objective sft needs response masks, and dataset '{name}' was tokenized "
+                                     f"without one: give it instruction/response records")
+
     def objective(self, x, y, teachers: list, weights_: list[float]):
-        """(loss, ce, kd) of one micro-batch; kd is None when nothing is distilled."""
+        """(loss, ce, kd) of one micro-batch; kd is None when nothing is distilled. For sft the
+        loss is summed over the response tokens (the caller divides by the step's count)."""
         import torch
 
         with self.autocast():
             logits = self.model(input_ids=x, use_cache=False).logits
+            if self.sft:
+                loss = losses.lm_loss_sum(logits, y)[0]
+                return loss, loss, None
             if not teachers:
                 loss = losses.lm_loss(logits, y)
                 return loss, loss, None
@@ -194,10 +221,14 @@ class Trainer:
 
         self.model.eval()
         with torch.no_grad(), self.autocast():
-            values = [losses.lm_loss(self.model(input_ids=b[:, :-1].to(self.device), use_cache=False).logits,
-                                     b[:, 1:].to(self.device)) for b in self.val_batches]
+            loss = losses.lm_loss_sum if self.sft else losses.lm_loss
+            values = [loss(self.model(input_ids=x.to(self.device), use_cache=False).logits, y.to(self.device))
+                      for x, y in self.val_batches]
+        if self.sft:  # the mean over every response token of the validation batches
+            val = float(sum(s for s, _ in values)) / sum(n for _, n in values)
+        else:
+            val = float(torch.stack(values).mean())
         self.model.train()
-        val = float(torch.stack(values).mean())
         state, rule = self.state, self.spec.early_stopping
         if state["best_val_loss"] is None or val < state["best_val_loss"]:
             state["best_val_loss"] = val

@@ -27,6 +27,7 @@ from pathlib import Path
 from targets import BuildError, Job
 
 CHECKPOINT = re.compile(r"^step-(\d{6,})$")
+IGNORE = -100  # a label cross-entropy skips (torch's ignore_index)
 
 
 # ---------------------------------------------------------------- schedule
@@ -78,9 +79,8 @@ class TokenData:
     """The train and validation streams of every dataset a step reads, memory-mapped."""
 
     def __init__(self, inputs: dict[str, Path], vocab_size: int):
-        import numpy as np
-
         self.train, self.validation = {}, {}
+        self.masks = {"train": {}, "validation": {}}  # datasets of instruction/response records only
         for field, folder in inputs.items():
             if not field.startswith("tokens."):
                 continue
@@ -90,10 +90,10 @@ class TokenData:
                 raise BuildError(f"dataset '{name}' was tokenized with a vocabulary of {meta['vocab_size']:,} "
                                  f"tokens, more than the model's {vocab_size:,} embedding rows")
             for split, table in (("train", self.train), ("validation", self.validation)):
-                path = folder / f"{split}.bin"
-                size = path.stat().st_size
-                table[name] = (np.memmap(path, dtype=meta["dtype"], mode="r") if size
-                               else np.zeros(0, meta["dtype"]))
+                table[name] = _stream(folder / f"{split}.bin", meta["dtype"])
+                if meta.get("mask"):
+                    # the mask lines up with the ids, so a window reads both at the same positions
+                    self.masks[split][name] = _stream(folder / f"{split}.mask.bin", "uint8")
 
     def check(self, datasets: dict[str, float], seq_len: int, split: str, where: str) -> None:
         """Every dataset of a mixture holds at least one window of seq_len + 1 tokens."""
@@ -105,9 +105,11 @@ class TokenData:
                                  f"window of seq_len + 1 = {seq_len + 1:,} tokens, needed for {where}: lower "
                                  f"seq_len or {fix}")
 
-    def train_batch(self, seed: int, i: int, micro: int, datasets: dict[str, float], batch: int, seq_len: int):
+    def train_batch(self, seed: int, i: int, micro: int, datasets: dict[str, float], batch: int, seq_len: int,
+                    mask: bool = False):
         """`batch` windows of seq_len + 1 tokens (int64), each from a dataset drawn by weight at
-        a uniformly random offset; a pure function of (seed, step index, micro-batch)."""
+        a uniformly random offset; a pure function of (seed, step index, micro-batch). With
+        `mask`, also the response masks of the same windows (uint8)."""
         import numpy as np
 
         rng = np.random.default_rng([seed, 0, i, micro])
@@ -115,34 +117,64 @@ class TokenData:
         weights = np.array([datasets[n] for n in names], dtype=np.float64)
         which = rng.choice(len(names), size=batch, p=weights / weights.sum())
         where = rng.random(batch)
-        out = np.empty((batch, seq_len + 1), dtype=np.int64)
-        span = np.arange(seq_len + 1)
+        plan = []
         for d, name in enumerate(names):
             rows = np.flatnonzero(which == d)
             if rows.size:
-                stream = self.train[name]
-                starts = (where[rows] * (len(stream) - seq_len)).astype(np.int64)
-                out[rows] = stream[starts[:, None] + span]
-        return out
+                plan.append((name, rows, (where[rows] * (len(self.train[name]) - seq_len)).astype(np.int64)))
+        out = _windows(self.train, plan, batch, seq_len, np.int64)
+        return (out, _windows(self.masks["train"], plan, batch, seq_len, np.uint8)) if mask else out
 
-    def validation_batches(self, datasets: dict[str, float], batches: int, batch: int, seq_len: int) -> list:
+    def validation_batches(self, datasets: dict[str, float], batches: int, batch: int, seq_len: int,
+                           mask: bool = False) -> list:
         """The same `batches` batches every time: windows spread evenly over each dataset's
-        validation stream, datasets sharing the windows by weight."""
+        validation stream, datasets sharing the windows by weight. With `mask`, each batch is
+        a (windows, masks) pair."""
         import numpy as np
 
         count = batches * batch
         names = list(datasets)
         cum = np.cumsum([datasets[n] for n in names], dtype=np.float64)
         owner = np.searchsorted(cum / cum[-1], (np.arange(count) + 0.5) / count)
-        out = np.empty((count, seq_len + 1), dtype=np.int64)
-        span = np.arange(seq_len + 1)
+        plan = []
         for d, name in enumerate(names):
             rows = np.flatnonzero(owner == d)
             if rows.size:
-                stream = self.validation[name]
-                starts = np.linspace(0, len(stream) - seq_len - 1, rows.size).astype(np.int64)
-                out[rows] = stream[starts[:, None] + span]
-        return [out[b * batch:(b + 1) * batch] for b in range(batches)]
+                plan.append((name, rows, np.linspace(0, len(self.validation[name]) - seq_len - 1,
+                                                     rows.size).astype(np.int64)))
+        out = _windows(self.validation, plan, count, seq_len, np.int64)
+        cut = [slice(b * batch, (b + 1) * batch) for b in range(batches)]
+        if not mask:
+            return [out[c] for c in cut]
+        masks = _windows(self.masks["validation"], plan, count, seq_len, np.uint8)
+        return [(out[c], masks[c]) for c in cut]
+
+
+def _stream(path: Path, dtype: str):
+    import numpy as np
+
+    return np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
+
+
+def _windows(table: dict, plan: list, count: int, seq_len: int, dtype):
+    """Rows of seq_len + 1 values of `table[name]` from each (name, rows, starts) of `plan`."""
+    import numpy as np
+
+    out = np.empty((count, seq_len + 1), dtype=dtype)
+    span = np.arange(seq_len + 1)
+    for name, rows, starts in plan:
+        out[rows] = table[name][starts[:, None] + span]
+    return out
+
+
+def inputs_and_labels(ids, mask=None):
+    """(inputs, labels) of windows of seq_len + 1 ids: labels are the next tokens, IGNORE where
+    the mask says the token is not part of a response (supervised fine-tuning)."""
+    x, y = ids[:, :-1], ids[:, 1:]
+    if mask is not None:
+        y = y.copy()
+        y[mask[:, 1:] == 0] = IGNORE
+    return x, y
 
 
 # ---------------------------------------------------------------- model and optimizer

@@ -90,6 +90,42 @@ def code_project(root: Path) -> Project:
     return Project(root)
 
 
+def qa_records(n: int = 60) -> list[dict]:
+    """Instruction/response records from the Python docs: "Explain TOPIC." and the first
+    paragraph of that pydoc topic (cut to 600 characters)."""
+    from pydoc_data.topics import topics
+
+    out = []
+    for name in sorted(topics):
+        paras = [p.strip() for p in topics[name].split("\n\n") if len(p.strip()) > 80]
+        if paras:
+            out.append({"instruction": f"Explain {name} in Python.", "response": paras[0][:600]})
+    return out[:n]
+
+
+QA_SPEC = """
+    kind: dataset
+    name: qa
+    sources:
+      - type: files
+        glob: qa/*.jsonl
+        fields:
+          instruction: instruction
+          response: response
+    split:
+      validation: 0.2
+"""
+
+
+def add_qa(project: "Project", n: int = 60) -> None:
+    """An instruction/response dataset `qa` and the project's default chat template."""
+    import json
+
+    project.write("qa/qa.jsonl", "".join(json.dumps(r) + "\n" for r in qa_records(n)))
+    project.write("specs/datasets/qa.yaml", QA_SPEC)
+    project.write("specs/templates/chat.jinja", (REPO / "specs" / "templates" / "chat.jinja").read_text())
+
+
 @pytest.fixture
 def make_project(tmp_path):
     """make_project() -> an empty project (code only); write manifests with project.write()."""

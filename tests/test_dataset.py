@@ -222,6 +222,59 @@ def test_jsonl_field_mapping(tmp_path):
                                                                          ("second body", "a.jsonl:3")]
 
 
+QA_FIELDS = {"instruction": "q", "response": "a"}
+
+
+def qa_source(**fields) -> list[dict]:
+    return [{"type": "files", "glob": "data/*.jsonl", "fields": {**QA_FIELDS, **fields}}]
+
+
+def test_instruction_response_records(tmp_path):
+    """Pairs are normalized one field at a time and filtered, deduplicated, named and split by
+    their canonical text, instruction + blank line + response."""
+    data = write_jsonl(tmp_path / "data/qa.jsonl", [
+        {"q": " Explain len()\r\n", "a": "It returns the number of items.  ", "text": "ignored"},
+        {"q": "Explain len()", "a": "It returns the number of items."},   # a duplicate once normalized
+        {"q": "Explain len()", "a": "It returns the length."},            # another response: kept
+        {"q": "Hi", "a": "Yo"},                                            # 8 chars joined: filtered
+    ])
+    built = build(tmp_path, [[data]], sources=qa_source(), filters={"min_chars": 10}, split={"validation": 0})
+    canonical = ["Explain len()\n\nIt returns the number of items.", "Explain len()\n\nIt returns the length."]
+    assert built.records["train"] == [
+        {"id": xxhash.xxh3_64_hexdigest(canonical[0].encode()), "instruction": "Explain len()",
+         "response": "It returns the number of items.", "source": "qa.jsonl:1"},
+        {"id": xxhash.xxh3_64_hexdigest(canonical[1].encode()), "instruction": "Explain len()",
+         "response": "It returns the length.", "source": "qa.jsonl:3"}]
+    assert built.stats["removed"] == {"min_chars": 1, "max_chars": 0, "exact_duplicate": 1}
+    assert built.stats["splits"]["train"]["chars"] == sum(map(len, canonical))
+    assert dataset.split_of(canonical[0], make_spec().split) == "train"
+    both = build(tmp_path, [[data]], sources=qa_source(), filters={"min_chars": 10}, split={"validation": 0.5})
+    assert {r["id"]: s for s in SPLITS for r in both.records[s]} == {
+        xxhash.xxh3_64_hexdigest(t.encode()): dataset.split_of(t, make_spec(split={"validation": 0.5}).split)
+        for t in canonical}
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"q": "x"}, "expected a string in field 'a'; found no such field (the record has 'q'); "
+                 "map another field with `fields: {response: NAME}`"),
+    ({"q": 3, "a": "y"}, "expected a string in field 'q'; found a number there; "
+                         "map another field with `fields: {instruction: NAME}`"),
+])
+def test_a_missing_instruction_or_response_names_file_and_line(tmp_path, record, message):
+    data = write_jsonl(tmp_path / "data/qa.jsonl", [{"q": "fine", "a": "fine"}, record])
+    with pytest.raises(BuildError) as exc:
+        build(tmp_path, [[data]], sources=qa_source())
+    assert str(exc.value) == f"{data}:2: {message}"
+
+
+def test_a_dataset_is_texts_or_pairs(tmp_path):
+    with pytest.raises(ValueError, match="give both `instruction` and `response`"):
+        make_spec(sources=[{"type": "files", "glob": "a", "fields": {"instruction": "q"}}])
+    with pytest.raises(ValueError, match="this dataset mixes both"):
+        make_spec(sources=qa_source() + [{"type": "pydocs"}])
+    assert make_spec(sources=qa_source()).chat() and not make_spec().chat()
+
+
 def test_txt_files_are_one_document_each(tmp_path):
     paths = []
     for name, text in [("a.txt", "first line\nsecond line\n\nnew paragraph\n"), ("b.txt", "\ufeffwith a BOM\r\n")]:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from compiler.specs import TokensStep
-from conftest import code_project, TINY_SPECS, Project, ran, tiny_corpus
+from compiler import graph, project
+from conftest import TINY_SPECS, Project, add_qa, code_project, ran, tiny_corpus
 from targets import BuildError, Job
 from targets import tokens as tokens_builder
 
@@ -191,3 +192,97 @@ def test_train_steps_reading_one_pair_share_one_tokens_task(tmp_path):
     assert seen[0] == seen[1]
     assert seen[0]["tokens.docs"] == (p.root / "build" / "main" / "tok@docs").resolve().name
     assert ran(p.doit("main.t", "main.t2")) == []
+
+
+# ---------------------------------------------------------------- instruction/response records
+
+SFT = "  s:\n    kind: train\n    model: tiny\n    tokenizer: tok\n    data: qa\n    objective: sft\n    max_steps: 1\n"
+
+
+def chat_project(root: Path) -> Project:
+    p = new_project(root)
+    add_qa(p)
+    p.write("specs/pipelines/main.yaml", p.read("specs/pipelines/main.yaml") + SFT)
+    return p
+
+
+@pytest.fixture(scope="module")
+def chat_built(tmp_path_factory):
+    p = chat_project(tmp_path_factory.mktemp("chat") / "proj")
+    assert sorted(ran(p.doit("main.tok@qa"))) == ["dataset.docs", "dataset.qa", "main.tok", "main.tok@qa"]
+    return p
+
+
+def records(dataset: Path, split: str) -> list[dict]:
+    return [json.loads(line) for shard in sorted(dataset.glob(f"{split}-*.jsonl"))
+            for line in shard.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_the_mask_covers_the_response_and_its_eos(chat_built, split):
+    """Checked against transformers' own chat renderer: the masked-out tokens decode to the
+    prompt (user turn and generation prompt), the masked-in ones to the rest of the conversation
+    and the separating eos."""
+    from tokenizers import Tokenizer
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    build = chat_built.root / "build"
+    entry = build / "main" / "tok@qa"
+    meta = json.loads((entry / "tokens.json").read_text())
+    assert meta["mask"] is True
+    assert {p.name for p in entry.iterdir()} == FILES | {"train.mask.bin", "validation.mask.bin", "manifest.json"}
+    tok = Tokenizer.from_file(str(build / "main" / "tok" / "tokenizer.json"))
+    stream = np.fromfile(entry / f"{split}.bin", dtype=meta["dtype"])
+    mask = np.fromfile(entry / f"{split}.mask.bin", dtype=np.uint8)
+    assert len(mask) == len(stream) == meta["splits"][split]["tokens"] and set(mask.tolist()) == {0, 1}
+    starts = np.flatnonzero((mask[1:] == 0) & (mask[:-1] == 1)) + 1  # a record: zeros, then ones
+    pairs = records(build / "dataset" / "qa", split)
+    assert len(pairs) == meta["splits"][split]["documents"] == len(starts) + 1 > 0
+    template = chat_built.read("specs/templates/chat.jinja")
+    specials = {"bos_token": "<s>", "eos_token": "</s>"}
+    for rec, ids, m in zip(pairs, np.split(stream, starts), np.split(mask, starts)):
+        user = {"role": "user", "content": rec["instruction"]}
+        chat = [user, {"role": "assistant", "content": rec["response"]}]
+        prompt = render_jinja_template([[user]], chat_template=template, add_generation_prompt=True, **specials)[0][0]
+        full = render_jinja_template([chat], chat_template=template, **specials)[0][0]
+        assert full.startswith(prompt) and rec["response"] in full[len(prompt):]
+        cut = int((m == 0).sum())
+        assert m.tolist() == [0] * cut + [1] * (len(m) - cut)
+        assert ids[-1] == meta["eos_id"]
+        assert tok.decode(ids[:cut].tolist(), skip_special_tokens=False) == prompt
+        assert tok.decode(ids[cut:].tolist(), skip_special_tokens=False) == full[len(prompt):] + "</s>"
+
+
+def test_text_datasets_get_no_mask(chat_built):
+    assert ran(chat_built.doit("main.tok@docs")) == ["main.tok@docs"]
+    entry = chat_built.root / "build" / "main" / "tok@docs"
+    assert {p.name for p in entry.iterdir()} == FILES | {"manifest.json"}
+    assert "mask" not in json.loads((entry / "tokens.json").read_text())
+
+
+def test_a_template_edit_rekeys_the_tokens_and_the_step_only(tmp_path):
+    p = chat_project(tmp_path / "proj")
+    before = {t: plan["key"] for t, plan in graph.plans(project.load(p.root)).items()}
+    p.write("specs/templates/chat.jinja", p.read("specs/templates/chat.jinja") + "{#- a note -#}\n")
+    after = {t: plan["key"] for t, plan in graph.plans(project.load(p.root)).items()}
+    assert sorted(t for t in before if before[t] != after[t]) == ["main.s", "main.tok@qa"]
+    assert "main.tok@docs" in before  # read by the text steps t and t2, whose keys stay
+
+
+def test_a_prompt_that_is_no_token_prefix_is_a_build_error(tmp_path):
+    """A generation prompt that ends inside what the response begins with cannot be masked."""
+    word_tokenizer(tmp_path / "tok", 10)
+    (tmp_path / "chat.jinja").write_text("{% for m in messages %}{{ m['content'] }} {% endfor %}"
+                                         "{% if add_generation_prompt %}w2x{% endif %}")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train-00000.jsonl").write_text(json.dumps({"instruction": "w1", "response": "w2"}) + "\n")
+    (tmp_path / "data" / "validation-00000.jsonl").write_text("")
+    (tmp_path / "out").mkdir()
+    spec = TokensStep(kind="tokens", dataset="qa", tokenizer="main.tok", chat_template="chat.jinja")
+    job = Job("main.tok@qa", spec, tmp_path / "out", inputs={"dataset": tmp_path / "data", "tokenizer": tmp_path / "tok"},
+              root=tmp_path)
+    with pytest.raises(BuildError) as exc:
+        tokens_builder.build(job)
+    assert str(exc.value) == ("train-00000.jsonl, line 1: the prompt's tokens are not a prefix of the conversation's, "
+                              "so the response cannot be masked; end the template's generation prompt at a token "
+                              "boundary (e.g. with a newline)")

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from compiler import graph, params, project, runner, store
-from conftest import code_project, TINY_SPECS, Project, tiny_corpus
+from compiler.errors import SpecError
+from conftest import TINY_SPECS, Project, add_qa, code_project, tiny_corpus
 from targets import losses, trainloop
 
 WIDE = """
@@ -75,6 +76,7 @@ def new_project(root: Path) -> Project:
     p.write("specs/datasets/code.yaml", CODE_DATA)
     p.write("specs/models/wide.yaml", WIDE)
     p.write("specs/models/tied.yaml", TIED)
+    add_qa(p)
     steps = yaml.safe_load(p.read("specs/pipelines/main.yaml"))
     steps["steps"].update(wideinit={"kind": "init", "model": "wide", "tokenizer": "tok", "seed": 1}, pre=PRE)
     p.write("specs/pipelines/main.yaml", yaml.safe_dump(steps, sort_keys=False))
@@ -415,10 +417,73 @@ def test_early_stopping(proj):
     assert state["early_stopping"] == {"best": rows(entry)[1]["val_loss"], "bad_evals": 2}
 
 
-def test_sft_is_refused_until_it_is_supported(proj):
-    failed = build(proj, "sft", {"s": with_(PRE, tokenizer="main.tok", objective="sft")})["sft.s"]
-    assert failed.message == ("sft.s: objective sft needs instruction/response datasets, which are not "
-                              "supported yet (planned in a later issue); use `pretrain` or `distill` for now")
+def test_sft_on_a_text_dataset_is_a_spec_error(proj):
+    path = proj.write("specs/pipelines/bad.yaml", yaml.safe_dump(
+        {"kind": "pipeline", "name": "bad", "default": False,
+         "steps": {"s": with_(PRE, tokenizer="main.tok", objective="sft")}}, sort_keys=False))
+    try:
+        with pytest.raises(SpecError) as exc:
+            project.load(proj.root)
+    finally:
+        path.unlink()
+    assert str(exc.value) == (
+        "specs/pipelines/bad.yaml:9: steps.s.data: expected instruction/response datasets, since `objective: sft` "
+        "learns responses only; found dataset 'docs', which gives texts\n"
+        "  fix: map its records with `fields: {instruction: NAME, response: NAME}` in dataset 'docs', "
+        "or use `objective: pretrain`")
+
+
+def test_lm_loss_sum_counts_only_labelled_tokens():
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(2, 5, 11, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[3, -100, 4, -100, -100], [-100, 7, 7, 1, -100]])
+    total, count = losses.lm_loss_sum(logits, labels)
+    keep = labels != -100
+    direct = -F.log_softmax(logits, -1)[keep].gather(-1, labels[keep][:, None]).sum()
+    assert count == 5
+    torch.testing.assert_close(total, direct)
+    moved = logits.clone()
+    moved[~keep] += 100 * torch.randn(int((~keep).sum()), 11)  # what an ignored position predicts is not counted
+    torch.testing.assert_close(losses.lm_loss_sum(moved, labels)[0], total)
+    none, zero = losses.lm_loss_sum(logits, torch.full_like(labels, -100))
+    assert (float(none), zero) == (0.0, 0)  # no NaN: the caller skips a step with nothing to learn
+
+
+def test_sft_learns_the_responses_only(proj):
+    """An sft step on instruction/response records trains, and its first loss is the
+    cross-entropy of the initial weights on the response tokens of step 0's windows only."""
+    import torch
+    import torch.nn.functional as F
+
+    steps = {"s": with_(PRE, tokenizer="main.tok", data="qa", objective="sft", max_steps=6, grad_accum=2,
+                        eval={"every": 3, "batches": 2}),
+             "p": with_(PRE, tokenizer="main.tok", data="qa", max_steps=2)}  # pretraining reads every token
+    assert build(proj, "sft", steps) == {"sft.s": None, "sft.p": None}
+    entry = proj.root / "build" / "sft" / "s"
+    assert manifest(entry)["inputs"]["tokens.qa"]["task"] == "main.tok@qa"
+    assert manifest(proj.root / "build" / "sft" / "p")["inputs"]["tokens.qa"]["task"] == "main.tok@qa"
+    log = rows(entry)
+    assert [r["step"] for r in log] == list(range(1, 7))
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in log)
+    assert [r["step"] for r in log if r["val_loss"] is not None] == [3, 6]
+    assert all(math.isfinite(r["val_loss"]) for r in log if r["val_loss"] is not None)
+
+    model = load(proj.root / "build" / "main" / "init").eval()  # seed 0, as `model: tiny` starts
+    data = trainloop.TokenData({"tokens.qa": proj.root / "build" / "main" / "tok@qa"}, 512)
+    total = count = full = 0.0
+    for micro in range(2):
+        ids, mask = data.train_batch(0, 0, micro, {"qa": 1.0}, 4, 32, mask=True)
+        ids = torch.from_numpy(ids)
+        with torch.no_grad():
+            logp = F.log_softmax(model(input_ids=ids[:, :-1]).logits.float(), -1)
+        nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
+        response = torch.from_numpy(mask[:, 1:] == 1)
+        total, count, full = total + nll[response].sum(), count + response.sum(), full + nll.mean() / 2
+    assert 0 < count < 2 * 4 * 32  # the windows hold prompts and responses
+    assert log[0]["loss"] == pytest.approx(float(total / count), rel=1e-5)
+    assert abs(log[0]["loss"] - float(full)) > 1e-3
 
 
 def test_distill_in_two_phases_from_a_step_and_a_folder(proj, pre, capsys):
@@ -555,3 +620,26 @@ def test_killed_build_resumes_to_the_same_bytes(tmp_path_factory):
     assert manifest(whole)["key"] == key and manifest(whole)["metrics"]["resumed_from"] is None
     assert (entry / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
     assert [r["loss"] for r in rows(entry)] == [r["loss"] for r in rows(whole)]
+
+
+def test_an_sft_step_without_response_tokens_changes_nothing(proj, monkeypatch):
+    """Windows of prompts only (here: step 1's masks zeroed) give loss 0 and no update, not a NaN."""
+    from safetensors.torch import load_file
+
+    real = trainloop.TokenData.train_batch
+
+    def prompts_at_step_1(self, seed, i, micro, datasets, batch, seq_len, mask=False):
+        ids, masks = real(self, seed, i, micro, datasets, batch, seq_len, mask)
+        return ids, masks * (i != 0)
+
+    monkeypatch.setattr(trainloop.TokenData, "train_batch", prompts_at_step_1)
+    steps = {"s": with_(PRE, tokenizer="main.tok", data="qa", objective="sft", max_steps=3, grad_accum=2,
+                        eval={"every": 3, "batches": 1}, checkpoints={"every": 1, "keep": 3})}
+    assert build(proj, "empty", steps) == {"empty.s": None}
+    entry = proj.root / "build" / "empty" / "s"
+    log = rows(entry)
+    assert (log[0]["loss"], log[0]["grad_norm"]) == (0.0, 0.0)
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in log[1:])
+    first = load_file(str(entry / "checkpoints" / "step-000001" / "model.safetensors"))
+    init = load_file(str(proj.root / "build" / "main" / "init" / "model.safetensors"))
+    assert first.keys() == init.keys() and all((first[k] == init[k]).all() for k in init)
