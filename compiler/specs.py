@@ -366,6 +366,9 @@ class TrainStep(Step):
     the tokens it makes, and through them this step's."""
     max_steps: int | None = Field(None, ge=1)
     """Optimizer steps; may be left out when stages or phases give the length."""
+    epochs: float | None = Field(None, gt=0)
+    """Or: passes over the train split, each epoch its tokens / (batch_size · grad_accum · seq_len)
+    optimizer steps, rounded up; worked out from the tokenized data, so only with `data:`."""
     batch_size: int = Field(8, ge=1)
     """Sequences per micro-batch."""
     grad_accum: int = Field(1, ge=1)
@@ -393,7 +396,8 @@ class TrainStep(Step):
 
     def summary(self) -> str:
         start = f"model '{self.model}'" if self.model else f"'{self.init}'"
-        return f"{self.objective} of {start}, {self.total_steps() or '?'} steps"
+        length = f"{self.epochs:g} epochs" if self.epochs is not None else f"{self.total_steps()} steps"
+        return f"{self.objective} of {start}, {length}"
 
     def total_steps(self) -> int | None:
         if self.max_steps is not None:

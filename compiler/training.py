@@ -157,9 +157,15 @@ def _check_length(node: Node) -> None:
                "stages": sum(s.steps for s in spec.stages) if spec.stages else None,
                "distill.phases": sum(p.steps for p in spec.distill.phases) if spec.distill else None}
     given = {k: v for k, v in lengths.items() if v is not None}
+    if spec.epochs is not None:
+        if given:
+            said = ", ".join(f"{k} {v:,}" for k, v in given.items())
+            raise node.error(("epochs",), "the length of training given once", f"epochs {spec.epochs:g} and {said}",
+                             "keep `epochs`, or the steps, not both")
+        return
     if not given:
-        raise node.error(("max_steps",), "the length of training: `max_steps`, or the steps of stages or phases",
-                         "none of them", "add `max_steps: N`")
+        raise node.error(("max_steps",), "the length of training: `max_steps`, `epochs`, or the steps of stages "
+                                         "or phases", "none of them", "add `max_steps: N` or `epochs: N`")
     if len(set(given.values())) > 1:
         said = ", ".join(f"{k} {v:,}" for k, v in given.items())
         raise node.error((next(iter(given)),), "one length of training from every place that gives one",

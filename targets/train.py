@@ -53,7 +53,7 @@ class Trainer:
             raise RuntimeError(f"{job.task}: a train step needs a work directory for its checkpoints")
         self.job, self.spec = job, job.spec
         spec = self.spec
-        self.total = spec.total_steps()
+        self.total = spec.total_steps() or epoch_steps(job)
         self.device = device_for(spec.device)
         if spec.dtype == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise BuildError("dtype bfloat16 needs a GPU that supports it; this one does not: use float32")
@@ -288,6 +288,7 @@ class Trainer:
                 model = LlamaForCausalLM.from_pretrained(self.job.inputs[f"teacher.{name}"], dtype=dtype)
             elif source.path is not None:
                 what = f"folder '{source.path}'"
+                same_tokenizer(self.job, self.job.root / source.path, name, what)
                 hf_logging.disable_progress_bar()
                 model = AutoModelForCausalLM.from_pretrained(self.job.root / source.path, dtype=dtype,
                                                              trust_remote_code=False, local_files_only=True)
@@ -362,3 +363,29 @@ def _summary(rows: list[dict], field: str) -> list[dict]:
                                           "ce_start": r["ce"], "kd_start": r["kd"]})
         entry.update(last_step=r["step"], loss_end=r["loss"], ce_end=r["ce"], kd_end=r["kd"])
     return list(out.values())
+
+
+def epoch_steps(job: Job) -> int:
+    """Optimizer steps of `epochs` passes over the train split of the step's one dataset."""
+    spec = job.spec
+    meta = json.loads((job.inputs[f"tokens.{spec.data}"] / "tokens.json").read_text())
+    per_step = spec.batch_size * spec.grad_accum * spec.seq_len
+    return max(1, math.ceil(spec.epochs * meta["splits"]["train"]["tokens"] / per_step))
+
+
+def same_tokenizer(job: Job, folder: Path, name: str, what: str) -> None:
+    """A teacher folder's tokenizer must map tokens to the same ids as the student's: equal
+    vocabulary sizes (checked at compile time) are not enough. A folder without a
+    tokenizer.json cannot be checked, and says so."""
+    from tokenizers import Tokenizer
+
+    if not (folder / "tokenizer.json").is_file():
+        job.log(f"teacher '{name}' ({what}) has no tokenizer.json: only its vocabulary size could be checked")
+        return
+    theirs = Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab()
+    ours = Tokenizer.from_file(str(job.inputs["tokenizer"] / "tokenizer.json")).get_vocab()
+    if theirs != ours:
+        differ = sum(1 for t, i in ours.items() if theirs.get(t) != i)
+        raise BuildError(f"teacher '{name}' ({what}) has another tokenizer than the student: {len(theirs):,} tokens "
+                         f"against the student's {len(ours):,}, {differ:,} of the student's tokens with another id "
+                         f"or missing; distill from a teacher trained with the student's tokenizer")

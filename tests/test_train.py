@@ -643,3 +643,43 @@ def test_an_sft_step_without_response_tokens_changes_nothing(proj, monkeypatch):
     first = load_file(str(entry / "checkpoints" / "step-000001" / "model.safetensors"))
     init = load_file(str(proj.root / "build" / "main" / "init" / "model.safetensors"))
     assert first.keys() == init.keys() and all((first[k] == init[k]).all() for k in init)
+
+
+def test_epochs_give_the_length_from_the_tokenized_data(proj):
+    # batch 64 x seq 64 = 4,096 tokens per step: a few steps cover the small train split
+    spec = {k: v for k, v in PRE.items() if k != "max_steps"}
+    steps = {"s": with_(spec, tokenizer="main.tok", epochs=0.5, batch_size=64, seq_len=64,
+                        eval={"every": 100, "batches": 1}, checkpoints={"every": 100, "keep": 1})}
+    assert build(proj, "epochs", steps) == {"epochs.s": None}
+    train_tokens = json.loads((proj.root / "build/main/tok@docs/tokens.json").read_text())["splits"]["train"]["tokens"]
+    expected = -(-train_tokens // (2 * 64 * 64))  # ceil(0.5 * tokens / 4,096)
+    assert expected >= 2
+    assert [r["step"] for r in rows(proj.root / "build" / "epochs" / "s")] == list(range(1, expected + 1))
+
+
+def test_a_folder_teacher_with_another_tokenizer_is_refused(proj):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    folder = proj.root / "teachers" / "other-tok"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(proj.root / "build" / "main" / "wideinit" / name, folder / name)
+    other = Tokenizer(models.BPE())
+    other.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    other.train_from_iterator(["a different corpus entirely"] * 50, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    other.save(str(folder / "tokenizer.json"))
+    distill = {"teachers": {"b": {"path": "teachers/other-tok"}},
+               "phases": [{"name": "one", "steps": 2, "teachers": {"b": 1.0}}]}
+    step = with_(PRE, tokenizer="main.tok", objective="distill", distill=distill, max_steps=None,
+                 eval={"every": 2, "batches": 1}, checkpoints={"every": 2, "keep": 1})
+    failed = build(proj, "othertok", {"s": step})["othertok.s"]
+    ours = Tokenizer.from_file(str(proj.root / "build/main/tok/tokenizer.json")).get_vocab()
+    theirs = other.get_vocab()
+    differ = sum(1 for t, i in ours.items() if theirs.get(t) != i)
+    assert 0 < differ <= len(ours)
+    assert str(failed) == (
+        f"TaskFailed\nothertok.s: teacher 'b' (folder 'teachers/other-tok') has another tokenizer than the student: "
+        f"{len(theirs):,} tokens against the student's {len(ours):,}, {differ:,} of the student's tokens with another "
+        f"id or missing; distill from a teacher trained with the student's tokenizer\n")

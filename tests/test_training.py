@@ -219,9 +219,14 @@ IN_PROCESS = {
         "  fix: add `data: DATASET` or `stages:`"),
     "no-length": (
         edit(PIPELINE, "    max_steps: 10\n", ""), {},
-        "specs/pipelines/main.yaml:8: steps.teacher.max_steps: expected the length of training: `max_steps`, or the "
-        "steps of stages or phases; found none of them\n"
-        "  fix: add `max_steps: N`"),
+        "specs/pipelines/main.yaml:8: steps.teacher.max_steps: expected the length of training: `max_steps`, "
+        "`epochs`, or the steps of stages or phases; found none of them\n"
+        "  fix: add `max_steps: N` or `epochs: N`"),
+    "epochs-and-steps": (
+        edit(PIPELINE, "    max_steps: 10\n", "    max_steps: 10\n    epochs: 2\n"), {},
+        "specs/pipelines/main.yaml:14: steps.teacher.epochs: expected the length of training given once; "
+        "found epochs 2 and max_steps 10\n"
+        "  fix: keep `epochs`, or the steps, not both"),
     "lengths-disagree": (
         student("seq_len: 64", "seq_len: 64\n    max_steps: 7"), {},
         "specs/pipelines/main.yaml:20: steps.student.max_steps: expected one length of training from every place "
