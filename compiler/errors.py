@@ -56,3 +56,8 @@ def either(choices: Iterable[str | int]) -> str:
     """`'a'`, `'a' or 'b'`, `'a', 'b' or 'c'` (numbers unquoted): where "one of" reads badly."""
     quoted = [f"'{c}'" if isinstance(c, str) else str(c) for c in sorted(set(choices))]
     return " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+
+
+def a_step(kind: str) -> str:
+    """'an init step', 'a train step': how a found step of the wrong kind is named."""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} step"

@@ -7,6 +7,7 @@ input keys, changed source files, changed builder code. Reads only; builds nothi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from . import store
@@ -64,8 +65,6 @@ _MISSING = object()
 
 
 def _show(value) -> str:
-    import json
-
     return "(absent)" if value is _MISSING else json.dumps(value, ensure_ascii=False)
 
 

@@ -19,16 +19,12 @@ def link_for(task: str, profile: str | None) -> str:
     return f"{prefix}/{task.replace('.', '/', 1)}"
 
 
-def order(project: Project) -> list[str]:
-    return topo_order(project)
-
-
 def plans(project: Project) -> dict[str, dict]:
     root = project.root
     files = FileDigests(root)
     code: dict[str, str] = {}
     out: dict[str, dict] = {}
-    for task in order(project):
+    for task in topo_order(project):
         node = project.nodes[task]
         if node.kind not in code:
             code[node.kind] = code_digest(root, f"targets.{node.kind}", files)

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from . import params, pydantic_errors
-from .errors import SpecError, did_you_mean, either, one_of
+from .errors import SpecError, a_step, did_you_mean, either, one_of
 from .specs import KINDS, DatasetSpec, Manifest, ModelSpec, PipelineSpec, Spec
 from .yamlfile import Document, fmt_path, read
 
@@ -39,6 +39,10 @@ class Node:
 
     def line(self, *sub: Any) -> int | None:
         return self.doc.line(self.path + sub)
+
+    def step_task(self, ref: str) -> str:
+        """The task a step reference names: `step` in this node's pipeline, or `pipeline.step`."""
+        return ref if "." in ref else f"{self.task.split('.')[0]}.{ref}"
 
     def error(self, sub: tuple, expected: str, found: str, fix: str = "") -> SpecError:
         return SpecError.one(self.doc.file, self.line(*sub), self.doc.field(self.path + sub), expected, found, fix)
@@ -218,7 +222,6 @@ def _make_nodes(project: Project) -> None:
 
 def _resolve(project: Project) -> None:
     for node in project.nodes.values():
-        pipeline = node.task.split(".")[0]
         for fname, info in type(node.spec).model_fields.items():
             kind = (info.json_schema_extra or {}).get("ref")
             value = getattr(node.spec, fname)
@@ -231,7 +234,7 @@ def _resolve(project: Project) -> None:
                 _need(node, fname, value, project.models, "model")
                 node.models[fname] = project.models[value][0]
             elif kind == "step":
-                task = value if "." in value else f"{pipeline}.{value}"
+                task = node.step_task(value)
                 if task == node.task:
                     raise node.error((fname,), "another step", f"'{value}', the step itself",
                                      "a step cannot consume its own output; name the step it builds on")
@@ -273,9 +276,8 @@ def _check_pairing(project: Project, node: Node) -> None:
         return
     tok = project.nodes[tok_task]
     if tok.kind != "tokenizer":  # the builder would look for a tokenizer.json that is not there
-        article = "an" if tok.kind[0] in "aeiou" else "a"
         raise node.error(("tokenizer",), "a tokenizer step",
-                         f"'{getattr(node.spec, 'tokenizer')}', {article} {tok.kind} step", "name a step of kind `tokenizer`")
+                         f"'{getattr(node.spec, 'tokenizer')}', {a_step(tok.kind)}", "name a step of kind `tokenizer`")
     if getattr(tok.spec, "vocab_size", 0) > model.vocab_size:
         name = model.name
         doc = project.models[name][1]  # the fix goes in the model's file, so say where that is

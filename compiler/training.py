@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import did_you_mean, one_of
+from .errors import a_step, did_you_mean, one_of
 from .project import Node, Project
 from .specs import ModelSpec, TokensStep
 
@@ -38,13 +38,9 @@ def teacher_deps(project: Project) -> None:
     for node in project.nodes.values():
         distill = getattr(node.spec, "distill", None) if node.kind == "train" else None
         for name, teacher in (distill.teachers.items() if distill else ()):
-            task = _step_task(node, teacher.step) if teacher.step else None
+            task = node.step_task(teacher.step) if teacher.step else None
             if task in project.nodes and task != node.task:
                 node.deps[f"teacher.{name}"] = task
-
-
-def _step_task(node: Node, ref: str) -> str:
-    return ref if "." in ref else f"{node.task.split('.')[0]}.{ref}"
 
 
 def model_of(project: Project, task: str) -> ModelSpec:
@@ -55,9 +51,8 @@ def model_of(project: Project, task: str) -> ModelSpec:
 def _weights_step(project: Project, node: Node, where: tuple, task: str, value: str) -> None:
     kind = project.nodes[task].kind
     if kind not in WEIGHT_KINDS:
-        article = "an" if kind[0] in "aeiou" else "a"
         raise node.error(where, "an init or train step (a step that makes model weights)",
-                         f"'{value}', {article} {kind} step", "name a step of kind `init` or `train`")
+                         f"'{value}', {a_step(kind)}", "name a step of kind `init` or `train`")
 
 
 def _train(project: Project, node: Node) -> None:
@@ -197,7 +192,7 @@ def _distill(project: Project, node: Node, student: ModelSpec, tok_task: str) ->
 
 def _step_teacher(project: Project, node: Node, where: tuple, name: str, ref: str,
                   student: ModelSpec, tok_task: str) -> None:
-    pipeline, task = node.task.split(".")[0], _step_task(node, ref)
+    pipeline, task = node.task.split(".")[0], node.step_task(ref)
     if task not in project.nodes or project.nodes[task].kind == "tokens":
         # listed the way the user would write them: a step of this pipeline by its bare name
         steps = [t.split(".", 1)[1] if t.startswith(pipeline + ".") else t

@@ -8,6 +8,9 @@ about doit; heavy imports (torch, transformers, tokenizers) stay inside function
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,3 +35,26 @@ class Job:
     def log(self, message: str) -> None:
         """Progress for the terminal (doit shows a step's output live with verbosity 2)."""
         print(f"  [{self.task}] {message}", file=sys.stderr, flush=True)
+
+
+def special_tokens(tokenizer_dir: Path) -> dict[str, str]:
+    """Role (bos, eos, unk, pad) -> token text of a tokenizer entry, from special_tokens_map.json."""
+    names = json.loads((Path(tokenizer_dir) / "special_tokens_map.json").read_text())
+    return {k.removesuffix("_token"): v for k, v in names.items()}
+
+
+def special_ids(tokenizer_dir: Path, tok=None) -> dict[str, int | None]:
+    """Role -> id of each special token in a tokenizer entry (None when not in its vocabulary)."""
+    if tok is None:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    return {role: tok.token_to_id(text) for role, text in special_tokens(tokenizer_dir).items()}
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (store entries are never modified, so sharing the bytes is safe), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -14,12 +14,11 @@ the model's context where it is longer), `chat_template.jinja`, and
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 from pathlib import Path
 
-from targets import BuildError, Job
+from targets import BuildError, Job, link_or_copy, special_ids, special_tokens
 
 WEIGHTS = ("model.safetensors", "config.json")
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -70,15 +69,6 @@ def check_safetensors(path: Path, config: dict) -> int:
     return len(header)
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """A hard link (store entries are never modified, so sharing the bytes is safe), else a copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-        shutil.copymode(src, dst)
-
-
 def check_tokenizer(config: dict, tokenizer: Path) -> None:
     """The weights were trained with this tokenizer: every id it makes has a row in the
     embedding, and config.json names the same special ids."""
@@ -89,8 +79,8 @@ def check_tokenizer(config: dict, tokenizer: Path) -> None:
     if size > config["vocab_size"]:
         raise BuildError(f"the tokenizer has {size:,} tokens but the model's embedding only "
                          f"{config['vocab_size']:,} rows; export a model with the tokenizer it was trained with")
-    names = json.loads((tokenizer / "special_tokens_map.json").read_text())
-    ids = {r: tok.token_to_id(names[f"{r}_token"]) if f"{r}_token" in names else None for r in ROLES}
+    known = special_ids(tokenizer, tok)
+    ids = {r: known.get(r) for r in ROLES}
     wrong = {r: (config.get(f"{r}_token_id"), i) for r, i in ids.items() if config.get(f"{r}_token_id") != i}
     if wrong:
         said = ", ".join(f"{r} {c} in config.json but {i} in the tokenizer" for r, (c, i) in wrong.items())
@@ -112,7 +102,7 @@ def check_template(template: str, rel: str, tokenizer: Path) -> None:
     from jinja2 import TemplateError
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    names = json.loads((tokenizer / "special_tokens_map.json").read_text())
+    names = {f"{role}_token": text for role, text in special_tokens(tokenizer).items()}
     try:
         for prompt in (True, False):
             render_jinja_template([SAMPLE_CHAT], chat_template=template, add_generation_prompt=prompt, **names)

@@ -15,7 +15,7 @@ import json
 import shutil
 
 from compiler import params
-from targets import Job
+from targets import Job, special_ids
 
 OUTPUTS = ("model.safetensors", "config.json")
 INIT_STD = 0.02  # transformers' LlamaConfig.initializer_range
@@ -79,12 +79,3 @@ def _save(state: dict, path, dtype: str) -> None:
     from safetensors.numpy import save_file
 
     save_file({k: v.astype(dtype) for k, v in state.items()}, str(path), metadata={"format": "pt"})
-
-
-def special_ids(tokenizer_dir) -> dict[str, int]:
-    """Ids of bos/eos/unk/pad in the paired tokenizer, for config.json."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    names = json.loads((tokenizer_dir / "special_tokens_map.json").read_text())
-    return {k.removesuffix("_token"): tok.token_to_id(v) for k, v in names.items()}

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from targets import BuildError, Job
+from targets import BuildError, Job, special_ids, special_tokens
 
 OUTPUTS = ("train.bin", "validation.bin", "tokens.json")
 OPTIONAL_OUTPUTS = ("train.mask.bin", "validation.mask.bin")  # instruction/response datasets only
@@ -64,14 +64,12 @@ def load_tokenizer(entry: Path):
     # a document that says "</s>" means the four characters, not the end of a document:
     # encode special tokens' text as plain text, so eos only ever separates documents
     tok.encode_special_tokens = True
-    names = json.loads((entry / "special_tokens_map.json").read_text())
-    ids = {}
-    for role in ("bos", "eos", "pad"):
-        token = names.get(f"{role}_token")
-        ids[role] = tok.token_to_id(token) if token is not None else None
+    known = special_ids(entry, tok)
+    ids = {role: known.get(role) for role in ("bos", "eos", "pad")}
     if ids["eos"] is None:
-        raise BuildError(f"the tokenizer has no eos token ({names.get('eos_token')!r} is not in its vocabulary), "
-                         "so documents cannot be separated; give the tokenizer step `special_tokens: {eos: ...}`")
+        raise BuildError(f"the tokenizer has no eos token ({special_tokens(entry).get('eos')!r} is not in its "
+                         "vocabulary), so documents cannot be separated; give the tokenizer step "
+                         "`special_tokens: {eos: ...}`")
     return tok, ids
 
 
@@ -96,22 +94,30 @@ def write_split(tok, eos: int, dtype: str, shards: list[Path], path: Path, log) 
 
 def chunks(shards: list[Path]) -> Iterator[list[str]]:
     """The documents' texts in order, in lists of about CHUNK_CHARS characters."""
-    texts: list[str] = []
+    for batch in records(shards, ("text",), "a dataset record with a `text` field"):
+        yield [text for _, _, text in batch]
+
+
+def records(shards: list[Path], fields: tuple[str, ...], what: str) -> Iterator[list[tuple]]:
+    """(shard, line, *fields) of the records in order, in lists of about CHUNK_CHARS characters,
+    so memory stays bounded whatever the dataset's size."""
+    batch: list[tuple] = []
     size = 0
     for shard in shards:
         with open(shard, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 try:
-                    text = json.loads(line)["text"]
+                    record = json.loads(line)
+                    values = tuple(record[k] for k in fields)
                 except (ValueError, KeyError, TypeError):
-                    raise BuildError(f"{shard.name}, line {n}: not a dataset record with a `text` field") from None
-                texts.append(text)
-                size += len(text)
+                    raise BuildError(f"{shard.name}, line {n}: not {what}") from None
+                batch.append((shard, n, *values))
+                size += sum(len(v) for v in values)
                 if size >= CHUNK_CHARS:
-                    yield texts
-                    texts, size = [], 0
-    if texts:
-        yield texts
+                    yield batch
+                    batch, size = [], 0
+    if batch:
+        yield batch
 
 
 # ---------------------------------------------------------------- instruction/response records
@@ -122,14 +128,14 @@ def chat_renderer(path: Path, tokenizer_entry: Path):
     from jinja2 import StrictUndefined, TemplateError
     from jinja2.sandbox import SandboxedEnvironment
 
-    names = json.loads((tokenizer_entry / "special_tokens_map.json").read_text())
+    names = special_tokens(tokenizer_entry)
     # trim_blocks and lstrip_blocks as in transformers' renderer: training sees what inference writes
     env = SandboxedEnvironment(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     try:
         template = env.from_string(path.read_text(encoding="utf-8"))
     except TemplateError as exc:
         raise BuildError(f"chat template {path.name}: {type(exc).__name__}: {exc}") from None
-    specials = {"bos_token": names.get("bos_token", ""), "eos_token": names.get("eos_token", "")}
+    specials = {"bos_token": names.get("bos", ""), "eos_token": names.get("eos", "")}
 
     def render(instruction: str, response: str) -> tuple[str, str]:
         user = {"role": "user", "content": instruction}
@@ -156,7 +162,8 @@ def write_chat_split(tok, eos: int, dtype: str, shards: list[Path], path: Path, 
     documents = tokens = 0
     mask_path = path.with_name(path.stem + ".mask.bin")
     with open(path, "wb") as f, open(mask_path, "wb") as m:
-        for batch in chat_chunks(shards):
+        for batch in records(shards, ("instruction", "response"),
+                             "an instruction/response record (`instruction` and `response` fields)"):
             rendered = [render(inst, resp) for _, _, inst, resp in batch]
             prompts = tok.encode_batch([p for p, _ in rendered], add_special_tokens=False)
             fulls = tok.encode_batch([c for _, c in rendered], add_special_tokens=False)
@@ -175,25 +182,3 @@ def write_chat_split(tok, eos: int, dtype: str, shards: list[Path], path: Path, 
             documents += len(batch)
             tokens += len(ids)
     return {"documents": documents, "tokens": tokens}
-
-
-def chat_chunks(shards: list[Path]) -> Iterator[list[tuple[Path, int, str, str]]]:
-    """(shard, line, instruction, response) of the records in order, in lists of about CHUNK_CHARS."""
-    batch: list[tuple[Path, int, str, str]] = []
-    size = 0
-    for shard in shards:
-        with open(shard, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                try:
-                    record = json.loads(line)
-                    pair = record["instruction"], record["response"]
-                except (ValueError, KeyError, TypeError):
-                    raise BuildError(f"{shard.name}, line {n}: not an instruction/response record "
-                                     f"(`instruction` and `response` fields)") from None
-                batch.append((shard, n, *pair))
-                size += len(pair[0]) + len(pair[1])
-                if size >= CHUNK_CHARS:
-                    yield batch
-                    batch, size = [], 0
-    if batch:
-        yield batch

@@ -23,12 +23,11 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
 
-from targets import BuildError, Job, losses
+from targets import BuildError, Job, link_or_copy, losses
 from targets.trainloop import (IGNORE, Progress, TokenData, adamw, build_model, checkpoints, clear_partial,
                                device_for, inputs_and_labels, load_checkpoint, lr_at, prune, read_metrics,
                                save_checkpoint, segment_at, segments, truncate_metrics, weights)
@@ -342,14 +341,11 @@ class Trainer:
 
 
 def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link a checkpoint's files into the output (same filesystem: no copy of the bytes);
-    the work copy stays until the entry is committed, so a kill here still resumes."""
+    """A checkpoint's files hard-linked into the output (no copy of the bytes); the work copy
+    stays until the entry is committed, so a kill here still resumes."""
     dst.mkdir(parents=True)
     for f in src.iterdir():
-        try:
-            os.link(f, dst / f.name)
-        except OSError:
-            shutil.copy2(f, dst / f.name)
+        link_or_copy(f, dst / f.name)
 
 
 def _summary(rows: list[dict], field: str) -> list[dict]:

@@ -196,7 +196,8 @@ def build_model(job: Job, device):
     from safetensors.torch import load_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from targets.init import hf_config, init_state, special_ids
+    from targets import special_ids
+    from targets.init import hf_config, init_state
 
     spec = job.models["model"]
     ids = special_ids(job.inputs["tokenizer"])
