@@ -21,11 +21,14 @@ def compile_here(dodo_file: str) -> tuple[dict, list[dict]]:
 
     root = Path(dodo_file).resolve().parent
     try:
-        plans = graph.plans(project.load(root, get_var("profile", None)))
+        loaded = project.load(root, get_var("profile", None))
+        plans = graph.plans(loaded)
     except SpecError as exc:
         n = len(exc.problems)
         print(f"ingot: {n} problem{'s' if n > 1 else ''} found; nothing was built\n{exc}", file=sys.stderr)
         sys.exit(2)
+    for warning in loaded.warnings:
+        print(f"ingot: {warning}", file=sys.stderr)
     (root / "build").mkdir(exist_ok=True)
     defaults = _defaults(plans)
     config = {"dep_file": str(root / "build" / ".doit.db"), "backend": "sqlite3", "verbosity": 2,

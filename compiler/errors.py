@@ -28,6 +28,22 @@ class Problem:
         return text + (f"\n  fix: {self.fix}" if self.fix else "")
 
 
+@dataclass(frozen=True)
+class SpecWarning:
+    """Something the build will do that the author may not expect; printed at compile time."""
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        field = f" {self.field}:" if self.field else ""
+        return f"{where}:{field} warning: {self.message}" + (f"\n  fix: {self.fix}" if self.fix else "")
+
+
 class SpecError(Exception):
     """Bad input from a manifest, a profile or a command-line variable."""
 

@@ -19,6 +19,13 @@ def link_for(task: str, profile: str | None) -> str:
     return f"{prefix}/{task.replace('.', '/', 1)}"
 
 
+def builder_of(node: Node) -> str:
+    """The module under targets/ that builds a node: its kind's, or the one its spec names
+    (an export's format picks `export` or `gguf`)."""
+    pick = getattr(node.spec, "builder", None)
+    return pick() if pick else node.kind
+
+
 def plans(project: Project) -> dict[str, dict]:
     root = project.root
     files = FileDigests(root)
@@ -26,9 +33,10 @@ def plans(project: Project) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for task in topo_order(project):
         node = project.nodes[task]
-        if node.kind not in code:
-            code[node.kind] = code_digest(root, f"targets.{node.kind}", files)
-        out[task] = _plan(project, node, out, code[node.kind], files)
+        builder = builder_of(node)
+        if builder not in code:
+            code[builder] = code_digest(root, f"targets.{builder}", files)
+        out[task] = _plan(project, node, out, code[builder], files)
     files.save()
     return out
 
@@ -43,7 +51,7 @@ def _plan(project: Project, node: Node, done: dict[str, dict], code: str, files:
     key = digest(canonical({"kind": node.kind, "code": code, "spec": spec,
                             "inputs": {f: i["key"] for f, i in inputs.items()}, "sources": digests}))
     return {
-        "task": node.task, "kind": node.kind, "key": key, "root": str(project.root),
+        "task": node.task, "kind": node.kind, "builder": builder_of(node), "key": key, "root": str(project.root),
         "link": link_for(node.task, project.profile), "profile": project.profile,
         "code": code, "spec": spec, "inputs": inputs, "sources": digests,
         "files": [[str(p) for p in paths] for paths in file_lists],

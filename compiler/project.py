@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from . import params, pydantic_errors
-from .errors import SpecError, a_step, did_you_mean, either, one_of
+from .errors import SpecError, SpecWarning, a_step, did_you_mean, either, one_of
 from .specs import KINDS, DatasetSpec, Manifest, ModelSpec, PipelineSpec, Spec
 from .yamlfile import Document, fmt_path, read
 
@@ -47,6 +47,9 @@ class Node:
     def error(self, sub: tuple, expected: str, found: str, fix: str = "") -> SpecError:
         return SpecError.one(self.doc.file, self.line(*sub), self.doc.field(self.path + sub), expected, found, fix)
 
+    def warning(self, sub: tuple, message: str, fix: str = "") -> SpecWarning:
+        return SpecWarning(self.doc.file, self.line(*sub), self.doc.field(self.path + sub), message, fix)
+
 
 @dataclass
 class Project:
@@ -57,6 +60,7 @@ class Project:
     pipelines: dict[str, tuple[PipelineSpec, Document]] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     profiles: set[str] = field(default_factory=set)
+    warnings: list[SpecWarning] = field(default_factory=list)  # printed by every compile, build or not
 
 
 def load(root: Path, profile: str | None = None) -> Project:

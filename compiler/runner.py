@@ -1,9 +1,9 @@
 """The one doit action: build a plan's step into the store.
 
-Imports the builder for the plan's kind only now (so compiling stays light), runs
-it in a staging directory, checks it wrote what it declares, records sizes and
-digests of every output with the metrics and timings in `manifest.json`, and
-renames the entry into place. A failure leaves the store as it was.
+Imports the plan's builder (targets.<kind>, or the module its spec picks) only now,
+so compiling stays light; runs it in a staging directory, checks it wrote what it
+declares, records sizes and digests of every output with the metrics and timings
+in `manifest.json`, and renames the entry into place. A failure leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def run(plan: dict) -> TaskFailed | None:
         return None
     from targets import BuildError, Job
 
-    builder = importlib.import_module(f"targets.{plan['kind']}")
+    builder = importlib.import_module(f"targets.{plan['builder']}")
     tmp = store.staging(root, key)
     job = Job(plan["task"], _spec(plan), tmp, root=root, work=store.work_dir(root, key),
               inputs={f: store.entry(root, i["key"]) for f, i in plan["inputs"].items()},
@@ -39,14 +39,15 @@ def run(plan: dict) -> TaskFailed | None:
     started = time.time()
     try:
         metrics = builder.build(job) or {}
-        outputs = _outputs(tmp, builder.OUTPUTS, plan["task"], getattr(builder, "OPTIONAL_OUTPUTS", ()))
+        declared = builder.outputs(job.spec) if hasattr(builder, "outputs") else builder.OUTPUTS
+        outputs = _outputs(tmp, declared, plan["task"], getattr(builder, "OPTIONAL_OUTPUTS", ()))
     except BuildError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return TaskFailed(f"{plan['task']}: {exc}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    manifest = {k: plan[k] for k in ("key", "task", "kind", "profile", "code", "spec", "inputs", "sources")}
+    manifest = {k: plan[k] for k in ("key", "task", "kind", "builder", "profile", "code", "spec", "inputs", "sources")}
     manifest.update(outputs=outputs, metrics=metrics, environment=_environment(),
                     timings={"started": started, "finished": time.time(), "seconds": round(time.time() - started, 3)})
     store.commit(root, key, tmp, manifest)

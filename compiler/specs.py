@@ -409,23 +409,47 @@ class TrainStep(Step):
         return None
 
 
+GgufTypeName = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0",
+                       "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
+
+
 class Export(Step):
     kind: Literal["export"]
-    """Export trained weights as a Hugging Face model folder."""
+    """Export trained weights as a Hugging Face model folder or as GGUF files for llama.cpp."""
     model: str = ref("step")
     """The train or init step whose weights to export."""
-    format: Literal["hf"] = "hf"
-    """`hf`: model.safetensors, config.json, generation_config.json and the tokenizer files."""
+    format: Literal["hf", "gguf"] = "hf"
+    """`hf`: model.safetensors, config.json, generation_config.json and the tokenizer files.
+    `gguf`: one `model-TYPE.gguf` per entry of `types`, tokenizer and chat template embedded."""
+    types: tuple[GgufTypeName, ...] | None = None
+    """`gguf` only: tensor types to write, one file each. f32, f16, bf16 and the legacy quants
+    (q8_0, q5_1, q5_0, q4_1, q4_0) are written by gguf-py; the K-quants (q6_k, q5_k_m, q4_k_m,
+    q3_k_m, q2_k) by llama.cpp's quantizer (the llama-cpp-python extra). Default: f16."""
+    display_name: str | None = None
+    """`gguf` only: `general.name`, the name llama.cpp shows; default: the model manifest's name."""
+    strict: bool = False
+    """`gguf` only: refuse (at compile time) a type that some matrix cannot take, instead of
+    warning and letting that matrix fall back to another type."""
     chat_template: str = "specs/templates/chat.jinja"
-    """Jinja chat template (relative to the project root) written as chat_template.jinja."""
+    """Jinja chat template (relative to the project root): chat_template.jinja, or the GGUF
+    `tokenizer.chat_template`."""
     max_new_tokens: int = Field(128, ge=1)
     """`generation_config.json`: default number of tokens to generate."""
     temperature: float = Field(0.8, ge=0)
-    """`generation_config.json`: sampling temperature (0 for greedy)."""
+    """Default sampling temperature (0 for greedy): `generation_config.json`, or the GGUF
+    `general.sampling.temp`."""
     top_p: float = Field(0.95, gt=0, le=1)
-    """`generation_config.json`: nucleus sampling threshold."""
+    """Default nucleus sampling threshold: `generation_config.json`, or `general.sampling.top_p`."""
+
+    def gguf_types(self) -> tuple[str, ...]:
+        return self.types or ("f16",)
+
+    def builder(self) -> str:
+        return "gguf" if self.format == "gguf" else "export"
 
     def summary(self) -> str:
+        if self.format == "gguf":
+            return f"GGUF files ({', '.join(self.gguf_types())}) of '{self.model}'"
         return f"Hugging Face folder of '{self.model}'"
 
 

@@ -10,10 +10,12 @@ a run: vocabularies, sequence lengths, unknown teachers, stages and datasets.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import os
 from pathlib import Path
 
+from . import quants
 from .errors import a_step, did_you_mean, one_of
 from .project import Node, Project
 from .specs import ModelSpec, TokensStep
@@ -265,6 +267,50 @@ def _export(project: Project, node: Node) -> None:
     node.models["model"] = model_of(project, node.deps["model"])
     node.deps["tokenizer"] = project.nodes[node.deps["model"]].deps["tokenizer"]
     _template_file(project, node, node.spec.chat_template)
+    if node.spec.format == "gguf":
+        _gguf(project, node)
+        if node.spec.display_name is None:  # resolved here, so the name in the files is in the key
+            node.spec = node.spec.model_copy(update={"display_name": node.models["model"].name})
+    else:
+        for name in ("types", "strict", "display_name"):
+            if name in node.spec.model_fields_set:
+                value = getattr(node.spec, name)
+                raise node.error((name,), f"no `{name}` for format 'hf' (a Hugging Face folder keeps the "
+                                 "weights as they are)", f"{name}: {json.dumps(list(value) if isinstance(value, tuple) else value)}",
+                                 f"set `format: gguf` to write GGUF files, or remove `{name}`")
+
+
+def _gguf(project: Project, node: Node) -> None:
+    """Types a GGUF export can write on this machine, and what each does to the model's matrices:
+    a warning per type some matrix cannot take, or under `strict` an error."""
+    model = node.models["model"]
+    seen: set[str] = set()
+    for i, name in enumerate(node.spec.gguf_types()):
+        where = ("types", i) if node.spec.types else ("format",)
+        if name in seen:
+            raise node.error(where, "each type once", f"'{name}' a second time", "remove the repeated entry")
+        seen.add(name)
+        gtype = quants.TYPES[name]
+        if gtype.writer == "llama.cpp" and importlib.util.find_spec("llama_cpp") is None:
+            legacy = ", ".join(t for t, g in quants.TYPES.items() if g.writer == "gguf-py")
+            raise node.error(where, "a type this machine can write (K-quants are made by llama.cpp's quantizer, "
+                             "from the llama-cpp-python extra)", f"'{name}', and llama_cpp is not installed",
+                             f"install the extra: {quants.LLAMA_INSTALL} (it compiles llama.cpp, about 15 "
+                             f"minutes on 2 cores), or ask for a type gguf-py writes: {legacy}")
+        misfit = quants.misfits(model, gtype)
+        if not misfit:
+            continue
+        rows = quants.describe(model, misfit)
+        fallback = quants.fallback_of(gtype)
+        if node.spec.strict:
+            raise node.error(where, f"every matrix of model '{model.name}' to take {name} (rows a multiple of "
+                             f"{gtype.block}), as `strict: true` asks", f"{len(misfit)} that cannot ({rows})",
+                             f"use widths that are multiples of {gtype.block}, drop {name} from `types`, or remove "
+                             f"`strict: true` to let them fall back to {fallback}")
+        project.warnings.append(node.warning(
+            where, f"{name} needs rows that are a multiple of {gtype.block}, and {len(misfit)} matrices of model "
+            f"'{model.name}' have others ({rows}); they will be written as {fallback}",
+            f"use widths that are multiples of {gtype.block}, or set `strict: true` to make this an error"))
 
 
 def _template_file(project: Project, node: Node, rel: str) -> None:

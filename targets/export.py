@@ -51,6 +51,17 @@ def build(job: Job) -> dict:
 
 def check_safetensors(path: Path, config: dict) -> int:
     """The number of tensors in `path`, after checking its header (only the header is read)."""
+    header, _ = safetensors_header(path)
+    embed = header.get("model.embed_tokens.weight", {}).get("shape")
+    if embed != [config["vocab_size"], config["hidden_size"]]:
+        raise BuildError(f"{path}: embedding of shape {embed}, but config.json says "
+                         f"[{config['vocab_size']}, {config['hidden_size']}] (vocab_size, hidden_size)")
+    return len(header)
+
+
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """Tensor name -> {dtype, shape, data_offsets} of a safetensors file, and the offset where its
+    data starts; the file must be exactly as long as the header says."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         try:
@@ -62,11 +73,7 @@ def check_safetensors(path: Path, config: dict) -> int:
             raise BuildError(f"{path}: not a safetensors file (its header does not parse)") from None
     if 8 + n + end != size:
         raise BuildError(f"{path}: {size:,} bytes, but its header describes {8 + n + end:,} (truncated or corrupt)")
-    embed = header.get("model.embed_tokens.weight", {}).get("shape")
-    if embed != [config["vocab_size"], config["hidden_size"]]:
-        raise BuildError(f"{path}: embedding of shape {embed}, but config.json says "
-                         f"[{config['vocab_size']}, {config['hidden_size']}] (vocab_size, hidden_size)")
-    return len(header)
+    return header, 8 + n
 
 
 def check_tokenizer(config: dict, tokenizer: Path) -> None:

@@ -69,6 +69,19 @@ def skipped(result: subprocess.CompletedProcess) -> list[str]:
     return [line[3:].strip() for line in result.stdout.splitlines() if line.startswith("-- ")]
 
 
+def require_llama_cpp() -> None:
+    """llama-cpp-python (requirements-llama.txt): CI installs it, so there its absence fails;
+    elsewhere a test that needs it skips and says how to install it."""
+    import importlib.util
+
+    from compiler import quants
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"llama-cpp-python is not installed; .ci/run installs {quants.LLAMA_EXTRA}")
+        pytest.skip(f"llama-cpp-python is not installed: {quants.LLAMA_INSTALL}")
+
+
 def tiny_corpus(n: int = TINY_CORPUS_DOCS) -> list[str]:
     """Real English/Python text from the documentation that ships with CPython: paragraphs of
     the pydoc topics, enough to train a small tokenizer in well under a second."""

@@ -278,6 +278,20 @@ IN_PROCESS = {
         "specs/pipelines/main.yaml:29: steps.export.chat_template: expected an existing file or folder (relative "
         "to the project root); found 'chat.jinja', which does not exist\n"
         "  fix: did you mean 'specs/templates/chat.jinja'? Paths are relative to the project root"),
+    "hf-export-with-types": (
+        edit(PIPELINE, "model: student", "model: student\n    types: [q8_0]"), {},
+        "specs/pipelines/main.yaml:29: steps.export.types: expected no `types` for format 'hf' (a Hugging Face "
+        "folder keeps the weights as they are); found types: [\"q8_0\"]\n"
+        "  fix: set `format: gguf` to write GGUF files, or remove `types`"),
+    "gguf-type-twice": (
+        edit(PIPELINE, "model: student", "model: student\n    format: gguf\n    types: [q8_0, f16, q8_0]"), {},
+        "specs/pipelines/main.yaml:30: steps.export.types[2]: expected each type once; found 'q8_0' a second time\n"
+        "  fix: remove the repeated entry"),
+    "gguf-unknown-type": (
+        edit(PIPELINE, "model: student", "model: student\n    format: gguf\n    types: [q4_k]"), {},
+        "specs/pipelines/main.yaml:30: steps.export.types[0]: expected one of 'f32', 'f16', 'bf16', 'q8_0', "
+        "'q5_1', 'q5_0', 'q4_1', 'q4_0', 'q6_k', 'q5_k_m', 'q4_k_m', 'q3_k_m' or 'q2_k'; found 'q4_k'\n"
+        "  fix: did you mean 'q4_k_m'?"),
 }
 
 
@@ -403,3 +417,34 @@ def test_export_chat_template_must_be_a_file(make_project):
                         "specs/pipelines/main.yaml:9: steps.hf.chat_template: expected a Jinja template file; "
                         "found 'specs/templates', a folder\n"
                         "  fix: name the template file, e.g. specs/templates/chat.jinja\n")
+
+
+def test_a_k_quant_without_llama_cpp_is_a_compile_error(make_project, monkeypatch):
+    """The K-quants need the llama-cpp-python extra; without it the error says how to install it."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else find_spec(name, *a))
+    files = edit(PIPELINE, "model: student", "model: student\n    format: gguf\n    types: [q8_0, q4_k_m]")
+    assert load_error(make_project(), files, {}) == (
+        "specs/pipelines/main.yaml:30: steps.export.types[1]: expected a type this machine can write (K-quants are "
+        "made by llama.cpp's quantizer, from the llama-cpp-python extra); found 'q4_k_m', and llama_cpp is not "
+        "installed\n"
+        '  fix: install the extra: CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install -r requirements-llama.txt (it compiles '
+        "llama.cpp, about 15 minutes on 2 cores), or ask for a type gguf-py writes: f32, f16, bf16, q8_0, q5_1, q5_0, "
+        "q4_1, q4_0")
+
+
+def test_gguf_export_names_its_files_after_the_model_and_keys_that_name(make_project):
+    p = make_project()
+    write(p, edit(PIPELINE, "model: student", "model: student\n    format: gguf\n    types: [q8_0]"))
+    plans = graph.plans(project.load(p.root))
+    assert plans["main.export"]["builder"] == "gguf" and plans["main.student"]["builder"] == "train"
+    assert plans["main.export"]["spec"]["display_name"] == "tiny"
+    named = plans  # the default written out: the same key; another name: another key
+    write(p, edit(PIPELINE, "model: student", "model: student\n    format: gguf\n    types: [q8_0]\n"
+                  "    display_name: tiny"))
+    assert graph.plans(project.load(p.root))["main.export"]["key"] == named["main.export"]["key"]
+    write(p, edit(PIPELINE, "model: student", "model: student\n    format: gguf\n    types: [q8_0]\n"
+                  "    display_name: Tiny 1"))
+    assert graph.plans(project.load(p.root))["main.export"]["key"] != named["main.export"]["key"]

@@ -1,0 +1,271 @@
+"""GGUF builder: llama.cpp files of an init or train step's weights, one per requested type.
+
+Reads: `model.safetensors` and `config.json` of the weights entry (`job.inputs["model"]`),
+`tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` of the tokenizer
+entry, and the chat template `job.spec.chat_template` (relative to the project root).
+Writes: `model-TYPE.gguf` for each of `job.spec.gguf_types()`, with llama.cpp's `llama`
+metadata and the tokenizer embedded. f32, f16, bf16 and the legacy quants are written here
+with gguf-py, one tensor at a time (the weights are memory-mapped, so the peak is about one
+tensor, not one model); K-quants are made from an F32 file by llama.cpp's own quantizer
+(`llama_model_quantize`). Returns, per file, what was read back from it: size, bits per
+weight, a histogram of tensor types and the type of every tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from compiler import quants
+from targets import BuildError, Job, special_ids
+from targets.export import check_safetensors, check_template, check_tokenizer, safetensors_header
+
+OUTPUTS = ("model-*.gguf",)
+# token types of gguf's TokenType: what llama.cpp makes of each vocabulary entry
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # safetensors dtype -> numpy, as stored
+
+
+def outputs(spec) -> tuple[str, ...]:
+    return tuple(file_name(t) for t in spec.gguf_types())
+
+
+def file_name(type_name: str) -> str:
+    return f"model-{type_name}.gguf"
+
+
+def build(job: Job) -> dict:
+    weights, tokenizer = job.inputs["model"], job.inputs["tokenizer"]
+    config = json.loads((weights / "config.json").read_text())
+    check_safetensors(weights / "model.safetensors", config)
+    check_tokenizer(config, tokenizer)
+    template = (job.root / job.spec.chat_template).read_text(encoding="utf-8")
+    check_template(template, job.spec.chat_template, tokenizer)
+    metadata = {**model_metadata(config, job.spec), **tokenizer_metadata(tokenizer, config["vocab_size"], template)}
+
+    names = job.spec.gguf_types()
+    made = {t: quants.TYPES[t] for t in names}
+    need_source = any(g.writer == "llama.cpp" for g in made.values())
+    order = sorted(names, key=lambda t: (made[t].writer != "gguf-py", t != "f32"))  # F32 first: K-quants read it
+    files: dict[str, dict] = {}
+    for name in order:
+        started = time.time()
+        path = job.out / file_name(name)
+        if made[name].writer == "gguf-py":
+            write(path, weights / "model.safetensors", config, made[name], metadata)
+        else:
+            source = job.out / file_name("f32") if "f32" in names else job.work / "source-f32.gguf"
+            if not source.exists():
+                job.work.mkdir(parents=True, exist_ok=True)
+                write(source, weights / "model.safetensors", config, quants.TYPES["f32"], metadata)
+            quantize(source, path, made[name])
+        files[name] = facts(path)
+        files[name]["seconds"] = round(time.time() - started, 3)
+        histogram = ", ".join(f"{n} {t}" for t, n in files[name]["histogram"].items())
+        job.log(f"{path.name}: {files[name]['bytes'] / 1e6:,.1f} MB, {files[name]['bits_per_weight']:.2f} bits "
+                f"per weight ({histogram}) in {files[name]['seconds']:.1f} s")
+    if need_source and "f32" not in names:
+        (job.work / "source-f32.gguf").unlink(missing_ok=True)
+    return {"files": {t: files[t] for t in names}}
+
+
+# ---------------------------------------------------------------- metadata
+
+def model_metadata(config: dict, spec) -> dict:
+    """`general.*` and `llama.*` keys (without the file type, which each file sets)."""
+    heads, hidden = config["num_attention_heads"], config["hidden_size"]
+    head_dim = config.get("head_dim") or hidden // heads
+    rope = config.get("rope_parameters") or {}
+    theta = rope.get("rope_theta", config.get("rope_theta"))  # transformers 5 keeps it in rope_parameters
+    if theta is None:
+        raise BuildError("config.json has no rope_theta (neither under rope_parameters nor at the top level)")
+    out = {
+        "general.type": "model", "general.name": spec.display_name,
+        "general.quantization_version": 2,  # gguf.GGML_QUANT_VERSION: the block layouts written here
+        "general.sampling.temp": float(spec.temperature), "general.sampling.top_p": float(spec.top_p),
+        "llama.context_length": config["max_position_embeddings"], "llama.embedding_length": hidden,
+        "llama.block_count": config["num_hidden_layers"], "llama.feed_forward_length": config["intermediate_size"],
+        "llama.attention.head_count": heads, "llama.attention.head_count_kv": config["num_key_value_heads"],
+        "llama.attention.layer_norm_rms_epsilon": float(config["rms_norm_eps"]),
+        "llama.rope.freq_base": float(theta), "llama.rope.dimension_count": head_dim,
+        "llama.vocab_size": config["vocab_size"],
+    }
+    if head_dim * heads != hidden:
+        out.update({"llama.attention.key_length": head_dim, "llama.attention.value_length": head_dim})
+    return out
+
+
+def pre_tokenizer(tokenizer_json: dict) -> str:
+    """llama.cpp's name for the tokenizer's pre-tokenization, from its actual configuration;
+    a configuration llama.cpp has no name for is an error, never a guess."""
+    pre, normalizer = tokenizer_json.get("pre_tokenizer"), tokenizer_json.get("normalizer")
+    model = tokenizer_json.get("model", {}).get("type")
+    if (model == "BPE" and normalizer is None and isinstance(pre, dict) and pre.get("type") == "ByteLevel"
+            and pre.get("use_regex", True) and not pre.get("add_prefix_space", False)):
+        return "gpt-2"  # GPT-2's split regex over bytes-as-unicode, no prefix space
+    raise BuildError(f"no llama.cpp pre-tokenizer matches this tokenizer (model {model}, normalizer "
+                     f"{json.dumps(normalizer)}, pre_tokenizer {json.dumps(pre)}); Ingot embeds byte-level "
+                     "BPE tokenizers without a prefix space and without a normalizer (llama.cpp's 'gpt-2')")
+
+
+def tokenizer_metadata(tokenizer: Path, vocab_size: int, template: str) -> dict:
+    """`tokenizer.ggml.*` keys: the vocabulary padded to the model's embedding rows (padding ids
+    are unused tokens), merges, special ids and the chat template."""
+    spec = json.loads((tokenizer / "tokenizer.json").read_text(encoding="utf-8"))
+    config = json.loads((tokenizer / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tokens: list[str | None] = [None] * vocab_size
+    types = [UNUSED] * vocab_size
+    for text, i in spec["model"]["vocab"].items():
+        tokens[i], types[i] = text, NORMAL
+    for added in spec.get("added_tokens", []):
+        tokens[added["id"]] = added["content"]
+        types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
+    for i, text in enumerate(tokens):
+        if text is None:
+            tokens[i] = f"[PAD{i}]"
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    out = {
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre_tokenizer(spec),
+        "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.add_bos_token": bool(config.get("add_bos_token", False)),
+        "tokenizer.ggml.add_eos_token": bool(config.get("add_eos_token", False)),
+        "tokenizer.chat_template": template,
+    }
+    keys = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}
+    for role, i in special_ids(tokenizer).items():
+        if i is not None and role in keys:
+            out[f"tokenizer.ggml.{keys[role]}"] = i
+    return out
+
+
+# ---------------------------------------------------------------- tensors
+
+def hf_tensors(path: Path, config: dict):
+    """(Hugging Face name, float32 array in llama.cpp's layout) one tensor at a time, in file
+    order, with Q and K rows permuted for llama.cpp's RoPE (K by KV heads). Read with plain reads,
+    not a memory map: mapped pages of the whole file would count toward the process's memory
+    (bench/gguf_export.py measures both)."""
+    import numpy as np
+
+    header, start = safetensors_header(path)
+    with open(path, "rb") as f:
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if info["dtype"] not in DTYPES:
+                raise BuildError(f"{path}: tensor {name} is {info['dtype']}; GGUF export reads F32, F16 and BF16")
+            begin, end = info["data_offsets"]
+            f.seek(start + begin)
+            raw = np.frombuffer(f.read(end - begin), dtype=DTYPES[info["dtype"]]).reshape(info["shape"])
+            # bfloat16 is the top half of a float32: widen by shifting (numpy has no bfloat16)
+            data = (raw.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else raw
+            yield name, permuted(name, data, config)
+
+
+def permuted(name: str, data, config: dict):
+    """Hugging Face rotates the two halves of each head; llama.cpp interleaved pairs: regroup
+    the rows of q_proj (per attention head) and k_proj (per KV head) to match."""
+    import numpy as np
+
+    data = np.asarray(data, dtype=np.float32)
+    if name.endswith("self_attn.q_proj.weight"):
+        heads = config["num_attention_heads"]
+    elif name.endswith("self_attn.k_proj.weight"):
+        heads = config["num_key_value_heads"]
+    else:
+        return data
+    rows, cols = data.shape
+    return data.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from the safetensors header alone, in file order."""
+    header, _ = safetensors_header(path)
+    return {name: tuple(info["shape"])
+            for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])}
+
+
+def write(path: Path, weights: Path, config: dict, gtype: quants.GgufType, metadata: dict) -> None:
+    """Write a GGUF file with gguf-py: header, metadata and tensor table first (sizes follow from
+    the shapes), then each tensor as it is converted, so memory holds one tensor at a time."""
+    import gguf
+    import numpy as np
+
+    table = shapes(weights)
+    planned = {name: gguf.GGMLQuantizationType[quants.planned_type(shape, gtype)] for name, shape in table.items()}
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in metadata.items():
+        add(writer, key, value)
+    writer.add_file_type(int(gguf.LlamaFileType[gtype.ftype]))
+    for name, shape in table.items():
+        block, size = gguf.GGML_QUANT_SIZES[planned[name]]
+        nbytes = int(np.prod(shape[:-1], dtype=np.int64)) * (shape[-1] // block) * size
+        writer.add_tensor_info(quants.gguf_name(name), shape, np.dtype(np.float32), nbytes, raw_dtype=planned[name])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for name, data in hf_tensors(weights, config):
+        writer.write_tensor_data(gguf.quants.quantize(data, planned[name]))
+    writer.close()
+
+
+def add(writer, key: str, value) -> None:
+    """A metadata value by its Python type (gguf's own keys, written with its typed adders)."""
+    import gguf
+
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif key == "tokenizer.ggml.token_type":
+        writer.add_key_value(key, value, gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.INT32)
+    else:
+        writer.add_array(key, value)
+
+
+def quantize(source: Path, path: Path, gtype: quants.GgufType) -> None:
+    """llama.cpp's quantizer (llama-cpp-python), from an F32 GGUF file to a K-quant mix."""
+    import ctypes
+    import tempfile
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{gtype.ftype}")
+    params.nthread = os.cpu_count() or 1
+    # llama.cpp writes a line per tensor to file descriptor 2; the facts read back from the file
+    # say the same, so its output is shown only when it fails
+    with tempfile.TemporaryFile() as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(path).encode(), ctypes.byref(params))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        said = log.read().decode("utf-8", "replace").strip()
+    if status != 0:
+        raise BuildError(f"llama.cpp's quantizer failed ({status}) making {gtype.name} from {source.name}:\n{said}")
+
+
+def facts(path: Path) -> dict:
+    """What a GGUF file holds, read back from it: size, bits per weight over all tensors, the
+    number of tensors of each type and the type of every tensor."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    elements = sum(int(t.n_elements) for t in reader.tensors)
+    data = sum(int(t.n_bytes) for t in reader.tensors)
+    histogram: dict[str, int] = {}
+    for t in sorted(types.values()):
+        histogram[t] = histogram.get(t, 0) + 1
+    file_type = reader.fields["general.file_type"].contents()
+    return {"file": path.name, "bytes": path.stat().st_size, "tensor_bytes": data, "parameters": elements,
+            "bits_per_weight": round(8 * data / elements, 4), "file_type": gguf.LlamaFileType(file_type).name,
+            "histogram": histogram, "tensors": types}
