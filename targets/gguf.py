@@ -26,6 +26,7 @@ OUTPUTS = ("model-*.gguf",)
 # token types of gguf's TokenType: what llama.cpp makes of each vocabulary entry
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # safetensors dtype -> numpy, as stored
+CHUNK_BYTES = 4 << 20  # float32 rows converted at a time
 
 
 def outputs(spec) -> tuple[str, ...]:
@@ -143,39 +144,48 @@ def tokenizer_metadata(tokenizer: Path, vocab_size: int, template: str) -> dict:
 # ---------------------------------------------------------------- tensors
 
 def hf_tensors(path: Path, config: dict):
-    """(Hugging Face name, float32 array in llama.cpp's layout) one tensor at a time, in file
-    order, with Q and K rows permuted for llama.cpp's RoPE (K by KV heads). Read with plain reads,
-    not a memory map: mapped pages of the whole file would count toward the process's memory
-    (bench/gguf_export.py measures both)."""
-    import numpy as np
-
+    """(Hugging Face name, its rows) for every tensor in file order, where the rows come as
+    float32 arrays of a few MB each, in llama.cpp's layout: Q and K rows permuted for its RoPE.
+    Read with plain reads, not a memory map (mapped pages of the whole file would count toward
+    the process's memory; bench/gguf_export.py measures both)."""
     header, start = safetensors_header(path)
     with open(path, "rb") as f:
         for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
             if info["dtype"] not in DTYPES:
                 raise BuildError(f"{path}: tensor {name} is {info['dtype']}; GGUF export reads F32, F16 and BF16")
-            begin, end = info["data_offsets"]
-            f.seek(start + begin)
-            raw = np.frombuffer(f.read(end - begin), dtype=DTYPES[info["dtype"]]).reshape(info["shape"])
-            # bfloat16 is the top half of a float32: widen by shifting (numpy has no bfloat16)
-            data = (raw.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else raw
-            yield name, permuted(name, data, config)
+            yield name, _rows(f, start + info["data_offsets"][0], info, rope_group(name, config))
 
 
-def permuted(name: str, data, config: dict):
-    """Hugging Face rotates the two halves of each head; llama.cpp interleaved pairs: regroup
-    the rows of q_proj (per attention head) and k_proj (per KV head) to match."""
+def _rows(f, offset: int, info: dict, group: int):
+    """One tensor's rows, CHUNK_BYTES of float32 at a time, in whole RoPE groups (`group` rows)."""
     import numpy as np
 
-    data = np.asarray(data, dtype=np.float32)
-    if name.endswith("self_attn.q_proj.weight"):
-        heads = config["num_attention_heads"]
-    elif name.endswith("self_attn.k_proj.weight"):
-        heads = config["num_key_value_heads"]
-    else:
-        return data
+    shape = info["shape"]
+    rows, cols = (shape[0], int(np.prod(shape[1:]))) if len(shape) > 1 else (1, shape[0])
+    dtype = np.dtype(DTYPES[info["dtype"]])
+    step = max(group, CHUNK_BYTES // (4 * cols) // group * group)
+    for first in range(0, rows, step):
+        n = min(step, rows - first)
+        f.seek(offset + first * cols * dtype.itemsize)
+        raw = np.fromfile(f, dtype=dtype, count=n * cols)
+        # bfloat16 is the top half of a float32: widen by shifting (numpy has no bfloat16)
+        data = (raw.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else raw
+        data = data.reshape((n, *shape[1:]) if len(shape) > 1 else shape)
+        yield permuted(data, group) if group > 1 else data
+
+
+def rope_group(name: str, config: dict) -> int:
+    """Rows that llama.cpp's RoPE layout reorders together: one head of q_proj or k_proj, else 1."""
+    if name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+        return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    return 1
+
+
+def permuted(data, head_dim: int):
+    """Hugging Face rotates the two halves of each head; llama.cpp interleaved pairs: regroup the
+    rows of each head (of q_proj, and of k_proj by KV head) to match."""
     rows, cols = data.shape
-    return data.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    return data.reshape(rows // head_dim, 2, head_dim // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
 def shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -187,7 +197,8 @@ def shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def write(path: Path, weights: Path, config: dict, gtype: quants.GgufType, metadata: dict) -> None:
     """Write a GGUF file with gguf-py: header, metadata and tensor table first (sizes follow from
-    the shapes), then each tensor as it is converted, so memory holds one tensor at a time."""
+    the shapes), then each tensor's rows as they are read and converted, so memory holds a few MB
+    of the model at a time, whatever its size."""
     import gguf
     import numpy as np
 
@@ -204,8 +215,12 @@ def write(path: Path, weights: Path, config: dict, gtype: quants.GgufType, metad
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for name, data in hf_tensors(weights, config):
-        writer.write_tensor_data(gguf.quants.quantize(data, planned[name]))
+    out = writer.fout[0]
+    for name, rows in hf_tensors(weights, config):
+        writer.write_padding(out, out.tell())  # each tensor starts aligned, as the table says
+        for chunk in rows:
+            gguf.quants.quantize(chunk, planned[name]).tofile(out)
+    writer.write_padding(out, out.tell())
     writer.close()
 
 
