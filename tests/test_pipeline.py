@@ -48,6 +48,11 @@ steps:
   hf:
     kind: export
     model: student
+  gguf:
+    kind: export
+    format: gguf
+    model: student
+    types: [q8_0]
 """
 
 WIDE = """
@@ -76,11 +81,16 @@ def distill_project(make_project):
 
 
 @pytest.mark.slow
-def test_changing_the_student_lr_reruns_only_the_student_and_its_export(distill_project):
+def test_changing_the_student_lr_reruns_only_the_student_and_its_exports(distill_project):
     first = distill_project.doit()
-    assert ran(first) == ["dataset.docs", "main.tok", "main.tok@docs", "main.teacher", "main.student", "main.hf"]
+    assert ran(first) == ["dataset.docs", "main.tok", "main.tok@docs", "main.teacher", "main.student", "main.hf",
+                          "main.gguf"]
     metrics = [json.loads(line) for line in distill_project.read("build/main/student/metrics.jsonl").splitlines()]
     assert [m["phase"] for m in metrics] == ["one", "one", "two", "two"]
     distill_project.edit("specs/pipelines/main.yaml", "lr: 1.0e-3", "lr: 2.0e-3")
-    assert ran(distill_project.doit()) == ["main.student", "main.hf"]
+    assert ran(distill_project.doit()) == ["main.student", "main.hf", "main.gguf"]
     assert ran(distill_project.doit()) == []
+    distill_project.edit("specs/pipelines/main.yaml", "types: [q8_0]", "types: [q8_0, q4_0]")
+    assert ran(distill_project.doit()) == ["main.gguf"]
+    assert sorted(p.name for p in (distill_project.root / "build/main/gguf").iterdir()) == [
+        "manifest.json", "model-q4_0.gguf", "model-q8_0.gguf"]
