@@ -3,6 +3,8 @@
 A `SpecError` carries one or more `Problem`s; each names the file, the line, the
 field path, what was expected, what was found and, where we know it, the fix.
 `str(error)` is exactly what the user sees: no traceback, one block per problem.
+A `SpecWarning` is shown the same way for what will be built but may surprise
+(a GGUF matrix falling back to another type), and stops nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from typing import Iterable
+
+
+def located(file: str, line: int | None, field: str, text: str, fix: str) -> str:
+    """`file:line: field: text` and an indented `fix:` line, as every message is shown."""
+    where = f"{file}:{line}" if line else file
+    return f"{where}:{f' {field}:' if field else ''} {text}" + (f"\n  fix: {fix}" if fix else "")
 
 
 @dataclass(frozen=True)
@@ -22,10 +30,7 @@ class Problem:
     fix: str = ""
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        field = f" {self.field}:" if self.field else ""
-        text = f"{where}:{field} expected {self.expected}; found {self.found}"
-        return text + (f"\n  fix: {self.fix}" if self.fix else "")
+        return located(self.file, self.line, self.field, f"expected {self.expected}; found {self.found}", self.fix)
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,7 @@ class SpecWarning:
     fix: str = ""
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        field = f" {self.field}:" if self.field else ""
-        return f"{where}:{field} warning: {self.message}" + (f"\n  fix: {self.fix}" if self.fix else "")
+        return located(self.file, self.line, self.field, f"warning: {self.message}", self.fix)
 
 
 class SpecError(Exception):

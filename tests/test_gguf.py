@@ -178,6 +178,22 @@ def test_metadata_says_what_llama_cpp_needs(built):
     assert merges == [" ".join(m) for m in tok["model"]["merges"]]
 
 
+def test_a_pre_tokenizer_llama_cpp_has_no_name_for_is_an_error():
+    from targets import BuildError
+    from targets.gguf import pre_tokenizer
+
+    spec = {"model": {"type": "BPE"}, "normalizer": None,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}}
+    assert pre_tokenizer(spec) == "gpt-2"
+    spec["pre_tokenizer"]["add_prefix_space"] = True
+    with pytest.raises(BuildError) as info:
+        pre_tokenizer(spec)
+    assert str(info.value) == (
+        'no llama.cpp pre-tokenizer matches this tokenizer (model BPE, normalizer null, pre_tokenizer {"type": '
+        '"ByteLevel", "add_prefix_space": true, "use_regex": true}); Ingot embeds byte-level BPE tokenizers '
+        "without a prefix space and without a normalizer (llama.cpp's 'gpt-2')")
+
+
 def test_manifest_records_every_tensor_and_the_files_facts(built):
     import gguf
 
@@ -241,41 +257,23 @@ def test_transformers_loads_the_file_back(built, variant, name):
 
 # ---------------------------------------------------------------- fallbacks
 
-NARROW = model_yaml("narrow", hidden_size=64, intermediate_size=192, layers=2, heads=4, kv_heads=2)
+NARROW = model_yaml("tiny", hidden_size=64, intermediate_size=192, layers=2, heads=4, kv_heads=2)
+GGUF_STEP = "  gguf:\n    kind: export\n    format: gguf\n    model: init\n    types: [q8_0, q4_k_m]\n"
 WARNING = (
     "ingot: specs/pipelines/main.yaml:16: steps.gguf.types[1]: warning: q4_k_m needs rows that are a multiple of "
-    "256, and 16 matrices of model 'narrow' have others (rows of 64: token_embd, blk.*.attn_q, blk.*.attn_k, "
+    "256, and 16 matrices of model 'tiny' have others (rows of 64: token_embd, blk.*.attn_q, blk.*.attn_k, "
     "blk.*.attn_v, blk.*.attn_output, blk.*.ffn_gate, blk.*.ffn_up, output; rows of 192: blk.*.ffn_down); they "
     f"will be written as llama.cpp's choice: {quants.K_FALLBACK}\n"
     "  fix: use widths that are multiples of 256, or set `strict: true` to make this an error\n")
 
 
 @pytest.fixture
-def narrow(tmp_path) -> Project:
-    p = code_project(tmp_path / "proj")
-    p.write("data/docs.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus()))
-    p.write("specs/templates/chat.jinja", (REPO / "specs" / "templates" / "chat.jinja").read_text())
-    p.write("specs/datasets/docs.yaml", "kind: dataset\nname: docs\nsources:\n  - type: files\n    glob: data/*.jsonl\n")
-    p.write("specs/models/narrow.yaml", NARROW)
-    p.write("specs/pipelines/main.yaml", """
-        kind: pipeline
-        name: main
-        steps:
-          tok:
-            kind: tokenizer
-            dataset: docs
-            vocab_size: 400
-          init:
-            kind: init
-            model: narrow
-            tokenizer: tok
-          gguf:
-            kind: export
-            format: gguf
-            model: init
-            types: [q8_0, q4_k_m]
-    """)
-    return p
+def narrow(tiny_project) -> Project:
+    """conftest's tiny project with a 64-wide model and a GGUF export of its init step."""
+    tiny_project.write("specs/templates/chat.jinja", (REPO / "specs" / "templates" / "chat.jinja").read_text())
+    tiny_project.write("specs/models/tiny.yaml", NARROW)
+    tiny_project.write("specs/pipelines/main.yaml", tiny_project.read("specs/pipelines/main.yaml") + GGUF_STEP)
+    return tiny_project
 
 
 def test_a_k_quant_that_does_not_fit_warns_at_compile_time(narrow):
@@ -300,7 +298,7 @@ def test_strict_turns_the_fallback_into_an_error(narrow):
     assert result.returncode == 2
     assert result.stderr == (
         "ingot: 1 problem found; nothing was built\n"
-        "specs/pipelines/main.yaml:16: steps.gguf.types[1]: expected every matrix of model 'narrow' to take q4_k_m "
+        "specs/pipelines/main.yaml:16: steps.gguf.types[1]: expected every matrix of model 'tiny' to take q4_k_m "
         "(rows a multiple of 256), as `strict: true` asks; found 16 that cannot (rows of 64: token_embd, "
         "blk.*.attn_q, blk.*.attn_k, blk.*.attn_v, blk.*.attn_output, blk.*.ffn_gate, blk.*.ffn_up, output; "
         "rows of 192: blk.*.ffn_down)\n"
@@ -310,13 +308,13 @@ def test_strict_turns_the_fallback_into_an_error(narrow):
 
 
 def test_a_legacy_type_falls_back_to_f16_where_rows_do_not_fit(narrow):
-    narrow.write("specs/models/narrow.yaml", model_yaml("narrow", hidden_size=64, intermediate_size=176, layers=2,
+    narrow.write("specs/models/tiny.yaml", model_yaml("tiny", hidden_size=64, intermediate_size=176, layers=2,
                                                         heads=4, kv_heads=2))
     narrow.edit("specs/pipelines/main.yaml", "types: [q8_0, q4_k_m]", "types: [q8_0]")
     result = narrow.doit()
     assert result.stderr.startswith(
         "ingot: specs/pipelines/main.yaml:16: steps.gguf.types[0]: warning: q8_0 needs rows that are a multiple of "
-        "32, and 2 matrices of model 'narrow' have others (rows of 176: blk.*.ffn_down); they will be written as f16\n"
+        "32, and 2 matrices of model 'tiny' have others (rows of 176: blk.*.ffn_down); they will be written as f16\n"
         "  fix: use widths that are multiples of 32, or set `strict: true` to make this an error\n")
     types = manifest(narrow, "gguf")["metrics"]["files"]["q8_0"]["tensors"]
     assert types["blk.0.ffn_down.weight"] == types["blk.1.ffn_down.weight"] == "F16"
