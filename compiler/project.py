@@ -242,7 +242,7 @@ def _resolve(project: Project) -> None:
                 if task == node.task:
                     raise node.error((fname,), "another step", f"'{value}', the step itself",
                                      "a step cannot consume its own output; name the step it builds on")
-                _need_step(project, node, fname, value, task)
+                need_step(project, node, fname, value, task)
                 node.deps[fname] = task
 
 
@@ -254,14 +254,16 @@ def _need(node: Node, fname: str, name: str, table: Any, what: str) -> None:
                      f"'{name}'", did_you_mean(name, names) or f"declare a {what} named '{name}', or fix the name")
 
 
-def _need_step(project: Project, node: Node, fname: str, value: str, task: str) -> None:
+def need_step(project: Project, node: Node, fname: str | tuple, value: str, task: str) -> None:
     """A step reference: `step` in the same pipeline or `pipeline.step`; choices are listed
-    the way the user would write them, the referring step left out."""
+    the way the user would write them, the referring step left out. `fname` is the field, or
+    its path (`("exports", 0)`) when the reference sits in a list."""
+    at = fname if isinstance(fname, tuple) else (fname,)
     if task in project.nodes:
         return
     pipeline, _, step = task.partition(".")
     if pipeline not in project.pipelines:
-        raise node.error((fname,), f"`pipeline.step` naming a declared pipeline ({one_of(project.pipelines)})",
+        raise node.error(at, f"`pipeline.step` naming a declared pipeline ({one_of(project.pipelines)})",
                          f"'{value}', but no pipeline is named '{pipeline}'",
                          did_you_mean(pipeline, project.pipelines) or f"declare pipeline '{pipeline}', or fix the name")
     here = node.task.split(".")[0]
@@ -269,7 +271,7 @@ def _need_step(project: Project, node: Node, fname: str, value: str, task: str) 
              if f"{pipeline}.{s}" != node.task]
     where = "this pipeline" if pipeline == here else f"pipeline '{pipeline}'"
     hint = did_you_mean(value, steps) or did_you_mean(step, steps)
-    raise node.error((fname,), f"a step of {where} ({one_of(steps) if steps else 'it has no other step'})",
+    raise node.error(at, f"a step of {where} ({one_of(steps) if steps else 'it has no other step'})",
                      f"'{value}'", hint or f"add a step '{step}' to {where}, or fix the name")
 
 

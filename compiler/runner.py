@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import os
 import platform
 import shutil
 import sys
@@ -32,7 +33,7 @@ def run(plan: dict) -> TaskFailed | None:
 
     builder = importlib.import_module(f"targets.{plan['builder']}")
     tmp = store.staging(root, key)
-    job = Job(plan["task"], _spec(plan), tmp, root=root, work=store.work_dir(root, key),
+    job = Job(plan["task"], _spec(plan), tmp, root=root, work=store.work_dir(root, key), key=key,
               inputs={f: store.entry(root, i["key"]) for f, i in plan["inputs"].items()},
               models={f: ModelSpec.model_validate(m) for f, m in plan["models"].items()},
               files=[[Path(p) for p in paths] for paths in plan["files"]])
@@ -76,4 +77,29 @@ def _outputs(out: Path, patterns: tuple[str, ...], task: str, optional: tuple[st
 
 
 def _environment() -> dict:
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine()}
+    """The machine and software a step was built with, as a report shows them. The GPU is asked
+    of torch only where the builder imported it (training, evaluation)."""
+    from importlib import metadata
+
+    env = {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
+           "cpu": _cpu_model(), "cpus": os.cpu_count(),
+           "ram_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
+    for package in ("torch", "transformers", "tokenizers", "gguf", "llama_cpp_python"):
+        try:
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            env[package] = None
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -453,7 +453,71 @@ class Export(Step):
         return f"Hugging Face folder of '{self.model}'"
 
 
-AnyStep = Annotated[Union[TokenizerStep, InitStep, TrainStep, Export], Field(discriminator="kind")]
+class Prompt(Spec):
+    name: Name
+    """Short name of the prompt in tables."""
+    text: str = Field(min_length=1)
+    """The user message; rendered with the chat template, with the assistant's turn opened."""
+
+
+DEFAULT_PROMPTS = (
+    Prompt(name="greeting", text="Hello! Who are you?"),
+    Prompt(name="tool-routing", text="I need tomorrow's weather in Paris. Which tool should I call: search, "
+                                     "calculator or weather? Answer with the tool name."),
+    Prompt(name="code", text="Write a Python function that returns the squares of a list of numbers."),
+    Prompt(name="factual", text="What does the len() function return in Python?"),
+    Prompt(name="explanation", text="Explain what a Python generator is and when to use one."),
+)
+
+
+class EvaluateStep(Step):
+    kind: Literal["evaluate"]
+    """Measure trained weights: validation loss and perplexity, the same through llama.cpp for
+    each GGUF file of an export, and a generation benchmark on a prompt set."""
+    model: str = ref("step")
+    """The train or init step whose weights to measure."""
+    gguf: str | None = ref("step", None)
+    """An export step with `format: gguf` of the same weights: each of its files is measured on
+    the same tokens through llama.cpp (needs the llama.cpp extra)."""
+    data: str | None = ref("dataset", None)
+    """Dataset whose validation split is measured; default: the train step's `data`."""
+    seq_len: int = Field(128, ge=2)
+    """Tokens per perplexity window; at most the model's max_positions."""
+    windows: int = Field(16, ge=1)
+    """Perplexity windows taken from the start of the validation split (fewer if it is shorter)."""
+    prompts: tuple[Prompt, ...] = Field(DEFAULT_PROMPTS, min_length=1)
+    """Prompt set of the generation benchmark."""
+    max_new_tokens: int = Field(32, ge=1)
+    """Greedy generation stops after this many tokens, or at eos."""
+    chat_template: str = "specs/templates/chat.jinja"
+    """Jinja chat template (relative to the project root) the prompts are rendered with."""
+
+    def summary(self) -> str:
+        gguf = f" and GGUF files of '{self.gguf}'" if self.gguf else ""
+        return f"perplexity and generation speed of '{self.model}'{gguf}"
+
+
+class ReportStep(Step):
+    kind: Literal["report"]
+    """Render a training report (Markdown, HTML with plots, PNG plots) from built artifacts."""
+    train: str = ref("step")
+    """The train step reported on: its metrics, model, teachers and environment."""
+    evaluate: str | None = ref("step", None)
+    """An evaluate step of the same weights: perplexity, GGUF and generation tables."""
+    exports: tuple[Annotated[str, Field(pattern=STEP_REF_PATTERN)], ...] = ()
+    """Export steps whose files the report lists (size, SHA-256) and, for GGUF, tabulates."""
+    template: str = "specs/templates/training-report.md.jinja"
+    """Jinja template of the Markdown report (relative to the project root), rendered in Jinja's
+    sandbox with undefined variables as errors; the HTML version is made from its output."""
+    loss_rows: int = Field(20, ge=2, le=200)
+    """Rows of the text loss curve (the loss sampled evenly over the run)."""
+
+    def summary(self) -> str:
+        return f"training report of '{self.train}' from {self.template}"
+
+
+AnyStep = Annotated[Union[TokenizerStep, InitStep, TrainStep, Export, EvaluateStep, ReportStep],
+                    Field(discriminator="kind")]
 
 
 class PipelineSpec(Manifest):

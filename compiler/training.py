@@ -1,4 +1,4 @@
-"""Compile-time resolution and checks of train and export steps.
+"""Compile-time resolution and checks of train and export steps (evaluate and report: evaluation.py).
 
 Reads: the resolved project, and for a teacher given by `path:` its `config.json`.
 Adds to the graph one `tokens` node per (tokenizer, dataset) pair a train step reads,
@@ -31,6 +31,10 @@ def resolve(project: Project, order: list[str]) -> None:
             _train(project, node)
         elif node.kind == "export":
             _export(project, node)
+        elif node.kind in ("evaluate", "report"):
+            from . import evaluation
+
+            getattr(evaluation, node.kind)(project, node)
 
 
 def teacher_deps(project: Project) -> None:
@@ -320,9 +324,13 @@ def _template_file(project: Project, node: Node, rel: str) -> None:
 
 
 def source_files(project: Project, node: Node) -> list[Path]:
-    """Files outside the store a train, tokens or export step reads: teacher folders, templates."""
-    if node.kind == "export" or (node.kind == "tokens" and node.spec.chat_template is not None):
+    """Files outside the store a step reads: teacher folders, chat and report templates."""
+    if node.kind in ("export", "evaluate") or (node.kind == "tokens" and node.spec.chat_template is not None):
         return [project.root / node.spec.chat_template]
+    if node.kind == "report":
+        from . import evaluation
+
+        return evaluation.template_files(project, node)
     if node.kind != "train" or node.spec.distill is None:
         return []
     out = []

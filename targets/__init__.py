@@ -32,6 +32,7 @@ class Job:
     files: list[list[Path]] = field(default_factory=list)  # per source, the files to read
     root: Path = Path(".")
     work: Path | None = None      # survives a killed build of the same key: resume state
+    key: str = ""                 # the step's content key (a report's identity)
 
     def log(self, message: str) -> None:
         """Progress for the terminal (doit shows a step's output live with verbosity 2)."""

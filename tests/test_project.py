@@ -168,13 +168,13 @@ CASES = {
         "specs/models/tiny.yaml:1: kind: expected one of 'dataset', 'model', 'pipeline'; found 'modle'\n"
         "  fix: did you mean 'model'?")),
     "unknown-step-kind": (pipeline(TOK.replace("kind: tokenizer", "kind: tokeniser")), (), stderr(
-        "specs/pipelines/main.yaml:5: steps.tok.kind: expected one of 'export', 'init', 'tokenizer', 'train'; "
+        "specs/pipelines/main.yaml:5: steps.tok.kind: expected one of 'evaluate', 'export', 'init', 'report', 'tokenizer', 'train'; "
         "found 'tokeniser'\n"
         "  fix: did you mean 'tokenizer'?")),
     "missing-step-kind": (pipeline(TOK.replace("  kind: tokenizer\n", "")), (), stderr(
-        "specs/pipelines/main.yaml:4: steps.tok.kind: expected one of 'export', 'init', 'tokenizer', 'train'; "
+        "specs/pipelines/main.yaml:4: steps.tok.kind: expected one of 'evaluate', 'export', 'init', 'report', 'tokenizer', 'train'; "
         "found nothing\n"
-        "  fix: add `kind: export`, `kind: init`, `kind: tokenizer` or `kind: train`")),
+        "  fix: add `kind: evaluate`, `kind: export`, `kind: init`, `kind: report`, `kind: tokenizer` or `kind: train`")),
     "missing-required-field": (model(*[a for a in ARCH if not a.startswith("layers")]), (), stderr(
         "specs/models/tiny.yaml:1: layers: expected a value for this required field; found nothing\n"
         "  fix: add `layers:` (Number of decoder layers)")),
@@ -307,8 +307,8 @@ IN_PROCESS = {
                              "  fix: use 2, 3 or 5"),
     "profile-adds-step-without-kind": ({PIPELINE: valid(PIPELINE) + "      extra:\n        vocab_size: 500\n"},
                                        "specs/pipelines/main.yaml:17: profiles.ci.steps.extra.kind: expected one of "
-                                       "'export', 'init', 'tokenizer', 'train'; found nothing\n"
-                                       "  fix: add `kind: export`, `kind: init`, `kind: tokenizer` or `kind: train`"),
+                                       "'evaluate', 'export', 'init', 'report', 'tokenizer', 'train'; found nothing\n"
+                                       "  fix: add `kind: evaluate`, `kind: export`, `kind: init`, `kind: report`, `kind: tokenizer` or `kind: train`"),
 }
 
 

@@ -1,0 +1,102 @@
+"""Compile-time resolution and checks of evaluate and report steps.
+
+An evaluate step reads the weights of an init or train step, the validation tokens of a
+dataset (a `tokens` node shared with training, added here when no train step made it),
+and optionally the GGUF files of an export of the same weights. A report step reads a
+train step, its teachers, an evaluate step and export steps of the same weights, and a
+Jinja template that is parsed and compiled now, so a broken template builds nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from . import quants, templates
+from .errors import SpecError, a_step
+from .project import Node, Project, need_step
+from .training import _check_seq_len, _template_file, _tokens_node, _weights_step, inside, model_of
+
+
+def evaluate(project: Project, node: Node) -> None:
+    spec = node.spec
+    weights = node.deps["model"]
+    _weights_step(project, node, ("model",), weights, spec.model)
+    model = node.models["model"] = model_of(project, weights)
+    _check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
+    tok_task = node.deps["tokenizer"] = project.nodes[weights].deps["tokenizer"]
+    _template_file(project, node, spec.chat_template)
+    data = spec.data if spec.data is not None else _data_of(project, node, weights)
+    node.deps.pop("data", None)
+    chat = spec.chat_template if project.datasets[data][0].chat() else None
+    node.deps["tokens"] = _tokens_node(project, node, tok_task, data, chat)
+    if spec.gguf is not None:
+        export = project.nodes[node.deps["gguf"]]
+        if export.kind != "export" or export.spec.format != "gguf":
+            found = f"'{spec.gguf}', {a_step(export.kind)}" if export.kind != "export" else \
+                f"'{spec.gguf}', an export with format '{export.spec.format}'"
+            raise node.error(("gguf",), "an export step with `format: gguf`", found,
+                             "name the step that writes the GGUF files, or leave `gguf` out")
+        if export.deps["model"] != weights:
+            raise node.error(("gguf",), f"GGUF files of the weights measured here ('{spec.model}')",
+                             f"'{spec.gguf}', which exports '{export.spec.model}'",
+                             "evaluate the GGUF export of the same step, so the perplexities compare")
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise node.error(("gguf",), "llama.cpp to measure GGUF files (the llama-cpp-python extra)",
+                             f"'{spec.gguf}', and llama_cpp is not installed",
+                             f"install the extra: {quants.LLAMA_INSTALL} (it compiles llama.cpp, about 15 "
+                             "minutes on 2 cores), or leave `gguf` out")
+
+
+def _data_of(project: Project, node: Node, weights: str) -> str:
+    """The dataset a train step read, when it read one; otherwise `data:` must be given."""
+    source = project.nodes[weights]
+    if source.kind == "train" and source.spec.data is not None:
+        return source.spec.data
+    why = "a curriculum" if source.kind == "train" else "no dataset"
+    raise node.error(("data",), "`data:`, the dataset whose validation split to measure",
+                     f"nothing, and '{node.spec.model}' reads {why}", "add `data: DATASET`")
+
+
+def report(project: Project, node: Node) -> None:
+    spec = node.spec
+    train = node.deps["train"]
+    if project.nodes[train].kind != "train":
+        raise node.error(("train",), "a train step", f"'{spec.train}', {a_step(project.nodes[train].kind)}",
+                         "name the train step to report on")
+    node.models["model"] = model_of(project, train)
+    for field, task in project.nodes[train].deps.items():
+        if field.startswith("teacher."):  # their manifests give the teachers' sizes
+            node.deps[field] = task
+    if spec.evaluate is not None:
+        evaluation = project.nodes[node.deps["evaluate"]]
+        if evaluation.kind != "evaluate":
+            raise node.error(("evaluate",), "an evaluate step", f"'{spec.evaluate}', {a_step(evaluation.kind)}",
+                             "name an evaluate step of the same weights, or leave `evaluate` out")
+        if evaluation.deps["model"] != train:
+            raise node.error(("evaluate",), f"an evaluate step of the weights reported on ('{spec.train}')",
+                             f"'{spec.evaluate}', which measures '{evaluation.spec.model}'",
+                             "evaluate the train step this report is about")
+    for i, ref in enumerate(spec.exports):
+        task = node.step_task(ref)
+        need_step(project, node, ("exports", i), ref, task)
+        export = project.nodes[task]
+        if export.kind != "export" or export.deps["model"] != train:
+            found = f"'{ref}', {a_step(export.kind)}" if export.kind != "export" else \
+                f"'{ref}', which exports '{export.spec.model}'"
+            raise node.error(("exports", i), f"an export step of the weights reported on ('{spec.train}')", found,
+                             "list the exports of the train step this report is about")
+        node.deps[f"export.{ref}"] = task
+    template_files(project, node)
+
+
+def template_files(project: Project, node: Node) -> list:
+    """The report's template and every template it pulls in, checked: the files to digest."""
+    path = inside(node, ("template",), node.spec.template, project.root)
+    try:
+        return templates.check(path)
+    except templates.TemplateProblem as exc:
+        rel = str(exc.file).removeprefix(str(project.root) + "/")
+        where = f"{rel}:{exc.line}" if exc.line else rel
+        raise SpecError.one(node.doc.file, node.line("template"), node.doc.field(node.path + ("template",)),
+                            "a Jinja template that parses", f"{where}: {exc.message}",
+                            f"fix the template at {where}") from None
