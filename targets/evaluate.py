@@ -1,0 +1,258 @@
+"""Evaluate builder: what trained weights do on held-out text and how fast they generate.
+
+Reads: `model.safetensors` and `config.json` of the weights entry (`job.inputs["model"]`),
+the tokenizer entry, `validation.bin` and `tokens.json` of the tokens entry (the validation
+split of `job.spec.data` as token ids), the chat template, and when the step names a GGUF
+export (`job.inputs["gguf"]`) its `model-TYPE.gguf` files and manifest.
+
+Writes: `metrics.json` with
+* `data`: the dataset, split, window length, number of windows and of predicted tokens;
+* `checkpoint`: mean next-token loss and perplexity of the weights (torch, float32) over
+  windows of `seq_len` tokens cut from the start of the validation split;
+* `gguf`: per GGUF type, the same on the same windows through llama.cpp (float32 KV cache,
+  so only the weights' type differs), with file size, bits per weight and the perplexity
+  ratio to the checkpoint;
+* `generation`: per engine (the torch checkpoint, llama.cpp per GGUF type), greedy
+  generation of up to `max_new_tokens` for each prompt of `job.spec.prompts`, rendered with
+  the chat template: input and output tokens, latency, time to the first token, tokens/s
+  (output tokens over the whole latency), their averages and peak, and the memory the
+  weights take (their bytes, and the resident memory loading them added).
+Timings are measured, so they differ between builds; everything else is a function of
+the inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from targets import BuildError, Job, special_ids
+from targets.gguf import file_name
+from targets.tokens import chat_renderer
+
+OUTPUTS = ("metrics.json",)
+BATCH = 4  # perplexity windows per torch forward
+
+
+def build(job: Job) -> dict:
+    spec = job.spec
+    windows = validation_windows(job.inputs["tokens"], spec.seq_len, spec.windows)
+    before, started = resident(), time.perf_counter()
+    model, weights_bytes = load_torch(job.inputs["model"])
+    loaded = {"load_seconds": time.perf_counter() - started, "rss_delta_bytes": resident() - before}
+    n_params = sum(p.numel() for p in model.parameters())
+    loss = torch_loss(model, windows)
+    predicted = len(windows) * (spec.seq_len - 1)
+    job.log(f"checkpoint: loss {loss:.4f}, perplexity {math.exp(loss):,.2f} on {predicted:,} validation tokens")
+    metrics = {
+        "data": {"dataset": json.loads((job.inputs["tokens"] / "manifest.json").read_text())["spec"]["dataset"],
+                 "split": "validation", "seq_len": spec.seq_len, "windows": len(windows), "tokens": predicted},
+        "checkpoint": {"loss": loss, "perplexity": math.exp(loss), "parameters": n_params,
+                       "weights_bytes": weights_bytes},
+        "gguf": {},
+    }
+    prompts = rendered_prompts(job)
+    engines = {"torch": {**torch_generation(job, model, prompts), "weights_bytes": weights_bytes, **loaded}}
+    del model
+    for name, path, facts in gguf_files(job):
+        g_loss = llama_loss(path, windows)
+        metrics["gguf"][name] = {"file": path.name, "bytes": facts["bytes"], "bits_per_weight": facts["bits_per_weight"],
+                                 "loss": g_loss, "perplexity": math.exp(g_loss),
+                                 "perplexity_ratio": math.exp(g_loss - loss)}
+        job.log(f"{path.name}: loss {g_loss:.4f}, perplexity {math.exp(g_loss):,.2f} "
+                f"({math.exp(g_loss - loss):.4f}x the checkpoint's)")
+        engines[f"gguf-{name}"] = llama_generation(job, name, path, prompts)
+    metrics["generation"] = {"max_new_tokens": spec.max_new_tokens,
+                             "prompts": [{"name": p.name, "text": p.text} for p in spec.prompts],
+                             "engines": engines}
+    (job.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return {"loss": loss, "perplexity": math.exp(loss),
+            "gguf_perplexity": {t: g["perplexity"] for t, g in metrics["gguf"].items()},
+            "tokens_per_s": {e: g["avg_tokens_per_s"] for e, g in engines.items()}}
+
+
+# ---------------------------------------------------------------- perplexity
+
+def validation_windows(tokens: Path, seq_len: int, most: int) -> list[list[int]]:
+    """Up to `most` consecutive, non-overlapping windows of `seq_len` ids from the start of the
+    validation stream: the same tokens for every engine."""
+    import numpy as np
+
+    info = json.loads((tokens / "tokens.json").read_text())
+    stream = np.fromfile(tokens / "validation.bin", dtype=np.dtype(info["dtype"]).newbyteorder("<"))
+    n = min(most, len(stream) // seq_len)
+    if n == 0:
+        raise BuildError(f"the validation split has {len(stream):,} tokens, fewer than one window of "
+                         f"seq_len {seq_len:,}; lower seq_len or give the dataset a larger validation split")
+    return [stream[i * seq_len:(i + 1) * seq_len].astype(np.int64).tolist() for i in range(n)]
+
+
+def load_torch(folder: Path):
+    """The checkpoint as a float32 LlamaForCausalLM in eval mode, and its weights' bytes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+    return model, sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def torch_loss(model, windows: list[list[int]]) -> float:
+    """Mean cross-entropy (nats) of every next token after the first of each window."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(windows), BATCH):
+            ids = torch.tensor(windows[i:i + BATCH])
+            logits = model(ids).logits[:, :-1].double()
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                    reduction="sum")
+            total, count = total + nll.item(), count + ids[:, 1:].numel()
+    return total / count
+
+
+def llama_loss(path: Path, windows: list[list[int]]) -> float:
+    """The same mean cross-entropy through llama.cpp: each window evaluated from an empty cache."""
+    import numpy as np
+    from llama_cpp import GGML_TYPE_F32
+
+    llm = open_llama(path, len(windows[0]), logits_all=True, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
+    total, count = 0.0, 0
+    for window in windows:
+        llm.reset()
+        llm.eval(window)
+        logits = np.asarray(llm.scores[:len(window) - 1], dtype=np.float64)
+        top = logits.max(axis=-1, keepdims=True)
+        logz = (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))[:, 0]
+        total += float((logz - logits[np.arange(len(window) - 1), window[1:]]).sum())
+        count += len(window) - 1
+    return total / count
+
+
+def open_llama(path: Path, context: int, **options):
+    from llama_cpp import Llama
+
+    return Llama(str(path), n_ctx=context, n_batch=max(context, 512), n_threads=os.cpu_count() or 1,
+                 verbose=False, seed=0, **options)
+
+
+def gguf_files(job: Job) -> list[tuple[str, Path, dict]]:
+    """(type, path, facts from the export's manifest) of each file of the GGUF export, in its order."""
+    entry = job.inputs.get("gguf")
+    if entry is None:
+        return []
+    manifest = json.loads((entry / "manifest.json").read_text())
+    files = manifest["metrics"]["files"]
+    return [(t, entry / file_name(t), files[t]) for t in manifest["spec"]["types"] or ["f16"]]
+
+
+# ---------------------------------------------------------------- generation
+
+def rendered_prompts(job: Job) -> list[tuple[str, list[int]]]:
+    """(name, ids) of each prompt: a user turn rendered with the chat template, the assistant's
+    turn opened, tokenized as transformers' apply_chat_template would (special tokens as tokens)."""
+    from tokenizers import Tokenizer
+
+    render = chat_renderer(job.root / job.spec.chat_template, job.inputs["tokenizer"])
+    tok = Tokenizer.from_file(str(job.inputs["tokenizer"] / "tokenizer.json"))
+    return [(p.name, tok.encode(render(p.text, "")[0], add_special_tokens=False).ids) for p in job.spec.prompts]
+
+
+def summary(runs: list[dict]) -> dict:
+    rates = [r["tokens_per_s"] for r in runs]
+    return {"runs": runs, "avg_latency_s": sum(r["latency_s"] for r in runs) / len(runs),
+            "avg_tokens_per_s": sum(rates) / len(rates), "peak_tokens_per_s": max(rates),
+            "output_tokens": sum(r["output_tokens"] for r in runs)}
+
+
+def resident() -> int:
+    """This process's resident memory now, in bytes."""
+    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
+
+
+def torch_generation(job: Job, model, prompts: list[tuple[str, list[int]]]) -> dict:
+    """Greedy `generate()` of the checkpoint on each prompt, timed with a streamer that notes when
+    the first new token arrives."""
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    class Clock(BaseStreamer):
+        def __init__(self):
+            self.calls, self.first = 0, None
+
+        def put(self, value):  # first call: the prompt; second: the first generated token
+            self.calls += 1
+            if self.calls == 2:
+                self.first = time.perf_counter()
+
+        def end(self):
+            pass
+
+    ids = special_ids(job.inputs["tokenizer"])
+    decode = decoder(job.inputs["tokenizer"])
+    options = dict(max_new_tokens=job.spec.max_new_tokens, do_sample=False, eos_token_id=ids.get("eos"),
+                   pad_token_id=ids.get("pad"))
+    runs = []
+    with torch.no_grad():
+        model.generate(torch.tensor([prompts[0][1]]), **{**options, "max_new_tokens": 2})  # warm-up, untimed
+        for name, prompt in prompts:
+            clock = Clock()
+            started = time.perf_counter()
+            out = model.generate(torch.tensor([prompt]), streamer=clock, **options)[0, len(prompt):].tolist()
+            latency = time.perf_counter() - started
+            runs.append(run_row(name, prompt, out, latency, (clock.first or time.perf_counter()) - started, decode))
+    job.log(f"torch: {sum(r['tokens_per_s'] for r in runs) / len(runs):,.1f} tokens/s on average")
+    return {"label": "torch float32 checkpoint", **summary(runs)}
+
+
+def llama_generation(job: Job, name: str, path: Path, prompts: list[tuple[str, list[int]]]) -> dict:
+    """Greedy generation through llama.cpp (temperature 0), token by token from its generator."""
+    before, started = resident(), time.perf_counter()
+    longest = max(len(p) for _, p in prompts) + job.spec.max_new_tokens
+    llm = open_llama(path, longest)
+    load_seconds, rss_delta = time.perf_counter() - started, resident() - before
+    eos, decode = llm.token_eos(), decoder(job.inputs["tokenizer"])
+    runs = []
+    for n, (prompt_name, prompt) in enumerate([prompts[0]] + prompts):  # the first run warms up, untimed
+        out: list[int] = []
+        first = None
+        started = time.perf_counter()
+        for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            if token == eos:
+                break
+            out.append(token)
+            first = first or time.perf_counter()
+            if len(out) >= (2 if n == 0 else job.spec.max_new_tokens):
+                break
+        latency = time.perf_counter() - started
+        if n:
+            runs.append(run_row(prompt_name, prompt, out, latency, (first or time.perf_counter()) - started, decode))
+    result = {"label": f"llama.cpp {name}", "weights_bytes": int(llm._model.size()), "rss_delta_bytes": rss_delta,
+              "load_seconds": load_seconds, **summary(runs)}
+    job.log(f"llama.cpp {name}: {result['avg_tokens_per_s']:,.1f} tokens/s on average")
+    return result
+
+
+def decoder(tokenizer: Path):
+    """ids -> text, cut at the first eos (which ends a generation and is not counted)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    eos = special_ids(tokenizer, tok).get("eos")
+
+    def decode(ids: list[int]) -> tuple[list[int], str]:
+        ids = ids[:ids.index(eos)] if eos in ids else ids
+        return ids, tok.decode(ids)
+
+    return decode
+
+
+def run_row(name: str, prompt: list[int], out: list[int], latency: float, first: float, decode) -> dict:
+    out, text = decode(out)
+    return {"prompt": name, "input_tokens": len(prompt), "output_tokens": len(out), "latency_s": latency,
+            "first_token_s": first, "tokens_per_s": len(out) / latency if latency > 0 else 0.0, "text": text}

@@ -1,0 +1,197 @@
+"""Evaluate and report steps at compile time: what they read, and each mistake's whole message.
+Loaded in-process (a case costs milliseconds); the broken template also goes through `doit`."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from compiler import graph, project
+from compiler.errors import SpecError
+from conftest import REPO
+
+PIPELINE = "specs/pipelines/main.yaml"
+TEMPLATE = "specs/templates/report.md.jinja"
+FILES = {
+    "specs/datasets/docs.yaml": "kind: dataset\nname: docs\nsources:\n  - type: files\n    glob: data/*.jsonl\n",
+    "specs/datasets/more.yaml": "kind: dataset\nname: more\nsources:\n  - type: files\n    glob: data/*.jsonl\n",
+    "specs/models/tiny.yaml": "kind: model\nname: tiny\nhidden_size: 32\nintermediate_size: 64\nlayers: 2\n"
+                              "heads: 4\nvocab_size: 512\nmax_positions: 128\n",
+    TEMPLATE: "# {{ model.name }}\n{% include 'part.md.jinja' %}\n",
+    "specs/templates/part.md.jinja": "Loss: {{ train.final_loss }}\n",
+    PIPELINE: """
+        kind: pipeline
+        name: main
+        steps:
+          tok:
+            kind: tokenizer
+            dataset: docs
+            vocab_size: 400
+          init:
+            kind: init
+            model: tiny
+            tokenizer: tok
+          student:
+            kind: train
+            init: init
+            tokenizer: tok
+            data: docs
+            max_steps: 10
+          hf:
+            kind: export
+            model: student
+          gguf:
+            kind: export
+            format: gguf
+            model: student
+            types: [q8_0]
+          evaluate:
+            kind: evaluate
+            model: student
+            gguf: gguf
+          report:
+            kind: report
+            train: student
+            evaluate: evaluate
+            exports: [hf, gguf]
+            template: specs/templates/report.md.jinja
+    """,
+}
+
+
+def write(p, **replace: tuple[str, str]) -> None:
+    """FILES with (old, new) replaced once in the file named by each keyword (pipeline, template)."""
+    p.write("data/docs.jsonl", "".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(5)))
+    p.write("specs/templates/chat.jinja", (REPO / "specs/templates/chat.jinja").read_text())
+    for rel, text in FILES.items():
+        text = textwrap.dedent(text).lstrip("\n")
+        for old, new in [v for k, v in replace.items() if {"pipeline": PIPELINE, "template": TEMPLATE}[k] == rel]:
+            assert old in text, f"{old!r} not in {rel}"
+            text = text.replace(old, new, 1)
+        p.write(rel, text)
+
+
+def load_error(p, **replace) -> str:
+    write(p, **replace)
+    with pytest.raises(SpecError) as info:
+        graph.plans(project.load(p.root))
+    return str(info.value)
+
+
+def test_what_evaluate_and_report_read(make_project):
+    p = make_project()
+    write(p)
+    plans = graph.plans(project.load(p.root))
+    evaluate, report = plans["main.evaluate"], plans["main.report"]
+    assert {f: i["task"] for f, i in evaluate["inputs"].items()} == {
+        "gguf": "main.gguf", "model": "main.student", "tokenizer": "main.tok", "tokens": "main.tok@docs"}
+    assert {f: i["task"] for f, i in report["inputs"].items()} == {
+        "evaluate": "main.evaluate", "export.gguf": "main.gguf", "export.hf": "main.hf", "train": "main.student"}
+    # the template and what it includes are sources: editing either changes the report's key only
+    assert sorted(report["sources"]) == ["specs/templates/part.md.jinja", "specs/templates/report.md.jinja"]
+    assert sorted(evaluate["sources"]) == ["specs/templates/chat.jinja"]
+    assert evaluate["builder"] == "evaluate" and report["builder"] == "report"
+    before = {t: plan["key"] for t, plan in plans.items()}
+    p.write("specs/templates/part.md.jinja", "Final loss: {{ train.final_loss }}\n")
+    after = {t: plan["key"] for t, plan in graph.plans(project.load(p.root)).items()}
+    assert [t for t in before if before[t] != after[t]] == ["main.report"]
+
+
+def test_evaluate_reads_the_validation_split_of_the_dataset_it_names(make_project):
+    p = make_project()
+    write(p, pipeline=("    gguf: gguf\n", "    gguf: gguf\n    data: more\n"))
+    plans = graph.plans(project.load(p.root))
+    assert plans["main.evaluate"]["inputs"]["tokens"]["task"] == "main.tok@more"
+
+
+CASES = {
+    "evaluate-gguf-is-an-hf-export": (
+        dict(pipeline=("    gguf: gguf\n", "    gguf: hf\n")),
+        "specs/pipelines/main.yaml:29: steps.evaluate.gguf: expected an export step with `format: gguf`; found "
+        "'hf', an export with format 'hf'\n"
+        "  fix: name the step that writes the GGUF files, or leave `gguf` out"),
+    "evaluate-gguf-of-other-weights": (
+        dict(pipeline=("    model: student\n    types", "    model: init\n    types")),
+        "specs/pipelines/main.yaml:29: steps.evaluate.gguf: expected GGUF files of the weights measured here "
+        "('student'); found 'gguf', which exports 'init'\n"
+        "  fix: evaluate the GGUF export of the same step, so the perplexities compare"),
+    "evaluate-an-init-without-data": (
+        dict(pipeline=("    model: student\n    gguf: gguf\n", "    model: init\n")),
+        "specs/pipelines/main.yaml:26: steps.evaluate.data: expected `data:`, the dataset whose validation split "
+        "to measure; found nothing, and 'init' reads no dataset\n"
+        "  fix: add `data: DATASET`"),
+    "evaluate-seq-len-above-max-positions": (
+        dict(pipeline=("    gguf: gguf\n", "    gguf: gguf\n    seq_len: 256\n")),
+        "specs/pipelines/main.yaml:30: steps.evaluate.seq_len: expected at most the model's max_positions (128, "
+        "model 'tiny'); found 256\n"
+        "  fix: lower seq_len to 128 or less, or raise max_positions of model 'tiny' (specs/models/tiny.yaml:8)"),
+    "report-of-an-export": (
+        dict(pipeline=("    train: student\n", "    train: hf\n")),
+        "specs/pipelines/main.yaml:32: steps.report.train: expected a train step; found 'hf', an export step\n"
+        "  fix: name the train step to report on"),
+    "report-evaluate-is-a-train-step": (
+        dict(pipeline=("    evaluate: evaluate\n", "    evaluate: student\n")),
+        "specs/pipelines/main.yaml:33: steps.report.evaluate: expected an evaluate step; found 'student', a train "
+        "step\n"
+        "  fix: name an evaluate step of the same weights, or leave `evaluate` out"),
+    "report-unknown-export": (
+        dict(pipeline=("[hf, gguf]", "[hf, guff]")),
+        "specs/pipelines/main.yaml:34: steps.report.exports[1]: expected a step of this pipeline (one of "
+        "'evaluate', 'gguf', 'hf', 'init', 'student', 'tok'); found 'guff'\n"
+        "  fix: did you mean 'gguf'?"),
+    "report-export-of-other-weights": (
+        dict(pipeline=("    kind: export\n    model: student\n  gguf", "    kind: export\n    model: init\n  gguf")),
+        "specs/pipelines/main.yaml:34: steps.report.exports[0]: expected an export step of the weights reported on "
+        "('student'); found 'hf', which exports 'init'\n"
+        "  fix: list the exports of the train step this report is about"),
+    "report-template-missing": (
+        dict(pipeline=("template: specs/templates/report.md.jinja", "template: report.md.jinja")),
+        "specs/pipelines/main.yaml:35: steps.report.template: expected an existing file or folder (relative to the "
+        "project root); found 'report.md.jinja', which does not exist\n"
+        "  fix: did you mean 'specs/templates/report.md.jinja'? Paths are relative to the project root"),
+    "report-template-includes-nothing": (
+        dict(template=("'part.md.jinja'", "'parts.md.jinja'")),
+        "specs/pipelines/main.yaml:35: steps.report.template: expected a Jinja template that parses; found "
+        "specs/templates/report.md.jinja: it includes, imports or extends 'parts.md.jinja', which is not a file "
+        "beside it\n"
+        "  fix: fix the template at specs/templates/report.md.jinja"),
+    "report-template-unknown-filter": (
+        dict(template=("{{ model.name }}", "{{ model.name | shout }}")),
+        "specs/pipelines/main.yaml:35: steps.report.template: expected a Jinja template that parses; found "
+        "specs/templates/report.md.jinja:1: TemplateAssertionError: No filter named 'shout'.\n"
+        "  fix: fix the template at specs/templates/report.md.jinja:1"),
+}
+
+
+@pytest.mark.parametrize("replace, expected", CASES.values(), ids=CASES.keys())
+def test_evaluate_and_report_mistakes(make_project, replace, expected):
+    assert load_error(make_project(), **replace) == expected
+
+
+def test_evaluating_gguf_files_without_llama_cpp_is_an_error(make_project, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else find_spec(name, *a))
+    message = load_error(make_project(), pipeline=("    types: [q8_0]\n", "    types: [f16]\n"))
+    assert message == (
+        "specs/pipelines/main.yaml:29: steps.evaluate.gguf: expected llama.cpp to measure GGUF files (the "
+        "llama-cpp-python extra); found 'gguf', and llama_cpp is not installed\n"
+        '  fix: install the extra: CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install -r requirements-llama.txt (it '
+        "compiles llama.cpp, about 15 minutes on 2 cores), or leave `gguf` out")
+
+
+def test_a_template_syntax_error_names_its_line_and_builds_nothing(make_project):
+    p = make_project()
+    write(p, template=("{% include 'part.md.jinja' %}", "{% for x in y %}\n{% include 'part.md.jinja' %}"))
+    result = p.doit("list", check=False)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "ingot: 1 problem found; nothing was built\n"
+        "specs/pipelines/main.yaml:35: steps.report.template: expected a Jinja template that parses; found "
+        "specs/templates/report.md.jinja:3: TemplateSyntaxError: Unexpected end of template. Jinja was looking "
+        "for the following tags: 'endfor' or 'else'. The innermost block that needs to be closed is 'for'.\n"
+        "  fix: fix the template at specs/templates/report.md.jinja:3\n")
+    assert not (p.root / "build").exists()
