@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from doit.reporter import ConsoleReporter
+
 from . import explain, graph, project, store
 from .errors import SpecError
 
@@ -32,8 +34,35 @@ def compile_here(dodo_file: str) -> tuple[dict, list[dict]]:
     (root / "build").mkdir(exist_ok=True)
     defaults = _defaults(plans)
     config = {"dep_file": str(root / "build" / ".doit.db"), "backend": "sqlite3", "verbosity": 2,
-              "default_tasks": defaults}
+              "default_tasks": defaults, "reporter": Reporter}
     return config, [task(p) for p in plans.values()] + [explain_task(plans, defaults)]
+
+
+class Reporter(ConsoleReporter):
+    """doit's console output, and at the end where the reports of this run are: the reports
+    it built or found up to date, so a plain `doit` always ends with the path to open."""
+
+    def __init__(self, outstream, options):
+        super().__init__(outstream, options)
+        self.reports: list[str] = []
+
+    def _note(self, task) -> None:
+        plan = (task.meta or {}).get("plan")
+        if plan and plan["kind"] == "report" and plan["link"] not in self.reports:
+            self.reports.append(plan["link"])
+
+    def add_success(self, task) -> None:
+        super().add_success(task)
+        self._note(task)
+
+    def skip_uptodate(self, task) -> None:
+        super().skip_uptodate(task)
+        self._note(task)
+
+    def complete_run(self) -> None:
+        super().complete_run()
+        for link in self.reports:
+            self.write(f"report: {link}/report.html (Markdown: {link}/report.md)\n")
 
 
 def _defaults(plans: dict[str, dict]) -> list[str]:
