@@ -74,6 +74,11 @@ def load(root: Path, profile: str | None = None) -> Project:
         raise _unknown_profile(profile, project.profiles)
     _make_nodes(project)
     _resolve(project)
+    from . import curation
+
+    for node in list(project.nodes.values()):
+        if node.kind == "dataset":
+            curation.check(project, node)  # filters: regexes, languages, the tokenizer step they count with
     from . import training
 
     training.teacher_deps(project)  # teachers are inputs too: a loop through them is a cycle

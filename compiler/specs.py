@@ -67,6 +67,12 @@ class FieldMap(Spec):
     `response`, records are read as instruction/response pairs instead of `text`."""
     response: str | None = None
     """Field holding the response (assistant message) of an instruction/response record."""
+    domain: str | None = None
+    """Field holding the record's domain (metadata kept in the output and counted in the stats)."""
+    difficulty: str | None = None
+    """Field holding the record's difficulty (metadata kept in the output)."""
+    source: str | None = None
+    """Field holding where the record came from (metadata kept in the output and counted)."""
 
     @model_validator(mode="after")
     def _pair(self) -> "FieldMap":
@@ -92,11 +98,54 @@ class FilesSource(Spec):
 Source = Annotated[Union[PydocsSource, FilesSource], Field(discriminator="type")]
 
 
+LANGUAGE_CODE = r"^[a-z]{2,3}$"
+
+
 class Filters(Spec):
     min_chars: int = Field(1, ge=0)
     """Drop documents shorter than this many characters (after normalization)."""
     max_chars: int | None = Field(None, ge=1)
     """Drop documents longer than this many characters; no limit when absent."""
+    tokenizer: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]*\.[a-z0-9][a-z0-9_-]*$")
+    """A tokenizer step (`pipeline.step`) whose tokens `min_tokens` and `max_tokens` count."""
+    min_tokens: int | None = Field(None, ge=1)
+    """Drop documents of fewer tokens of `tokenizer`."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Drop documents of more tokens of `tokenizer`."""
+    languages: tuple[Annotated[str, Field(pattern=LANGUAGE_CODE)], ...] = ()
+    """Keep only documents identified (py3langid, offline) as one of these ISO 639-1 codes,
+    e.g. `[en]`; every language when empty."""
+    min_language_score: float = Field(0.5, ge=0, le=1)
+    """With `languages`: the identified language's probability must reach this, too."""
+    include: tuple[str, ...] = ()
+    """Regular expressions (Python `re`): keep only documents matching at least one."""
+    exclude: tuple[str, ...] = ()
+    """Regular expressions: drop documents matching any."""
+    max_symbol_ratio: float | None = Field(None, gt=0, le=1)
+    """Drop documents whose characters are more than this fraction neither letters, digits nor
+    whitespace."""
+    min_mean_word_length: float | None = Field(None, gt=0)
+    """Drop documents whose words (split on whitespace) are shorter than this on average."""
+    max_mean_word_length: float | None = Field(None, gt=0)
+    """Drop documents whose words are longer than this on average."""
+    max_repeated_lines: float | None = Field(None, ge=0, lt=1)
+    """Drop documents in which more than this fraction of the non-empty lines repeat an earlier line."""
+
+
+class NearDedup(Spec):
+    threshold: float = Field(0.8, gt=0, lt=1)
+    """Jaccard similarity of shingle sets at or above which two documents are near-duplicates."""
+    num_perm: int = Field(128, ge=16, le=1024)
+    """MinHash permutations; bands and rows of the LSH are chosen from these and the threshold."""
+    shingle: Literal["word", "char"] = "word"
+    """Shingles are word n-grams (case-folded) or character n-grams."""
+    ngram: int = Field(3, ge=1, le=32)
+    """Words (or characters) per shingle."""
+    verify: bool = True
+    """Check every LSH candidate pair by the exact Jaccard of its shingles; without it, every
+    candidate counts (faster, some false positives)."""
+    seed: int = Field(1, ge=0)
+    """Seed of the MinHash functions."""
 
 
 class Split(Spec):
@@ -118,6 +167,12 @@ class DatasetSpec(Manifest):
     """Length filters, applied in the order listed."""
     dedup: Literal["exact", "none"] = "exact"
     """`exact` drops a document whose normalized text was already seen (xxh3 digest)."""
+    near_dedup: NearDedup | None = None
+    """MinHash LSH near-duplicate removal after exact dedup: one document of each cluster of
+    near-duplicates is kept (the first read); none when absent."""
+    bad_records: Literal["error", "skip"] = "error"
+    """A malformed JSONL line, a missing field or invalid UTF-8: stop with an error naming the
+    file and line, or `skip` the record and count it in stats.json."""
     split: Split = Split()
     """The deterministic train/validation split."""
     shard_docs: int = Field(10_000, ge=1)
@@ -138,7 +193,8 @@ class DatasetSpec(Manifest):
 
     def summary(self) -> str:
         kinds = ", ".join(s.glob if isinstance(s, FilesSource) else "python docs" for s in self.sources)
-        return f"documents from {kinds}; {self.dedup} dedup, {self.split.validation:.0%} validation"
+        near = f", near-dup at Jaccard {self.near_dedup.threshold:g}" if self.near_dedup else ""
+        return f"documents from {kinds}; {self.dedup} dedup{near}, {self.split.validation:.0%} validation"
 
 
 # ---------------------------------------------------------------- models

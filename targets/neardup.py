@@ -1,0 +1,257 @@
+"""Near-duplicate detection: MinHash signatures and LSH banding, vectorized with numpy.
+
+Shingles: word n-grams (case-folded words split on ASCII whitespace) or character n-grams
+(of the case-folded text with whitespace runs as one space). Each
+word, or each character window, is hashed with xxh3; a word n-gram combines its words'
+hashes with a fixed polynomial over 64-bit integers, so no n-gram string is ever built.
+A shingle is the top 32 bits of its hash. A document shorter than n words is one shingle.
+
+MinHash: `num_perm` hash functions h_k(x) = ((a_k·x + b_k) mod 2^64) >> 32 (multiply-shift,
+a_k odd), each document's signature the minimum of every function over its shingles. A
+chunk of documents is hashed at once: one (shingles × num_perm) block of a few MB at a time,
+reduced per document with `np.minimum.reduceat`; there is no Python loop per permutation.
+
+LSH: `bands` bands of `rows` rows, chosen for the Jaccard threshold by minimizing the
+false-positive plus false-negative area under the S-curve 1 - (1 - s^rows)^bands (as
+datasketch does); each band of a signature is mixed into one 64-bit key, and documents that
+share a key in any band are candidates. A candidate pair is each member of a bucket with
+the bucket's first document.
+
+Candidates are optionally verified by the exact Jaccard of their shingle sets, joined into
+clusters (label propagation with pointer jumping over the pairs), and every cluster keeps
+its first document in input order, so the result depends only on the documents and their
+order. Shingles of every document are spilled to a file, so memory holds per document only
+its band keys and offsets; `Index.add` takes documents a chunk at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+BLOCK = 1 << 10        # shingles hashed against every permutation at once: 1,024 x num_perm x 8 bytes (cache-sized)
+MASK64 = (1 << 64) - 1
+
+
+def choose_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
+    """(bands, rows) with bands·rows ≤ num_perm minimizing the weighted areas of false positives
+    (pairs below the threshold that collide) and false negatives (pairs above it that do not)."""
+    grid_low = np.linspace(0.0, threshold, 201)
+    grid_high = np.linspace(threshold, 1.0, 201)
+    best, choice = np.inf, (1, num_perm)
+    for rows in range(1, num_perm + 1):
+        bands = np.arange(1, num_perm // rows + 1)[:, None]
+        fp = np.trapezoid(1 - (1 - grid_low ** rows) ** bands, grid_low, axis=1)
+        fn = np.trapezoid((1 - grid_high ** rows) ** bands, grid_high, axis=1)
+        error = fp_weight * fp + fn_weight * fn
+        k = int(np.argmin(error))
+        if error[k] < best - 1e-12:
+            best, choice = float(error[k]), (int(bands[k, 0]), rows)
+    return choice
+
+
+def _constants(seed: int, n: int) -> np.ndarray:
+    """`n` odd 64-bit constants drawn from `seed` (the same on every machine)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return rng.integers(0, 1 << 63, size=n, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+@dataclass(frozen=True)
+class Params:
+    threshold: float = 0.8
+    num_perm: int = 128
+    shingle: str = "word"     # "word" or "char"
+    ngram: int = 3
+    seed: int = 1
+    verify: bool = True
+
+
+def word_hashes(texts: list[str]) -> list[np.ndarray]:
+    """Per text, the xxh3 of each case-folded word (split on ASCII whitespace), as uint64."""
+    return [np.fromiter(map(xxhash.xxh3_64_intdigest, t.casefold().encode("utf-8").split()), dtype=np.uint64)
+            for t in texts]
+
+
+def shingles(texts: list[str], params: Params) -> tuple[np.ndarray, np.ndarray]:
+    """All shingle hashes of `texts` concatenated (uint32), and each text's start offset
+    (len(texts) + 1 offsets)."""
+    n = params.ngram
+    if params.shingle == "char":
+        parts = []
+        for t in texts:
+            t = " ".join(t.casefold().split())
+            grams = [t[i:i + n].encode("utf-8") for i in range(max(1, len(t) - n + 1))] if t else []
+            parts.append(np.fromiter(map(xxhash.xxh3_64_intdigest, grams), dtype=np.uint64, count=len(grams)))
+        hashes = [p >> np.uint64(32) for p in parts]
+    else:
+        words = word_hashes(texts)
+        mult = _constants(params.seed ^ 0x5EED, n)
+        flat = np.concatenate(words) if words else np.zeros(0, np.uint64)
+        starts = np.zeros(len(words) + 1, np.int64)
+        np.cumsum([len(w) for w in words], out=starts[1:])
+        # polynomial over each window of n words of the concatenation; windows that cross a
+        # document's end are dropped below
+        m = max(0, len(flat) - n + 1)
+        combined = np.zeros(m, np.uint64)
+        for j in range(n):
+            combined += flat[j:j + m] * mult[j]
+        combined ^= combined >> np.uint64(31)
+        combined *= np.uint64(0x9E3779B97F4A7C15)
+        hashes = []
+        for k, w in enumerate(words):
+            if len(w) >= n:
+                hashes.append(combined[starts[k]:starts[k + 1] - n + 1] >> np.uint64(32))
+            elif len(w):  # shorter than one n-gram: the whole document is its one shingle
+                g = np.uint64(0)
+                for j, h in enumerate(w):
+                    g = np.uint64((int(g) + int(h) * int(mult[j])) & MASK64)
+                hashes.append(np.array([int(g) >> 32], np.uint64))
+            else:
+                hashes.append(np.zeros(0, np.uint64))
+    offsets = np.zeros(len(hashes) + 1, np.int64)
+    np.cumsum([len(h) for h in hashes], out=offsets[1:])
+    flat = np.concatenate(hashes).astype(np.uint32) if hashes else np.zeros(0, np.uint32)
+    return flat, offsets
+
+
+def signatures(flat: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(documents × num_perm) MinHash signatures, uint32; a document without shingles gets
+    all-ones (and is never a candidate)."""
+    docs = len(offsets) - 1
+    sig = np.full((docs, len(a)), np.iinfo(np.uint32).max, dtype=np.uint32)
+    owner = np.repeat(np.arange(docs), np.diff(offsets))
+    x = flat.astype(np.uint64)
+    for start in range(0, len(x), BLOCK):
+        block = np.multiply.outer(x[start:start + BLOCK], a)
+        block += b
+        block >>= np.uint64(32)
+        ids = owner[start:start + BLOCK]
+        cuts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        mins = np.minimum.reduceat(block, cuts, axis=0).astype(np.uint32)
+        rows = ids[cuts]  # distinct within a block: a document's shingles are consecutive
+        sig[rows] = np.minimum(sig[rows], mins)
+    return sig
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int, mix: np.ndarray) -> np.ndarray:
+    """(documents × bands) 64-bit keys: each band's rows mixed by odd constants, band-salted."""
+    keys = np.zeros((len(sig), bands), np.uint64)
+    for k in range(bands):
+        part = sig[:, k * rows:(k + 1) * rows].astype(np.uint64)
+        key = (part * mix[:rows]).sum(axis=1, dtype=np.uint64) + np.uint64((k * int(mix[rows])) & MASK64)
+        key ^= key >> np.uint64(29)
+        keys[:, k] = key * np.uint64(0xBF58476D1CE4E5B9)
+    return keys
+
+
+@dataclass
+class Result:
+    keep: np.ndarray                     # bool per document: the first of its cluster, or alone
+    cluster: np.ndarray                  # per document: the index of its cluster's first document
+    candidates: int                      # candidate pairs from LSH
+    pairs: np.ndarray                    # verified (or, without verification, candidate) pairs (i < j)
+    jaccard: np.ndarray                  # exact Jaccard of each pair (NaN when not verified)
+    bands: int = 0
+    rows: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)  # cluster size -> number of clusters (size ≥ 2)
+
+
+class Index:
+    """Add documents a chunk at a time; `result()` finds the near-duplicate clusters.
+
+    Keeps per document its band keys (bands × 8 bytes) and shingle offset; the shingles go to
+    `spill` (a file), read back by memory map for the exact-Jaccard verification."""
+
+    def __init__(self, params: Params, spill: Path):
+        self.params = params
+        self.bands, self.rows = choose_bands(params.threshold, params.num_perm)
+        perm = _constants(params.seed, 2 * params.num_perm)
+        self.a, self.b = perm[:params.num_perm], perm[params.num_perm:] >> np.uint64(1)
+        self.mix = _constants(params.seed ^ 0xBA2D, self.rows + 1)
+        self.keys: list[np.ndarray] = []
+        self.empty: list[np.ndarray] = []
+        self.offsets = [np.zeros(1, np.int64)]
+        self.spill_path = Path(spill)
+        self.spill = open(self.spill_path, "wb")
+        self.count = 0
+
+    def add(self, texts: list[str]) -> None:
+        flat, offsets = shingles(texts, self.params)
+        sig = signatures(flat, offsets, self.a, self.b)
+        self.keys.append(band_keys(sig, self.bands, self.rows, self.mix))
+        self.empty.append(np.diff(offsets) == 0)
+        self.offsets.append(offsets[1:] + self.offsets[-1][-1])
+        flat.tofile(self.spill)
+        self.count += len(texts)
+
+    def result(self) -> Result:
+        self.spill.close()
+        n = self.count
+        keys = np.concatenate(self.keys) if self.keys else np.zeros((0, self.bands), np.uint64)
+        empty = np.concatenate(self.empty) if self.empty else np.zeros(0, bool)
+        offsets = np.concatenate(self.offsets)
+        pairs = candidate_pairs(keys, empty)
+        candidates = len(pairs)
+        jaccard = np.full(len(pairs), np.nan)
+        if self.params.verify and len(pairs):
+            flat = np.memmap(self.spill_path, dtype=np.uint32, mode="r") if offsets[-1] else np.zeros(0, np.uint32)
+            jaccard = np.array([exact_jaccard(flat[offsets[i]:offsets[i + 1]], flat[offsets[j]:offsets[j + 1]])
+                                for i, j in pairs])
+            keep_pair = jaccard >= self.params.threshold
+            pairs, jaccard = pairs[keep_pair], jaccard[keep_pair]
+        cluster = clusters(n, pairs)
+        first = cluster == np.arange(n)
+        sizes = np.bincount(cluster, minlength=n)[first]
+        sizes = sizes[sizes > 1]
+        hist = {int(s): int(c) for s, c in zip(*np.unique(sizes, return_counts=True))}
+        return Result(first, cluster, candidates, pairs, jaccard, self.bands, self.rows, hist)
+
+
+def candidate_pairs(keys: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """Unique (i, j), i < j: j shares a band key with i, the first document of that bucket."""
+    ids = np.flatnonzero(~empty)
+    found = []
+    for k in range(keys.shape[1]):
+        col = keys[ids, k]
+        order = np.argsort(col, kind="stable")  # equal keys keep input order: the first is the smallest
+        ranked = col[order]
+        start = np.r_[True, ranked[1:] != ranked[:-1]]
+        head = np.maximum.accumulate(np.where(start, np.arange(len(order)), 0))
+        member = ~start
+        found.append(np.stack([ids[order[head[member]]], ids[order[member]]], axis=1))
+    if not found:
+        return np.zeros((0, 2), np.int64)
+    pairs = np.concatenate(found)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+
+
+def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """|A ∩ B| / |A ∪ B| of two documents' shingle sets."""
+    a, b = np.unique(a), np.unique(b)
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    union = len(a) + len(b) - inter
+    return inter / union if union else 1.0
+
+
+def clusters(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Per document, the smallest index of the documents it is joined to through `pairs`."""
+    label = np.arange(n)
+    if not len(pairs):
+        return label
+    i, j = pairs[:, 0], pairs[:, 1]
+    while True:
+        low = np.minimum(label[i], label[j])
+        new = label.copy()
+        np.minimum.at(new, i, low)
+        np.minimum.at(new, j, low)
+        while True:  # pointer jumping: follow labels to their roots
+            jumped = new[new]
+            if (jumped == new).all():
+                break
+            new = jumped
+        if (new == label).all():
+            return label
+        label = new
