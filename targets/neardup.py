@@ -12,8 +12,8 @@ chunk of documents is hashed at once: one (shingles × num_perm) block of a few 
 reduced per document with `np.minimum.reduceat`; there is no Python loop per permutation.
 
 LSH: `bands` bands of `rows` rows, chosen for the Jaccard threshold by minimizing the
-false-positive plus false-negative area under the S-curve 1 - (1 - s^rows)^bands (as
-datasketch does); each band of a signature is mixed into one 64-bit key, and documents that
+weighted false-positive and false-negative areas under the S-curve 1 - (1 - s^rows)^bands
+(as datasketch does; weights in `Params.weights`); each band of a signature is mixed into one 64-bit key, and documents that
 share a key in any band are candidates. A candidate pair is each member of a bucket with
 the bucket's first document.
 
@@ -67,6 +67,12 @@ class Params:
     ngram: int = 3
     seed: int = 1
     verify: bool = True
+
+    def weights(self) -> tuple[float, float]:
+        """(false-positive, false-negative) weights of the bands-and-rows choice. Verified, a
+        false positive costs one exact Jaccard, so the bands favour recall; unverified, both
+        errors weigh the same (datasketch's default)."""
+        return (0.1, 0.9) if self.verify else (0.5, 0.5)
 
 
 def word_hashes(texts: list[str]) -> list[np.ndarray]:
@@ -167,7 +173,7 @@ class Index:
 
     def __init__(self, params: Params, spill: Path):
         self.params = params
-        self.bands, self.rows = choose_bands(params.threshold, params.num_perm)
+        self.bands, self.rows = choose_bands(params.threshold, params.num_perm, *params.weights())
         perm = _constants(params.seed, 2 * params.num_perm)
         self.a, self.b = perm[:params.num_perm], perm[params.num_perm:] >> np.uint64(1)
         self.mix = _constants(params.seed ^ 0xBA2D, self.rows + 1)
