@@ -309,7 +309,12 @@ def _check_cycles(project: Project) -> None:
             loop = trail[trail.index(task):] + [task]
             node = project.nodes[trail[-1]]
             fname = next(f for f, t in node.deps.items() if t == task)
-            where = ("distill", "teachers", fname.split(".", 1)[1], "step") if fname.startswith("teacher.") else (fname,)
+            if fname.startswith("teacher."):
+                where = ("distill", "teachers", fname.split(".", 1)[1], "step")
+            elif node.kind == "dataset" and fname == "tokenizer":  # the step its token filters count with
+                where = ("filters", "tokenizer")
+            else:
+                where = (fname,)
             raise node.error(where, "a step that does not depend on itself", "the cycle " + " -> ".join(loop),
                              "one of these steps must take its input from elsewhere")
         state[task] = 1

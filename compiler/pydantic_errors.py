@@ -130,8 +130,10 @@ def _pattern(value, ctx, path, model, tp):
     if "a-z0-9" not in pattern:
         return f"a string matching {pattern}", found(value), "", path
     expected = "a name of lowercase letters, digits, '-' and '_'"
-    if "." in pattern:
+    if "\\.)?" in pattern:  # the pipeline is optional: `step` or `pipeline.step`
         expected += ", or `pipeline.step`"
+    elif "\\." in pattern:
+        expected = "`pipeline.step`: names of lowercase letters, digits, '-' and '_'"
     name = re.sub(r"[^a-z0-9_.-]+", "-", str(value).lower()).strip("-_.")
     fix = f"write '{name}'" if name and re.match(pattern, name) else ""
     return expected, found(value), fix, path

@@ -113,8 +113,9 @@ class Filters(Spec):
     max_tokens: int | None = Field(None, ge=1)
     """Drop documents of more tokens of `tokenizer`."""
     languages: tuple[Annotated[str, Field(pattern=LANGUAGE_CODE)], ...] = ()
-    """Keep only documents identified (py3langid, offline) as one of these ISO 639-1 codes,
-    e.g. `[en]`; every language when empty."""
+    """Keep only documents identified (py3langid, offline) as one of these languages, by
+    py3langid's codes: ISO 639-1 where the language has one (`en`, `fr`, `zh`), else ISO 639-3
+    (`yue`, `wuu`); every language when empty."""
     min_language_score: float = Field(0.5, ge=0, le=1)
     """With `languages`: the identified language's probability must reach this, too."""
     include: tuple[str, ...] = ()
@@ -146,6 +147,9 @@ class NearDedup(Spec):
     candidate counts (faster, some false positives)."""
     seed: int = Field(1, ge=0)
     """Seed of the MinHash functions."""
+    workers: int | None = Field(None, ge=1, json_schema_extra=UNKEYED)
+    """Processes that shingle and hash the documents; default: one per core. The result does not
+    depend on it."""
 
 
 class Split(Spec):

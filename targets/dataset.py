@@ -14,7 +14,11 @@ from __future__ import annotations
 import ast
 import codecs
 import json
+import math
+import os
+import sys
 import sysconfig
+import time
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -22,50 +26,166 @@ from typing import Iterator
 
 import xxhash
 
-from targets import BuildError, Job
+from targets import BuildError, Job, neardup
+from targets.filters import REASONS, DocumentFilter
 
 OUTPUTS = ("train-*.jsonl", "validation-*.jsonl", "stats.json")
+OPTIONAL_OUTPUTS = ("dedup.json",)  # with near_dedup
+BATCH = 2048          # records filtered (and near-dup hashed) together
+SAMPLE_PAIRS = 20     # near-duplicate pairs shown in dedup.json
+SNIPPET = 200         # characters of each sample pair's texts
+BAD_RECORDS = ("invalid_utf8", "invalid_json", "not_an_object", "missing_field")
 SPLITS = ("train", "validation")
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
 def build(job: Job) -> dict:
     spec = job.spec
+    filters = DocumentFilter(spec.filters, job.inputs.get("tokenizer"))
+    near = spec.near_dedup
+    index = None
+    if near is not None:
+        job.work.mkdir(parents=True, exist_ok=True)
+        index = neardup.Index(neardup.Params(near.threshold, near.num_perm, near.shingle, near.ngram, near.seed,
+                                             near.verify), job.work / "shingles.bin", near.workers or os.cpu_count() or 1)
+        staged = open(job.work / "kept.jsonl", "w", encoding="utf-8")  # pass 1 -> pass 2
     writers = {s: ShardWriter(job.out, s, spec.shard_docs) for s in SPLITS}
-    removed: Counter = Counter()
+    removed: Counter = Counter({r: 0 for r in (*REASONS, "exact_duplicate")})
+    skipped: Counter = Counter({r: 0 for r in BAD_RECORDS}) if spec.bad_records == "skip" else None
     per_source: list[dict] = []
     seen: set[int] = set()
     total = 0
+    progress = Progress(job, "read")
     for i, (source, paths) in enumerate(zip(spec.sources, job.files)):
-        count = 0
-        for value, origin in read_source(source, paths):
-            count += 1
-            fields = {"text": value} if isinstance(value, str) else dict(zip(("instruction", "response"), value))
-            fields = {k: normalize(v, spec.normalize) for k, v in fields.items()}
-            text = canonical(fields)
-            reason = rejected(text, spec.filters)
-            if reason is None and spec.dedup == "exact":
-                digest = xxhash.xxh3_64_intdigest(text.encode("utf-8"))
-                reason = "exact_duplicate" if digest in seen else None
-                seen.add(digest)
-            if reason:
-                removed[reason] += 1
-                continue
-            writers[split_of(text, spec.split)].write(text, fields, origin)
-        per_source.append({"source": i, "type": source.type, "documents": count})
+        count = kept = 0
+        for batch in batches(read_source(source, paths, skipped)):
+            count += len(batch)
+            fresh: list[str] = []  # kept texts of this batch, for the near-duplicate index
+            records = [(normalized(value, spec.normalize), origin, meta) for value, origin, meta in batch]
+            texts = [canonical(fields) for fields, _, _ in records]
+            for (fields, origin, meta), text, reason in zip(records, texts, filters.reasons(texts)):
+                if reason is None and spec.dedup == "exact":
+                    digest = xxhash.xxh3_64_intdigest(text.encode("utf-8"))
+                    reason = "exact_duplicate" if digest in seen else None
+                    seen.add(digest)
+                if reason:
+                    removed[reason] += 1
+                    continue
+                kept += 1
+                if index is None:
+                    writers[split_of(text, spec.split)].write(text, fields, origin, meta)
+                else:
+                    staged.write(json.dumps([fields, origin, meta], ensure_ascii=False) + "\n")
+                    fresh.append(text)
+            if fresh:
+                index.add(fresh)
+            progress.update(total + count)
+        per_source.append({"source": i, "type": source.type, "documents": count, "kept": kept})
         total += count
-        job.log(f"source {i} ({source.type}): {count:,} documents read")
-    stats = {
-        "documents_in": total,
-        "by_source": per_source,
-        "removed": {k: removed[k] for k in ("min_chars", "max_chars", "exact_duplicate")},
-        "documents_out": sum(w.docs for w in writers.values()),
-        "splits": {s: w.close() for s, w in writers.items()},
-    }
+        progress.close()
+        job.log(f"source {i} ({source.type}): {count:,} documents read, {kept:,} kept "
+                f"({total / max(time.perf_counter() - progress.t0, 1e-9):,.0f} documents/s)")
+    stats = {"documents_in": total, "by_source": per_source}
+    if index is not None:
+        staged.close()
+        stats["near_dedup"] = near_dedup(job, index, writers, removed)
+    stats.update(removed=dict(removed), documents_out=sum(w.docs for w in writers.values()),
+                 splits={s: w.close() for s, w in writers.items()},
+                 by_domain=_counts(writers, "domain"), by_origin=_counts(writers, "source"),
+                 languages=dict(sorted(filters.languages.items())))
+    if skipped is not None:
+        stats["skipped"] = dict(skipped)
     (job.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     job.log(f"{stats['documents_out']:,} of {total:,} documents kept "
             f"({stats['splits']['train']['documents']:,} train, {stats['splits']['validation']['documents']:,} validation)")
     return stats
+
+
+def batches(items, size: int = BATCH) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def near_dedup(job: Job, index, writers: dict, removed: Counter) -> dict:
+    """Pass 2: cluster the staged documents, write the first of each cluster, and the report."""
+    started = time.perf_counter()
+    result = index.result()
+    keep = result.keep
+    samples = {int(i) for pair in result.pairs[:SAMPLE_PAIRS] for i in pair}
+    texts: dict[int, tuple[str, str]] = {}
+    with open(job.work / "kept.jsonl", encoding="utf-8") as staged:
+        for n, line in enumerate(staged):
+            fields, origin, meta = json.loads(line)
+            text = canonical(fields)
+            if n in samples:
+                texts[n] = (xxhash.xxh3_64_hexdigest(text.encode("utf-8")), text)
+            if keep[n]:
+                writers[split_of(text, job.spec.split)].write(text, fields, origin, meta)
+            else:
+                removed["near_duplicate"] += 1
+    near = job.spec.near_dedup
+    report = {
+        "params": {**near.model_dump(exclude={"workers"}), "bands": result.bands, "rows": result.rows},
+        "documents": len(keep), "candidate_pairs": result.candidates,
+        "pairs": len(result.pairs), "clusters": sum(result.sizes.values()),
+        "cluster_sizes": {str(k): v for k, v in sorted(result.sizes.items())},
+        "removed": int((~keep).sum()),
+        "sample_pairs": [{"jaccard": None if math.isnan(x) else round(float(x), 4),
+                          **{f"{side}_{k}": v for side, d in (("a", int(i)), ("b", int(j)))
+                             for k, v in (("id", texts[d][0]), ("kept", bool(keep[d])),
+                                          ("text", texts[d][1][:SNIPPET]))}}
+                         for (i, j), x in zip(result.pairs[:SAMPLE_PAIRS], result.jaccard[:SAMPLE_PAIRS])],
+    }
+    (job.out / "dedup.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    for name in ("kept.jsonl", "shingles.bin"):
+        (job.work / name).unlink(missing_ok=True)
+    job.log(f"near-duplicates: {report['removed']:,} of {len(keep):,} documents in {report['clusters']:,} "
+            f"clusters ({result.bands} bands x {result.rows} rows, {result.candidates:,} candidate pairs) "
+            f"in {time.perf_counter() - started:.1f} s")
+    return {k: report[k] for k in ("documents", "candidate_pairs", "pairs", "clusters", "removed")}
+
+
+def _counts(writers: dict, key: str) -> dict[str, int]:
+    """Output documents per value of a metadata field (domain, source), over both splits."""
+    total: Counter = Counter()
+    for w in writers.values():
+        total.update(w.meta_counts[key])
+    return dict(sorted(total.items()))
+
+
+class Progress:
+    """Documents read and documents/s on one stderr line, rewritten in place at most 4 times a second."""
+
+    def __init__(self, job: Job, what: str):
+        self.job, self.what = job, what
+        self.t0 = self.last = time.perf_counter()
+        self.shown = False
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < 0.25:
+            return
+        self.last = now
+        sys.stderr.write(f"\r  [{self.job.task}] {self.what} {done:,} documents, {done / (now - self.t0):,.0f}/s  ")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            self.shown = False
+
+
+def normalized(value, form: str) -> dict[str, str]:
+    """A source value (text, or an (instruction, response) pair) as normalized fields."""
+    fields = {"text": value} if isinstance(value, str) else dict(zip(("instruction", "response"), value))
+    return {k: normalize(v, form) for k, v in fields.items()}
 
 
 def normalize(text: str, form: str) -> str:
@@ -82,15 +202,6 @@ def canonical(fields: dict[str, str]) -> str:
     return fields["instruction"] + "\n\n" + fields["response"]
 
 
-def rejected(text: str, filters) -> str | None:
-    """The name of the first filter that drops `text`, or None."""
-    if len(text) < filters.min_chars:
-        return "min_chars"
-    if filters.max_chars is not None and len(text) > filters.max_chars:
-        return "max_chars"
-    return None
-
-
 def split_of(text: str, split) -> str:
     """A document's side depends only on its own text and the salt, never on the others."""
     h = xxhash.xxh3_64_intdigest(text.encode("utf-8"), seed=xxhash.xxh32_intdigest(split.salt.encode("utf-8")))
@@ -103,6 +214,7 @@ class ShardWriter:
     def __init__(self, out: Path, split: str, per_shard: int):
         self.out, self.split, self.per_shard = out, split, per_shard
         self.docs = self.chars = 0
+        self.meta_counts: dict[str, Counter] = {"domain": Counter(), "source": Counter()}
         self.shards: list[str] = []
         self.file = None
         self._next_shard()
@@ -114,10 +226,17 @@ class ShardWriter:
         self.shards.append(name)
         self.file = open(self.out / name, "w", encoding="utf-8")
 
-    def write(self, text: str, fields: dict[str, str], origin: str) -> None:
+    def write(self, text: str, fields: dict[str, str], origin: str, meta: dict[str, str]) -> None:
+        """One record: id (xxh3 of the text), the fields, where it was read (`source`), and the
+        metadata the source maps (`meta`: domain, difficulty, source), when it maps any."""
         if self.docs and self.docs % self.per_shard == 0:
             self._next_shard()
         record = {"id": xxhash.xxh3_64_hexdigest(text.encode("utf-8")), **fields, "source": origin}
+        if meta:
+            record["meta"] = meta
+            for key, counts in self.meta_counts.items():
+                if key in meta:
+                    counts[meta[key]] += 1
         self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.docs += 1
         self.chars += len(text)
@@ -129,17 +248,25 @@ class ShardWriter:
 
 # ---------------------------------------------------------------- sources
 
-def read_source(source, paths: list[Path]) -> Iterator[tuple[str | tuple[str, str], str]]:
-    """(text, origin) pairs of one source, in file order; ((instruction, response), origin)
-    when the source maps instruction/response fields."""
+def read_source(source, paths: list[Path], skipped: Counter | None = None) -> Iterator[tuple]:
+    """(value, origin, meta) of each record of one source, in file order: value is the text, or
+    (instruction, response) when the source maps those fields; meta the mapped metadata fields.
+    A bad record raises BuildError naming file and line, or with `skipped` (bad_records: skip)
+    is counted there by kind and left out."""
     for path in paths:
         if source.type == "pydocs":
-            yield from (_topics(path) if path.name == "topics.py" and path.parent.name == "pydoc_data"
-                        else _docstrings(path))
+            for text, origin in (_topics(path) if path.name == "topics.py" and path.parent.name == "pydoc_data"
+                                 else _docstrings(path)):
+                yield text, origin, {}
         elif path.suffix == ".txt":
-            yield _read_text(path), path.name
+            try:
+                yield _read_text(path), path.name, {}
+            except BuildError:
+                if skipped is None:
+                    raise
+                skipped["invalid_utf8"] += 1
         else:
-            yield from _jsonl(path, source.fields)
+            yield from _jsonl(path, source.fields, skipped)
 
 
 def _read_text(path: Path) -> str:
@@ -155,40 +282,72 @@ def _not_utf8(path: Path, line: int, byte: int) -> str:
     return f"{path}:{line}: expected UTF-8 text; found the byte {byte:#04x} (re-encode the file as UTF-8)"
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each line, streamed: a JSONL file can be larger than memory."""
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of each line, streamed: a JSONL file can be larger than memory."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
-            if n == 1:
-                raw = raw.removeprefix(codecs.BOM_UTF8)
-            try:
-                yield n, raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise BuildError(_not_utf8(path, n, raw[exc.start])) from None
+            yield n, raw.removeprefix(codecs.BOM_UTF8) if n == 1 else raw
 
 
-def _jsonl(path: Path, fields) -> Iterator[tuple[str | tuple[str, str], str]]:
+META = ("domain", "difficulty", "source")
+
+
+def _jsonl(path: Path, fields, skipped: Counter | None) -> Iterator[tuple]:
     names = ("instruction", "response") if fields.chat() else ("text",)
-    for n, line in _lines(path):
-        if not line.strip():
-            continue
+    for n, raw in _lines(path):
         try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise BuildError(f"{path}:{n}: expected one JSON object per line; found invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise BuildError(f"{path}:{n}: expected one JSON object per line; found {_json_type(record)}")
-        values = tuple(_field(record, getattr(fields, role), role, path, n) for role in names)
-        yield values[0] if len(values) == 1 else values, f"{path.name}:{n}"
+            record = _record(path, n, raw)
+            if record is None:
+                continue
+            values = tuple(_field(record, getattr(fields, role), role, path, n) for role in names)
+            meta = {key: _field(record, getattr(fields, key), key, path, n)
+                    for key in META if getattr(fields, key) is not None}
+        except _BadRecord as bad:
+            if skipped is None:
+                raise BuildError(str(bad)) from None
+            skipped[bad.kind] += 1
+            continue
+        yield values[0] if len(values) == 1 else values, f"{path.name}:{n}", meta
+
+
+class _BadRecord(Exception):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _record(path: Path, n: int, raw: bytes) -> dict | None:
+    """The JSON object on line `n`, or None for a blank line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadRecord("invalid_utf8", _not_utf8(path, n, raw[exc.start])) from None
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise _BadRecord("invalid_json", f"{path}:{n}: expected one JSON object per line; found invalid JSON "
+                                         f"({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise _BadRecord("not_an_object", f"{path}:{n}: expected one JSON object per line; found "
+                                          f"{_json_type(record)}")
+    return record
 
 
 def _field(record: dict, field: str, role: str, path: Path, n: int) -> str:
     if not isinstance(record.get(field), str):
         found = (f"{_json_type(record[field])} there" if field in record else
                  f"no such field (the record has {', '.join(repr(k) for k in record) or 'no fields'})")
-        raise BuildError(f"{path}:{n}: expected a string in field '{field}'; found {found}; "
-                         f"map another field with `fields: {{{role}: NAME}}`")
-    return record[field]
+        raise _BadRecord("missing_field", f"{path}:{n}: expected a string in field '{field}'; found {found}; "
+                                          f"map another field with `fields: {{{role}: NAME}}`")
+    value = record[field]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON escape of half a surrogate pair: no character at all
+        raise _BadRecord("invalid_utf8", f"{path}:{n}: expected text in field '{field}'; found the lone "
+                                         f"surrogate \\u{ord(value[exc.start]):04x} (fix the JSON escape)") from None
+    return value
 
 
 def _json_type(value) -> str:

@@ -26,13 +26,14 @@ its band keys and offsets; `Index.add` takes documents a chunk at a time.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import xxhash
 
-BLOCK = 1 << 10        # shingles hashed against every permutation at once: 1,024 x num_perm x 8 bytes (cache-sized)
+BLOCK = 1 << 13        # shingles hashed against every permutation at once: num_perm x 8,192 x 8 bytes
 MASK64 = (1 << 64) - 1
 
 
@@ -125,21 +126,21 @@ def shingles(texts: list[str], params: Params) -> tuple[np.ndarray, np.ndarray]:
 
 def signatures(flat: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(documents × num_perm) MinHash signatures, uint32; a document without shingles gets
-    all-ones (and is never a candidate)."""
+    all-ones (and is never a candidate). Blocks are (num_perm × shingles), reduced along the
+    shingles, and the `>> 32` comes after the minimum (shifting keeps which value is least)."""
     docs = len(offsets) - 1
-    sig = np.full((docs, len(a)), np.iinfo(np.uint32).max, dtype=np.uint32)
+    sig = np.full((len(a), docs), np.iinfo(np.uint64).max, dtype=np.uint64)
     owner = np.repeat(np.arange(docs), np.diff(offsets))
     x = flat.astype(np.uint64)
     for start in range(0, len(x), BLOCK):
-        block = np.multiply.outer(x[start:start + BLOCK], a)
-        block += b
-        block >>= np.uint64(32)
+        block = np.multiply.outer(a, x[start:start + BLOCK])
+        block += b[:, None]
         ids = owner[start:start + BLOCK]
         cuts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        mins = np.minimum.reduceat(block, cuts, axis=0).astype(np.uint32)
+        mins = np.minimum.reduceat(block, cuts, axis=1)
         rows = ids[cuts]  # distinct within a block: a document's shingles are consecutive
-        sig[rows] = np.minimum(sig[rows], mins)
-    return sig
+        sig[:, rows] = np.minimum(sig[:, rows], mins)
+    return (sig >> np.uint64(32)).astype(np.uint32).T.copy()
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int, mix: np.ndarray) -> np.ndarray:
@@ -165,13 +166,23 @@ class Result:
     sizes: dict[int, int] = field(default_factory=dict)  # cluster size -> number of clusters (size ≥ 2)
 
 
+def hash_chunk(texts: list[str], params: Params, a: np.ndarray, b: np.ndarray, bands: int, rows: int,
+               mix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A chunk's band keys, shingle offsets and shingles: the part of `Index.add` that runs in
+    worker processes."""
+    flat, offsets = shingles(texts, params)
+    return band_keys(signatures(flat, offsets, a, b), bands, rows, mix), offsets, flat
+
+
 class Index:
     """Add documents a chunk at a time; `result()` finds the near-duplicate clusters.
 
     Keeps per document its band keys (bands × 8 bytes) and shingle offset; the shingles go to
-    `spill` (a file), read back by memory map for the exact-Jaccard verification."""
+    `spill` (a file), read back by memory map for the exact-Jaccard verification. With
+    `workers` > 1, chunks are shingled and hashed in that many processes, at most `workers`
+    chunks ahead, and taken back in order: the result does not depend on the workers."""
 
-    def __init__(self, params: Params, spill: Path):
+    def __init__(self, params: Params, spill: Path, workers: int = 1):
         self.params = params
         self.bands, self.rows = choose_bands(params.threshold, params.num_perm, *params.weights())
         perm = _constants(params.seed, 2 * params.num_perm)
@@ -183,29 +194,50 @@ class Index:
         self.spill_path = Path(spill)
         self.spill = open(self.spill_path, "wb")
         self.count = 0
+        self.workers = workers
+        self.pool = None
+        self.pending: deque = deque()
 
     def add(self, texts: list[str]) -> None:
-        flat, offsets = shingles(texts, self.params)
-        sig = signatures(flat, offsets, self.a, self.b)
-        self.keys.append(band_keys(sig, self.bands, self.rows, self.mix))
+        args = (texts, self.params, self.a, self.b, self.bands, self.rows, self.mix)
+        if self.workers <= 1:
+            self._take(hash_chunk(*args))
+            return
+        if self.pool is None:
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(self.workers)
+        self.pending.append(self.pool.submit(hash_chunk, *args))
+        while len(self.pending) > self.workers:
+            self._take(self.pending.popleft().result())
+
+    def _take(self, hashed: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        keys, offsets, flat = hashed
+        self.keys.append(keys)
         self.empty.append(np.diff(offsets) == 0)
         self.offsets.append(offsets[1:] + self.offsets[-1][-1])
         flat.tofile(self.spill)
-        self.count += len(texts)
+        self.count += len(offsets) - 1
 
     def result(self) -> Result:
+        while self.pending:
+            self._take(self.pending.popleft().result())
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
         self.spill.close()
         n = self.count
         keys = np.concatenate(self.keys) if self.keys else np.zeros((0, self.bands), np.uint64)
         empty = np.concatenate(self.empty) if self.empty else np.zeros(0, bool)
         offsets = np.concatenate(self.offsets)
+        self.keys, self.empty, self.offsets = [], [], [offsets]
         pairs = candidate_pairs(keys, empty)
+        del keys
         candidates = len(pairs)
         jaccard = np.full(len(pairs), np.nan)
         if self.params.verify and len(pairs):
             flat = np.memmap(self.spill_path, dtype=np.uint32, mode="r") if offsets[-1] else np.zeros(0, np.uint32)
-            jaccard = np.array([exact_jaccard(flat[offsets[i]:offsets[i + 1]], flat[offsets[j]:offsets[j + 1]])
-                                for i, j in pairs])
+            jaccard = jaccards(flat, offsets, pairs)
             keep_pair = jaccard >= self.params.threshold
             pairs, jaccard = pairs[keep_pair], jaccard[keep_pair]
         cluster = clusters(n, pairs)
@@ -217,7 +249,9 @@ class Index:
 
 
 def candidate_pairs(keys: np.ndarray, empty: np.ndarray) -> np.ndarray:
-    """Unique (i, j), i < j: j shares a band key with i, the first document of that bucket."""
+    """Unique (i, j), i < j, of documents sharing a band key: each member of a bucket with the
+    bucket's first document and with the member before it (linear in the bucket's size, where
+    all pairs would be quadratic on a bucket of exact copies)."""
     ids = np.flatnonzero(~empty)
     found = []
     for k in range(keys.shape[1]):
@@ -228,10 +262,35 @@ def candidate_pairs(keys: np.ndarray, empty: np.ndarray) -> np.ndarray:
         head = np.maximum.accumulate(np.where(start, np.arange(len(order)), 0))
         member = ~start
         found.append(np.stack([ids[order[head[member]]], ids[order[member]]], axis=1))
+        after_second = member & np.r_[False, member[:-1]]  # members whose predecessor is not the head
+        prev = np.flatnonzero(after_second)
+        found.append(np.stack([ids[order[prev - 1]], ids[order[prev]]], axis=1))
     if not found:
         return np.zeros((0, 2), np.int64)
     pairs = np.concatenate(found)
     return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+
+
+def jaccards(flat: np.ndarray, offsets: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Exact Jaccard of every pair's shingle sets at once: each involved document's shingles made
+    a sorted set, then (pair, shingle) keys of both sides sorted together, where a shingle of
+    both sets shows up twice in a row."""
+    docs = np.unique(pairs)
+    sets: dict[int, np.ndarray] = {}
+    for d in docs.tolist():
+        s = np.sort(np.asarray(flat[offsets[d]:offsets[d + 1]]))
+        sets[d] = s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
+    left = [sets[i] for i in pairs[:, 0].tolist()]
+    right = [sets[j] for j in pairs[:, 1].tolist()]
+    size_l = np.fromiter(map(len, left), np.int64, len(left))
+    size_r = np.fromiter(map(len, right), np.int64, len(right))
+    pair_id = np.repeat(np.arange(len(pairs), dtype=np.uint64), size_l + size_r)
+    values = np.concatenate([v for lr in zip(left, right) for v in lr]).astype(np.uint64)
+    keys = np.sort((pair_id << np.uint64(32)) | values)
+    both = np.flatnonzero(keys[1:] == keys[:-1])
+    inter = np.bincount((keys[both] >> np.uint64(32)).astype(np.int64), minlength=len(pairs))
+    union = size_l + size_r - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,6 +16,7 @@ import xxhash
 from compiler.specs import DatasetSpec
 from conftest import ran
 from targets import BuildError, Job, dataset
+from targets.filters import REASONS
 
 SPLITS = ("train", "validation")
 
@@ -54,9 +55,15 @@ class Built:
 def build(tmp_path: Path, files: list[list[Path]], **fields) -> Built:
     out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
     out.mkdir()
-    stats = dataset.build(Job("dataset.t", make_spec(**fields), out, files=files, root=tmp_path))
+    stats = dataset.build(Job("dataset.t", make_spec(**fields), out, files=files, root=tmp_path,
+                              work=tmp_path / f"work-{out.name}"))
     assert json.loads((out / "stats.json").read_text()) == stats
     return Built(out, stats)
+
+
+def removed(**counts: int) -> dict[str, int]:
+    """stats.json's `removed`: every filter and exact dedup, zero unless given."""
+    return {**{r: 0 for r in (*REASONS, "exact_duplicate")}, **counts}
 
 
 # ---------------------------------------------------------------- normalization, filters, dedup
@@ -88,7 +95,7 @@ def test_dedup_is_exact_after_normalization(tmp_path):
     data = write_jsonl(tmp_path / "data/a.jsonl", texts)
     nfc = build(tmp_path, [[data]], split={"validation": 0})
     assert nfc.texts() == ["caf\u00e9 au lait", "tea"]
-    assert nfc.stats["removed"] == {"min_chars": 0, "max_chars": 0, "exact_duplicate": 2}
+    assert nfc.stats["removed"] == removed(exact_duplicate=2)
     raw = build(tmp_path, [[data]], normalize="none", split={"validation": 0})
     assert raw.texts() == ["caf\u00e9 au lait", "cafe\u0301 au lait", "tea"]
     assert raw.stats["removed"]["exact_duplicate"] == 1
@@ -113,11 +120,11 @@ def test_length_filters_count_normalized_chars(tmp_path):
     data = write_jsonl(tmp_path / "data/a.jsonl", texts)
     nfc = build(tmp_path, [[data]], filters={"min_chars": 3, "max_chars": 8}, split={"validation": 0})
     assert nfc.texts() == ["abc", "abcde", "abcdefgh"]
-    assert nfc.stats["removed"] == {"min_chars": 2, "max_chars": 1, "exact_duplicate": 0}
+    assert nfc.stats["removed"] == removed(min_chars=2, max_chars=1)
     nfkc = build(tmp_path, [[data]], normalize="NFKC", filters={"min_chars": 3, "max_chars": 8},
                  split={"validation": 0})
     assert nfkc.texts() == ["abc", "abcde", "abcdefgh", "fifi"]
-    assert nfkc.stats["removed"] == {"min_chars": 1, "max_chars": 1, "exact_duplicate": 0}
+    assert nfkc.stats["removed"] == removed(min_chars=1, max_chars=1)
 
 
 def test_empty_documents_are_dropped_by_the_default_min_chars(tmp_path):
@@ -132,7 +139,7 @@ def test_a_filtered_document_is_not_remembered_for_dedup(tmp_path):
     data = write_jsonl(tmp_path / "data/a.jsonl", ["x" * 20, "x" * 20, "short"])
     built = build(tmp_path, [[data]], filters={"max_chars": 10}, split={"validation": 0})
     assert built.texts() == ["short"]
-    assert built.stats["removed"] == {"min_chars": 0, "max_chars": 2, "exact_duplicate": 0}
+    assert built.stats["removed"] == removed(max_chars=2)
 
 
 def test_stats_add_up(tmp_path):
@@ -143,15 +150,109 @@ def test_stats_add_up(tmp_path):
                   sources=[{"type": "files", "glob": "data/*.jsonl"}, {"type": "files", "glob": "data/*.txt"}])
     assert built.stats == {
         "documents_in": 6,
-        "by_source": [{"source": 0, "type": "files", "documents": 5}, {"source": 1, "type": "files", "documents": 1}],
-        "removed": {"min_chars": 1, "max_chars": 1, "exact_duplicate": 1},
+        "by_source": [{"source": 0, "type": "files", "documents": 5, "kept": 2},
+                      {"source": 1, "type": "files", "documents": 1, "kept": 1}],
+        "removed": removed(min_chars=1, max_chars=1, exact_duplicate=1),
         "documents_out": 3,
         "splits": {"train": {"documents": 3, "chars": 11 + 7 + 9, "shards": ["train-00000.jsonl"]},
                    "validation": {"documents": 0, "chars": 0, "shards": ["validation-00000.jsonl"]}},
+        "by_domain": {}, "by_origin": {}, "languages": {},
     }
     s = built.stats
     assert s["documents_in"] == sum(s["removed"].values()) + s["documents_out"]
     assert s["documents_in"] == sum(x["documents"] for x in s["by_source"])
+
+
+# ---------------------------------------------------------------- near duplicates
+
+NEAR = {"threshold": 0.7, "num_perm": 128}
+
+
+def test_near_duplicates_leave_one_document_per_cluster(tmp_path):
+    from test_neardup import corpus
+
+    from targets import neardup
+
+    docs, groups = corpus(3000, seed=11)
+    data = write_jsonl(tmp_path / "data/a.jsonl", docs)
+    built = build(tmp_path, [[data]], near_dedup=NEAR, split={"validation": 0.1})
+    report = json.loads((built.out / "dedup.json").read_text())
+    out = [r["text"] for s in SPLITS for r in built.records[s]]
+    assert built.stats["removed"] == removed(near_duplicate=report["removed"])
+    assert built.stats["documents_out"] == 3000 - report["removed"] == len(out)
+    assert built.stats["near_dedup"] == {k: report[k] for k in ("documents", "candidate_pairs", "pairs",
+                                                                "clusters", "removed")}
+    assert report["params"] == {**NEAR, "shingle": "word", "ngram": 3, "verify": True, "seed": 1,
+                                "bands": 20, "rows": 6}
+    assert sum(int(size) * n for size, n in report["cluster_sizes"].items()) - report["clusters"] == report["removed"]
+    # no two surviving documents of a planted group are near-duplicates (exact Jaccard), but for
+    # the few the LSH missed; and every survivor is the first document of its group that survives
+    params = neardup.Params(**NEAR)
+    flat, offsets = neardup.shingles(docs, params)
+    kept = set(out)
+    missed = pairs = 0
+    for group in groups:
+        for a in range(len(group)):
+            for b in range(a + 1, len(group)):
+                i, j = group[a], group[b]
+                if neardup.exact_jaccard(flat[offsets[i]:offsets[i + 1]], flat[offsets[j]:offsets[j + 1]]) >= 0.7:
+                    pairs += 1
+                    missed += docs[i] in kept and docs[j] in kept
+    assert pairs > 200 and missed / pairs < 0.05, (missed, pairs)
+    ids = {r["id"] for split in SPLITS for r in built.records[split]}
+    assert len(report["sample_pairs"]) == 20
+    for sample in report["sample_pairs"]:  # a verified pair, of which at most one document survives
+        assert sample["jaccard"] >= 0.7 and not (sample["a_kept"] and sample["b_kept"])
+        for side in "ab":
+            assert (sample[f"{side}_id"] in ids) == sample[f"{side}_kept"]
+            assert len(sample[f"{side}_text"]) <= 200
+            assert any(d.startswith(sample[f"{side}_text"]) for d in docs)
+
+
+def test_near_dedup_output_is_byte_identical_across_builds(tmp_path):
+    from test_neardup import corpus
+
+    docs, _ = corpus(1500, seed=12)
+    data = write_jsonl(tmp_path / "data/a.jsonl", docs)
+    first = build(tmp_path, [[data]], near_dedup=NEAR)
+    second = build(tmp_path, [[data]], near_dedup=NEAR)
+    assert first.files() == second.files() and first.stats["removed"]["near_duplicate"] > 50
+
+
+# ---------------------------------------------------------------- records and metadata
+
+def test_metadata_fields_are_kept_and_counted(tmp_path):
+    records = [{"q": "What is a list?", "a": "An ordered sequence.", "dom": "python", "lvl": "easy", "from": "faq"},
+               {"q": "What is a dict?", "a": "A mapping of keys.", "dom": "python", "lvl": "easy", "from": "docs"},
+               {"q": "Capital of France?", "a": "Paris.", "dom": "geography", "lvl": "easy", "from": "faq"}]
+    data = write_jsonl(tmp_path / "data/a.jsonl", records)
+    fields = {"instruction": "q", "response": "a", "domain": "dom", "difficulty": "lvl", "source": "from"}
+    built = build(tmp_path, [[data]], sources=[{"type": "files", "glob": "data/*", "fields": fields}],
+                  split={"validation": 0})
+    assert [r["meta"] for r in built.records["train"]] == [
+        {"domain": "python", "difficulty": "easy", "source": "faq"},
+        {"domain": "python", "difficulty": "easy", "source": "docs"},
+        {"domain": "geography", "difficulty": "easy", "source": "faq"}]
+    assert built.stats["by_domain"] == {"geography": 1, "python": 2}
+    assert built.stats["by_origin"] == {"docs": 1, "faq": 2}
+
+
+def test_a_record_without_its_metadata_field_names_file_and_line(tmp_path):
+    data = write_jsonl(tmp_path / "data/a.jsonl", [{"text": "one", "dom": "x"}, {"text": "two"}])
+    with pytest.raises(BuildError) as exc:
+        build(tmp_path, [[data]], sources=[{"type": "files", "glob": "data/*", "fields": {"domain": "dom"}}])
+    assert str(exc.value) == (f"{data}:2: expected a string in field 'dom'; found no such field (the record has "
+                              "'text'); map another field with `fields: {domain: NAME}`")
+
+
+def test_bad_records_can_be_skipped_and_counted(tmp_path):
+    path = bad_file(tmp_path, "a.jsonl", b'{"text": "fine one"}\n{"text": \n["a list"]\n{"body": "x"}\n'
+                                         b'{"text": "caf\xe9"}\n{"text": "fine two"}\n')
+    bad_txt = bad_file(tmp_path, "b.txt", b"bad \xff here\n")
+    built = build(tmp_path, [[path, bad_txt]], bad_records="skip", split={"validation": 0})
+    assert built.texts() == ["fine one", "fine two"]
+    assert built.stats["skipped"] == {"invalid_utf8": 2, "invalid_json": 1, "not_an_object": 1, "missing_field": 1}
+    assert built.stats["documents_in"] == 2
 
 
 # ---------------------------------------------------------------- split and shards
@@ -245,7 +346,7 @@ def test_instruction_response_records(tmp_path):
          "response": "It returns the number of items.", "source": "qa.jsonl:1"},
         {"id": xxhash.xxh3_64_hexdigest(canonical[1].encode()), "instruction": "Explain len()",
          "response": "It returns the length.", "source": "qa.jsonl:3"}]
-    assert built.stats["removed"] == {"min_chars": 1, "max_chars": 0, "exact_duplicate": 1}
+    assert built.stats["removed"] == removed(min_chars=1, exact_duplicate=1)
     assert built.stats["splits"]["train"]["chars"] == sum(map(len, canonical))
     assert dataset.split_of(canonical[0], make_spec().split) == "train"
     both = build(tmp_path, [[data]], sources=qa_source(), filters={"min_chars": 10}, split={"validation": 0.5})
@@ -360,6 +461,8 @@ BAD = [
      "2: expected UTF-8 text; found the byte 0xe9 (re-encode the file as UTF-8)"),
     ("a.txt", b"line one\nline two\nbad \xff here\n",
      "3: expected UTF-8 text; found the byte 0xff (re-encode the file as UTF-8)"),
+    ("a.jsonl", b'{"text": "fine"}\n{"text": "half \\ud800 a pair"}\n',
+     "2: expected text in field 'text'; found the lone surrogate \\ud800 (fix the JSON escape)"),
 ]
 
 

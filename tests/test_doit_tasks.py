@@ -119,9 +119,8 @@ def test_clean_removes_links_but_keeps_the_store(tiny_project):
 
 def test_kill_during_dataset_build_leaves_no_entry(tiny_project):
     # Slow the copy's dataset builder down so the kill lands mid-write.
-    tiny_project.edit("targets/dataset.py", "            writers[split_of(text, spec.split)].write(text, fields, origin)\n",
-                      "            writers[split_of(text, spec.split)].write(text, fields, origin)\n"
-                      "            __import__('time').sleep(0.01)\n")
+    line = "                    writers[split_of(text, spec.split)].write(text, fields, origin, meta)\n"
+    tiny_project.edit("targets/dataset.py", line, line + "                    __import__('time').sleep(0.01)\n")
     from compiler import graph, project
 
     key = graph.plans(project.load(tiny_project.root))["dataset.docs"]["key"]

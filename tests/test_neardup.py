@@ -44,8 +44,8 @@ def corpus(n: int, seed: int = 0) -> tuple[list[str], list[list[int]]]:
     return docs[:n], [[i for i in g if i < n] for g in groups]
 
 
-def run(docs: list[str], params: neardup.Params, tmp_path, chunk: int = 1000) -> neardup.Result:
-    index = neardup.Index(params, tmp_path / f"spill-{chunk}.bin")
+def run(docs: list[str], params: neardup.Params, tmp_path, chunk: int = 1000, workers: int = 1) -> neardup.Result:
+    index = neardup.Index(params, tmp_path / f"spill-{chunk}-{workers}.bin", workers)
     for start in range(0, len(docs), chunk):
         index.add(docs[start:start + chunk])
     return index.result()
@@ -99,6 +99,9 @@ def test_the_result_depends_on_the_documents_not_on_the_chunks(tmp_path):
     np.testing.assert_array_equal(whole.pairs, pieces.pairs)
     again = run(docs, PARAMS, tmp_path, chunk=3000)
     np.testing.assert_array_equal(whole.cluster, again.cluster)
+    parallel = run(docs, PARAMS, tmp_path, chunk=200, workers=3)  # chunks hashed in 3 processes, taken in order
+    np.testing.assert_array_equal(whole.cluster, parallel.cluster)
+    np.testing.assert_array_equal(whole.pairs, parallel.pairs)
 
 
 def test_signatures_estimate_jaccard(tmp_path):
