@@ -3,8 +3,9 @@
 Each module `targets/<kind>.py` declares `OUTPUTS` (glob patterns of the files it
 writes, each of which must match; or `outputs(spec)` where they depend on the spec)
 and a `build(job)` that writes them into `job.out` and returns its metrics. A spec
-may name another module than its kind's (`Export.builder()`: `export` or `gguf`). Builders never parse YAML, compute keys or know
-about doit; heavy imports (torch, transformers, tokenizers) stay inside functions.
+may name another module than its kind's (`Export.builder()`: `export` or `gguf`).
+Builders never parse YAML, compute keys or know about doit; heavy imports (torch,
+transformers, tokenizers) stay inside functions.
 """
 
 from __future__ import annotations

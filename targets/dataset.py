@@ -1,12 +1,18 @@
-"""Dataset builder: read sources, normalize, filter, dedup exactly, split by hash, write shards.
+"""Dataset builder: read sources, normalize, filter, dedup (exact and near), split by hash, write shards.
 
 Reads: the files the compiler resolved for each source (`job.files`): the Python
-documentation corpus (`pydoc_data/topics.py` and standard-library sources, parsed
-with `ast`, never imported) and local `.txt` / `.jsonl` files. Writes:
-`train-NNNNN.jsonl` and `validation-NNNNN.jsonl` shards of `{"id", "text", "source"}`
+documentation corpus (`pydoc_data/topics.py` and standard-library sources, parsed with
+`ast`, never imported) and local `.txt` / `.jsonl` files, streamed in batches of BATCH
+records; and, when `filters` counts tokens, the tokenizer entry (`job.inputs["tokenizer"]`).
+Writes: `train-NNNNN.jsonl` and `validation-NNNNN.jsonl` shards of `{"id", "text", "source"}`
 records, or `{"id", "instruction", "response", "source"}` when the sources map
-instruction/response fields (at least one shard per split, possibly empty), and `stats.json`.
-A pair is filtered, deduplicated and split by its canonical text (`canonical`).
+instruction/response fields, with `meta` (domain, difficulty, source) where the sources map
+those (at least one shard per split, possibly empty); `stats.json` (documents in and out,
+per source, every filter's removals, exact and near duplicates, skipped bad records, output
+per domain and origin, identified languages); and with `near_dedup`, `dedup.json` (see
+`near_dedup`). A record is filtered, deduplicated and split by its canonical text
+(`canonical`). Near-dedup needs every document before it can decide: kept records are
+staged in the work folder and written in a second pass.
 """
 
 from __future__ import annotations
@@ -46,8 +52,8 @@ def build(job: Job) -> dict:
     index = None
     if near is not None:
         job.work.mkdir(parents=True, exist_ok=True)
-        index = neardup.Index(neardup.Params(near.threshold, near.num_perm, near.shingle, near.ngram, near.seed,
-                                             near.verify), job.work / "shingles.bin", near.workers or os.cpu_count() or 1)
+        params = neardup.Params(near.threshold, near.num_perm, near.shingle, near.ngram, near.seed, near.verify)
+        index = neardup.Index(params, job.work / "shingles.bin", near.workers or os.cpu_count() or 1)
         staged = open(job.work / "kept.jsonl", "w", encoding="utf-8")  # pass 1 -> pass 2
     writers = {s: ShardWriter(job.out, s, spec.shard_docs) for s in SPLITS}
     removed: Counter = Counter({r: 0 for r in (*REASONS, "exact_duplicate")})
@@ -96,8 +102,9 @@ def build(job: Job) -> dict:
     if skipped is not None:
         stats["skipped"] = dict(skipped)
     (job.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    job.log(f"{stats['documents_out']:,} of {total:,} documents kept "
-            f"({stats['splits']['train']['documents']:,} train, {stats['splits']['validation']['documents']:,} validation)")
+    splits = stats["splits"]
+    job.log(f"{stats['documents_out']:,} of {total:,} documents kept ({splits['train']['documents']:,} train, "
+            f"{splits['validation']['documents']:,} validation)")
     return stats
 
 

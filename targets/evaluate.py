@@ -59,9 +59,9 @@ def build(job: Job) -> dict:
     del model
     for name, path, facts in gguf_files(job):
         g_loss = llama_loss(path, windows)
-        metrics["gguf"][name] = {"file": path.name, "bytes": facts["bytes"], "bits_per_weight": facts["bits_per_weight"],
-                                 "loss": g_loss, "perplexity": math.exp(g_loss),
-                                 "perplexity_ratio": math.exp(g_loss - loss)}
+        metrics["gguf"][name] = {"file": path.name, "bytes": facts["bytes"],
+                                 "bits_per_weight": facts["bits_per_weight"], "loss": g_loss,
+                                 "perplexity": math.exp(g_loss), "perplexity_ratio": math.exp(g_loss - loss)}
         job.log(f"{path.name}: loss {g_loss:.4f}, perplexity {math.exp(g_loss):,.2f} "
                 f"({math.exp(g_loss - loss):.4f}x the checkpoint's)")
         engines[f"gguf-{name}"] = llama_generation(job, name, path, prompts)

@@ -10,12 +10,14 @@ MinHash: `num_perm` hash functions h_k(x) = ((a_k·x + b_k) mod 2^64) >> 32 (mul
 a_k odd), each document's signature the minimum of every function over its shingles. A
 chunk of documents is hashed at once: one (shingles × num_perm) block of a few MB at a time,
 reduced per document with `np.minimum.reduceat`; there is no Python loop per permutation.
+Chunks can be hashed in worker processes (`Index(workers=)`), taken back in order.
 
 LSH: `bands` bands of `rows` rows, chosen for the Jaccard threshold by minimizing the
 weighted false-positive and false-negative areas under the S-curve 1 - (1 - s^rows)^bands
-(as datasketch does; weights in `Params.weights`); each band of a signature is mixed into one 64-bit key, and documents that
-share a key in any band are candidates. A candidate pair is each member of a bucket with
-the bucket's first document.
+(as datasketch does; weights in `Params.weights`); each band of a signature is mixed into
+one 64-bit key, and documents that share a key in any band are candidates. A candidate
+pair is each member of a bucket with the bucket's first document, and with the member
+before it.
 
 Candidates are optionally verified by the exact Jaccard of their shingle sets, joined into
 clusters (label propagation with pointer jumping over the pairs), and every cluster keeps
