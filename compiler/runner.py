@@ -9,6 +9,7 @@ in `manifest.json`, and renames the entry into place. A failure leaves the store
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import os
 import platform
@@ -79,6 +80,16 @@ def _outputs(out: Path, patterns: tuple[str, ...], task: str, optional: tuple[st
 def _environment() -> dict:
     """The machine and software a step was built with, as a report shows them. The GPU is asked
     of torch only where the builder imported it (training, evaluation)."""
+    env = dict(_machine())
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return env
+
+
+@functools.cache
+def _machine() -> tuple:
+    """What does not change while this process runs (looked up once: package metadata is slow)."""
     from importlib import metadata
 
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
@@ -89,10 +100,7 @@ def _environment() -> dict:
             env[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             env[package] = None
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        env["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return env
+    return tuple(env.items())
 
 
 def _cpu_model() -> str:
