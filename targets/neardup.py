@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -78,10 +79,14 @@ class Params:
         return (0.1, 0.9) if self.verify else (0.5, 0.5)
 
 
-def word_hashes(texts: list[str]) -> list[np.ndarray]:
-    """Per text, the xxh3 of each case-folded word (split on ASCII whitespace), as uint64."""
-    return [np.fromiter(map(xxhash.xxh3_64_intdigest, t.casefold().encode("utf-8").split()), dtype=np.uint64)
-            for t in texts]
+def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The xxh3 of every case-folded word (split on ASCII whitespace) of `texts`, concatenated
+    (uint64), and the number of words of each text."""
+    split = [t.casefold().encode("utf-8").split() for t in texts]
+    lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+    words = np.fromiter(map(xxhash.xxh3_64_intdigest, chain.from_iterable(split)), dtype=np.uint64,
+                        count=int(lengths.sum()))
+    return words, lengths
 
 
 def shingles(texts: list[str], params: Params) -> tuple[np.ndarray, np.ndarray]:
@@ -94,36 +99,39 @@ def shingles(texts: list[str], params: Params) -> tuple[np.ndarray, np.ndarray]:
             t = " ".join(t.casefold().split())
             grams = [t[i:i + n].encode("utf-8") for i in range(max(1, len(t) - n + 1))] if t else []
             parts.append(np.fromiter(map(xxhash.xxh3_64_intdigest, grams), dtype=np.uint64, count=len(grams)))
-        hashes = [p >> np.uint64(32) for p in parts]
-    else:
-        words = word_hashes(texts)
-        mult = _constants(params.seed ^ 0x5EED, n)
-        flat = np.concatenate(words) if words else np.zeros(0, np.uint64)
-        starts = np.zeros(len(words) + 1, np.int64)
-        np.cumsum([len(w) for w in words], out=starts[1:])
-        # polynomial over each window of n words of the concatenation; windows that cross a
-        # document's end are dropped below
-        m = max(0, len(flat) - n + 1)
-        combined = np.zeros(m, np.uint64)
-        for j in range(n):
-            combined += flat[j:j + m] * mult[j]
-        combined ^= combined >> np.uint64(31)
-        combined *= np.uint64(0x9E3779B97F4A7C15)
-        hashes = []
-        for k, w in enumerate(words):
-            if len(w) >= n:
-                hashes.append(combined[starts[k]:starts[k + 1] - n + 1] >> np.uint64(32))
-            elif len(w):  # shorter than one n-gram: the whole document is its one shingle
-                g = np.uint64(0)
-                for j, h in enumerate(w):
-                    g = np.uint64((int(g) + int(h) * int(mult[j])) & MASK64)
-                hashes.append(np.array([int(g) >> 32], np.uint64))
-            else:
-                hashes.append(np.zeros(0, np.uint64))
-    offsets = np.zeros(len(hashes) + 1, np.int64)
-    np.cumsum([len(h) for h in hashes], out=offsets[1:])
-    flat = np.concatenate(hashes).astype(np.uint32) if hashes else np.zeros(0, np.uint32)
-    return flat, offsets
+        offsets = np.zeros(len(parts) + 1, np.int64)
+        np.cumsum([len(p) for p in parts], out=offsets[1:])
+        flat = np.concatenate(parts) >> np.uint64(32) if parts else np.zeros(0, np.uint64)
+        return flat.astype(np.uint32), offsets
+    words, lengths = word_hashes(texts)
+    mult = _constants(params.seed ^ 0x5EED, n)
+    starts = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    # polynomial over each window of n words of the concatenation, kept where the window ends in
+    # the document it starts in
+    m = max(0, len(words) - n + 1)
+    combined = np.zeros(m, np.uint64)
+    for j in range(n):
+        combined += words[j:j + m] * mult[j]
+    combined ^= combined >> np.uint64(31)
+    combined *= np.uint64(0x9E3779B97F4A7C15)
+    owner = np.repeat(np.arange(len(lengths)), lengths)[:m]
+    inside = np.arange(m) + n - 1 < starts[owner + 1]
+    whole = lengths >= n
+    counts = np.where(whole, lengths - n + 1, (lengths > 0).astype(np.int64))
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    flat = np.empty(int(offsets[-1]), np.uint64)
+    from_windows = np.repeat(whole, counts)
+    flat[from_windows] = combined[inside] >> np.uint64(32)
+    short = [k for k in np.flatnonzero(~whole & (lengths > 0)).tolist()]
+    for k, at in zip(short, np.flatnonzero(~from_windows).tolist()):
+        # shorter than one n-gram: the whole document is its one shingle
+        g = 0
+        for j, h in enumerate(words[starts[k]:starts[k + 1]].tolist()):
+            g = (g + h * int(mult[j])) & MASK64
+        flat[at] = g >> 32
+    return flat.astype(np.uint32), offsets
 
 
 def signatures(flat: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
