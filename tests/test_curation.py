@@ -207,6 +207,21 @@ def test_curation_errors(make_project, case):
     assert load_error(make_project(), **replace) == message
 
 
+def test_a_cycle_that_closes_on_a_datasets_tokenizer_names_filters_tokenizer(make_project):
+    """Dataset `aa` (visited first) counts tokens of main.tok, which trains on `web`, which counts
+    tokens of main.tok: the loop is found on web's `filters.tokenizer`, and named there."""
+    p = make_project()
+    write(p, pipeline=("dataset: docs", "dataset: web"))
+    p.write("specs/datasets/aa.yaml", "kind: dataset\nname: aa\nsources:\n  - type: files\n    glob: data/*.jsonl\n"
+                                      "filters:\n  tokenizer: main.tok\n  max_tokens: 100\n")
+    with pytest.raises(SpecError) as info:
+        project.load(p.root)
+    assert str(info.value) == (
+        "specs/datasets/web.yaml:9: filters.tokenizer: expected a step that does not depend on itself; found the "
+        "cycle main.tok -> dataset.web -> main.tok\n"
+        "  fix: one of these steps must take its input from elsewhere")
+
+
 def test_an_error_in_a_profile_is_named_by_the_profile(make_project):
     p = make_project()
     write(p, web=("max_mean_word_length: 12\n", "max_mean_word_length: 12\nprofiles:\n  ci:\n    filters:\n"
