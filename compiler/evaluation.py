@@ -14,21 +14,21 @@ import importlib.util
 from . import quants, templates
 from .errors import SpecError, a_step
 from .project import Node, Project, need_step
-from .training import _check_seq_len, _template_file, _tokens_node, _weights_step, inside, model_of
+from .training import check_seq_len, inside, model_of, template_file, tokens_node, weights_step
 
 
 def evaluate(project: Project, node: Node) -> None:
     spec = node.spec
     weights = node.deps["model"]
-    _weights_step(project, node, ("model",), weights, spec.model)
+    weights_step(project, node, ("model",), weights, spec.model)
     model = node.models["model"] = model_of(project, weights)
-    _check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
+    check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
     tok_task = node.deps["tokenizer"] = project.nodes[weights].deps["tokenizer"]
-    _template_file(project, node, spec.chat_template)
+    template_file(project, node, spec.chat_template)
     data = spec.data if spec.data is not None else _data_of(project, node, weights)
     node.deps.pop("data", None)
     chat = spec.chat_template if project.datasets[data][0].chat() else None
-    node.deps["tokens"] = _tokens_node(project, node, tok_task, data, chat)
+    node.deps["tokens"] = tokens_node(project, node, tok_task, data, chat)
     if spec.gguf is not None:
         export = project.nodes[node.deps["gguf"]]
         if export.kind != "export" or export.spec.format != "gguf":

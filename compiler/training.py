@@ -54,7 +54,7 @@ def model_of(project: Project, task: str) -> ModelSpec:
     return project.nodes[task].models["model"]
 
 
-def _weights_step(project: Project, node: Node, where: tuple, task: str, value: str) -> None:
+def weights_step(project: Project, node: Node, where: tuple, task: str, value: str) -> None:
     kind = project.nodes[task].kind
     if kind not in WEIGHT_KINDS:
         raise node.error(where, "an init or train step (a step that makes model weights)",
@@ -68,23 +68,23 @@ def _train(project: Project, node: Node) -> None:
                          "both" if spec.model else "neither",
                          "keep one of them" if spec.model else "add `model: MODEL` or `init: STEP`")
     if spec.init is not None:
-        _weights_step(project, node, ("init",), node.deps["init"], spec.init)
+        weights_step(project, node, ("init",), node.deps["init"], spec.init)
         node.models["model"] = model_of(project, node.deps["init"])
     model = node.models["model"]
-    _check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
+    check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
     datasets = _datasets(project, node)
     template = _chat_template(project, node, datasets)
     tok_task = node.deps["tokenizer"]
     node.deps.pop("data", None)
     for name in datasets:
         chat = template if project.datasets[name][0].chat() else None
-        node.deps[f"tokens.{name}"] = _tokens_node(project, node, tok_task, name, chat)
+        node.deps[f"tokens.{name}"] = tokens_node(project, node, tok_task, name, chat)
     _check_length(node)
     if spec.objective == "distill" or spec.distill is not None:
         _distill(project, node, model, tok_task)
 
 
-def _check_seq_len(project: Project, node: Node, where: tuple, seq_len: int, model: ModelSpec) -> None:
+def check_seq_len(project: Project, node: Node, where: tuple, seq_len: int, model: ModelSpec) -> None:
     if seq_len > model.max_positions:
         doc = project.models[model.name][1]  # the other fix goes in the model's file, so say where that is
         at = f"{doc.file}:{doc.lines[('max_positions',)]}" if ("max_positions",) in doc.lines else doc.file
@@ -113,7 +113,7 @@ def _datasets(project: Project, node: Node) -> list[str]:
             if name not in names:
                 names.append(name)
         if stage.seq_len is not None:
-            _check_seq_len(project, node, ("stages", i, "seq_len"), stage.seq_len, node.models["model"])
+            check_seq_len(project, node, ("stages", i, "seq_len"), stage.seq_len, node.models["model"])
     return names
 
 
@@ -131,11 +131,11 @@ def _chat_template(project: Project, node: Node, datasets: list[str]) -> str | N
                                  f"in dataset '{name}', or use `objective: pretrain`")
     if not any(project.datasets[name][0].chat() for name in datasets):
         return None
-    _template_file(project, node, spec.chat_template)
+    template_file(project, node, spec.chat_template)
     return spec.chat_template
 
 
-def _tokens_node(project: Project, step: Node, tok_task: str, dataset: str, template: str | None) -> str:
+def tokens_node(project: Project, step: Node, tok_task: str, dataset: str, template: str | None) -> str:
     task = f"{tok_task}@{dataset}"
     if task not in project.nodes:
         tok = project.nodes[tok_task]
@@ -207,7 +207,7 @@ def _step_teacher(project: Project, node: Node, where: tuple, name: str, ref: st
                          f"'{ref}'", did_you_mean(ref, steps) or "declare the teacher step, or fix the name")
     if task == node.task:
         raise node.error(where + ("step",), "another step", f"'{ref}', the step itself", "a model cannot teach itself")
-    _weights_step(project, node, where + ("step",), task, ref)
+    weights_step(project, node, where + ("step",), task, ref)
     teacher = model_of(project, task)
     _same_vocab(node, where, name, teacher.vocab_size, f"model '{teacher.name}'", student)
     teacher_tok = project.nodes[task].deps.get("tokenizer")
@@ -267,10 +267,10 @@ def _find(root: Path, name: str) -> list[str]:
 
 
 def _export(project: Project, node: Node) -> None:
-    _weights_step(project, node, ("model",), node.deps["model"], node.spec.model)
+    weights_step(project, node, ("model",), node.deps["model"], node.spec.model)
     node.models["model"] = model_of(project, node.deps["model"])
     node.deps["tokenizer"] = project.nodes[node.deps["model"]].deps["tokenizer"]
-    _template_file(project, node, node.spec.chat_template)
+    template_file(project, node, node.spec.chat_template)
     if node.spec.format == "gguf":
         _gguf(project, node)
         if node.spec.display_name is None:  # resolved here, so the name in the files is in the key
@@ -317,7 +317,7 @@ def _gguf(project: Project, node: Node) -> None:
             f"use widths that are multiples of {gtype.block}, or set `strict: true` to make this an error"))
 
 
-def _template_file(project: Project, node: Node, rel: str) -> None:
+def template_file(project: Project, node: Node, rel: str) -> None:
     if not inside(node, ("chat_template",), rel, project.root).is_file():
         raise node.error(("chat_template",), "a Jinja template file", f"'{rel}', a folder",
                          "name the template file, e.g. specs/templates/chat.jinja")

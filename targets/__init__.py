@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,31 @@ class Job:
         print(f"  [{self.task}] {message}", file=sys.stderr, flush=True)
 
 
+class StatusLine:
+    """One line on stderr, rewritten in place (`\\r`) at most four times a second: progress of a
+    long step (training, reading a dataset)."""
+
+    def __init__(self):
+        self.t0 = self.last = time.perf_counter()
+        self.shown = False
+
+    def show(self, line: str, final: bool = False) -> None:
+        """Show `line`, unless the last one went up less than 0.25 s ago (a `final` one always)."""
+        now = time.perf_counter()
+        if now - self.last < 0.25 and not final:
+            return
+        self.last = now
+        sys.stderr.write(f"\r  {line}  ")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.shown = False
+
+
 def special_tokens(tokenizer_dir: Path) -> dict[str, str]:
     """Role (bos, eos, unk, pad) -> token text of a tokenizer entry, from special_tokens_map.json."""
     names = json.loads((Path(tokenizer_dir) / "special_tokens_map.json").read_text())
@@ -61,3 +88,20 @@ def link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """Tensor name -> {dtype, shape, data_offsets} of a safetensors file, and the offset where its
+    data starts; the file must be exactly as long as the header says."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        try:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n)) if 8 + n <= size else None
+            header.pop("__metadata__", None)
+            end = max((t["data_offsets"][1] for t in header.values()), default=0)
+        except (struct.error, ValueError, AttributeError, KeyError, TypeError, IndexError):
+            raise BuildError(f"{path}: not a safetensors file (its header does not parse)") from None
+    if 8 + n + end != size:
+        raise BuildError(f"{path}: {size:,} bytes, but its header describes {8 + n + end:,} (truncated or corrupt)")
+    return header, 8 + n

@@ -22,7 +22,6 @@ import codecs
 import json
 import math
 import os
-import sys
 import sysconfig
 import time
 import unicodedata
@@ -32,7 +31,7 @@ from typing import Iterator
 
 import xxhash
 
-from targets import BuildError, Job, neardup
+from targets import BuildError, Job, StatusLine, neardup
 from targets.filters import REASONS, DocumentFilter
 
 OUTPUTS = ("train-*.jsonl", "validation-*.jsonl", "stats.json")
@@ -61,7 +60,7 @@ def build(job: Job) -> dict:
     per_source: list[dict] = []
     seen: set[int] = set()
     total = 0
-    progress = Progress(job, "read")
+    progress = StatusLine()
     for i, (source, paths) in enumerate(zip(spec.sources, job.files)):
         count = kept = 0
         for batch in batches(read_source(source, paths, skipped)):
@@ -85,7 +84,9 @@ def build(job: Job) -> dict:
                     fresh.append(text)
             if fresh:
                 index.add(fresh)
-            progress.update(total + count)
+            done = total + count
+            rate = done / (time.perf_counter() - progress.t0)
+            progress.show(f"[{job.task}] read {done:,} documents, {rate:,.0f}/s")
         per_source.append({"source": i, "type": source.type, "documents": count, "kept": kept})
         total += count
         progress.close()
@@ -164,29 +165,6 @@ def _counts(writers: dict, key: str) -> dict[str, int]:
     for w in writers.values():
         total.update(w.meta_counts[key])
     return dict(sorted(total.items()))
-
-
-class Progress:
-    """Documents read and documents/s on one stderr line, rewritten in place at most 4 times a second."""
-
-    def __init__(self, job: Job, what: str):
-        self.job, self.what = job, what
-        self.t0 = self.last = time.perf_counter()
-        self.shown = False
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < 0.25:
-            return
-        self.last = now
-        sys.stderr.write(f"\r  [{self.job.task}] {self.what} {done:,} documents, {done / (now - self.t0):,.0f}/s  ")
-        sys.stderr.flush()
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-            self.shown = False
 
 
 def normalized(value, form: str) -> dict[str, str]:

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from targets import BuildError, Job, special_ids
@@ -54,7 +55,7 @@ def build(job: Job) -> dict:
                        "weights_bytes": weights_bytes},
         "gguf": {},
     }
-    prompts = rendered_prompts(job)
+    prompts = prompt_set(job)
     engines = {"torch": {**torch_generation(job, model, prompts), "weights_bytes": weights_bytes, **loaded}}
     del model
     for name, path, facts in gguf_files(job):
@@ -153,14 +154,31 @@ def gguf_files(job: Job) -> list[tuple[str, Path, dict]]:
 
 # ---------------------------------------------------------------- generation
 
-def rendered_prompts(job: Job) -> list[tuple[str, list[int]]]:
-    """(name, ids) of each prompt: a user turn rendered with the chat template, the assistant's
-    turn opened, tokenized as transformers' apply_chat_template would (special tokens as tokens)."""
+@dataclass
+class Prompts:
+    """The benchmark's prompts as token ids, and what the engines need of the tokenizer (read once)."""
+
+    rendered: list[tuple[str, list[int]]]  # (name, ids)
+    ids: dict[str, int | None]             # special ids by role
+    tok: object                            # tokenizers.Tokenizer
+
+    def decode(self, out: list[int]) -> tuple[list[int], str]:
+        """A generation's ids cut at the first eos (which ends it and is not counted), and its text."""
+        eos = self.ids.get("eos")
+        out = out[:out.index(eos)] if eos in out else out
+        return out, self.tok.decode(out)
+
+
+def prompt_set(job: Job) -> Prompts:
+    """Each prompt a user turn rendered with the chat template, the assistant's turn opened,
+    tokenized as transformers' apply_chat_template would (special tokens as tokens)."""
     from tokenizers import Tokenizer
 
-    render = chat_renderer(job.root / job.spec.chat_template, job.inputs["tokenizer"])
-    tok = Tokenizer.from_file(str(job.inputs["tokenizer"] / "tokenizer.json"))
-    return [(p.name, tok.encode(render(p.text, "")[0], add_special_tokens=False).ids) for p in job.spec.prompts]
+    entry = job.inputs["tokenizer"]
+    render = chat_renderer(job.root / job.spec.chat_template, entry)
+    tok = Tokenizer.from_file(str(entry / "tokenizer.json"))
+    rendered = [(p.name, tok.encode(render(p.text, "")[0], add_special_tokens=False).ids) for p in job.spec.prompts]
+    return Prompts(rendered, special_ids(entry, tok), tok)
 
 
 def summary(runs: list[dict]) -> dict:
@@ -175,7 +193,7 @@ def resident() -> int:
     return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
 
 
-def torch_generation(job: Job, model, prompts: list[tuple[str, list[int]]]) -> dict:
+def torch_generation(job: Job, model, prompts: Prompts) -> dict:
     """Greedy `generate()` of the checkpoint on each prompt, timed with a streamer that notes when
     the first new token arrives."""
     import torch
@@ -193,32 +211,31 @@ def torch_generation(job: Job, model, prompts: list[tuple[str, list[int]]]) -> d
         def end(self):
             pass
 
-    ids = special_ids(job.inputs["tokenizer"])
-    decode = decoder(job.inputs["tokenizer"])
-    options = dict(max_new_tokens=job.spec.max_new_tokens, do_sample=False, eos_token_id=ids.get("eos"),
-                   pad_token_id=ids.get("pad"))
+    options = dict(max_new_tokens=job.spec.max_new_tokens, do_sample=False, eos_token_id=prompts.ids.get("eos"),
+                   pad_token_id=prompts.ids.get("pad"))
     runs = []
     with torch.no_grad():
-        model.generate(torch.tensor([prompts[0][1]]), **{**options, "max_new_tokens": 2})  # warm-up, untimed
-        for name, prompt in prompts:
+        model.generate(torch.tensor([prompts.rendered[0][1]]), **{**options, "max_new_tokens": 2})  # warm-up
+        for name, prompt in prompts.rendered:
             clock = Clock()
             started = time.perf_counter()
             out = model.generate(torch.tensor([prompt]), streamer=clock, **options)[0, len(prompt):].tolist()
             latency = time.perf_counter() - started
-            runs.append(run_row(name, prompt, out, latency, (clock.first or time.perf_counter()) - started, decode))
+            runs.append(run_row(name, prompt, out, latency, (clock.first or time.perf_counter()) - started,
+                                prompts))
     job.log(f"torch: {sum(r['tokens_per_s'] for r in runs) / len(runs):,.1f} tokens/s on average")
     return {"label": "torch float32 checkpoint", **summary(runs)}
 
 
-def llama_generation(job: Job, name: str, path: Path, prompts: list[tuple[str, list[int]]]) -> dict:
+def llama_generation(job: Job, name: str, path: Path, prompts: Prompts) -> dict:
     """Greedy generation through llama.cpp (temperature 0), token by token from its generator."""
     before, started = resident(), time.perf_counter()
-    longest = max(len(p) for _, p in prompts) + job.spec.max_new_tokens
+    longest = max(len(p) for _, p in prompts.rendered) + job.spec.max_new_tokens
     llm = open_llama(path, longest)
     load_seconds, rss_delta = time.perf_counter() - started, resident() - before
-    eos, decode = llm.token_eos(), decoder(job.inputs["tokenizer"])
+    eos = llm.token_eos()
     runs = []
-    for n, (prompt_name, prompt) in enumerate([prompts[0]] + prompts):  # the first run warms up, untimed
+    for n, (prompt_name, prompt) in enumerate(prompts.rendered[:1] + prompts.rendered):  # the first warms up
         out: list[int] = []
         first = None
         started = time.perf_counter()
@@ -231,28 +248,15 @@ def llama_generation(job: Job, name: str, path: Path, prompts: list[tuple[str, l
                 break
         latency = time.perf_counter() - started
         if n:
-            runs.append(run_row(prompt_name, prompt, out, latency, (first or time.perf_counter()) - started, decode))
+            runs.append(run_row(prompt_name, prompt, out, latency, (first or time.perf_counter()) - started,
+                                prompts))
     result = {"label": f"llama.cpp {name}", "weights_bytes": int(llm._model.size()), "rss_delta_bytes": rss_delta,
               "load_seconds": load_seconds, **summary(runs)}
     job.log(f"llama.cpp {name}: {result['avg_tokens_per_s']:,.1f} tokens/s on average")
     return result
 
 
-def decoder(tokenizer: Path):
-    """ids -> text, cut at the first eos (which ends a generation and is not counted)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
-    eos = special_ids(tokenizer, tok).get("eos")
-
-    def decode(ids: list[int]) -> tuple[list[int], str]:
-        ids = ids[:ids.index(eos)] if eos in ids else ids
-        return ids, tok.decode(ids)
-
-    return decode
-
-
-def run_row(name: str, prompt: list[int], out: list[int], latency: float, first: float, decode) -> dict:
-    out, text = decode(out)
+def run_row(name: str, prompt: list[int], out: list[int], latency: float, first: float, prompts: Prompts) -> dict:
+    out, text = prompts.decode(out)
     return {"prompt": name, "input_tokens": len(prompt), "output_tokens": len(out), "latency_s": latency,
             "first_token_s": first, "tokens_per_s": len(out) / latency if latency > 0 else 0.0, "text": text}

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 from pathlib import Path
 
-from targets import BuildError, Job, link_or_copy, special_ids, special_tokens
+from targets import BuildError, Job, link_or_copy, safetensors_header, special_ids, special_tokens
 
 WEIGHTS = ("model.safetensors", "config.json")
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -57,23 +56,6 @@ def check_safetensors(path: Path, config: dict) -> int:
         raise BuildError(f"{path}: embedding of shape {embed}, but config.json says "
                          f"[{config['vocab_size']}, {config['hidden_size']}] (vocab_size, hidden_size)")
     return len(header)
-
-
-def safetensors_header(path: Path) -> tuple[dict, int]:
-    """Tensor name -> {dtype, shape, data_offsets} of a safetensors file, and the offset where its
-    data starts; the file must be exactly as long as the header says."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        try:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n)) if 8 + n <= size else None
-            header.pop("__metadata__", None)
-            end = max((t["data_offsets"][1] for t in header.values()), default=0)
-        except (struct.error, ValueError, AttributeError, KeyError, TypeError, IndexError):
-            raise BuildError(f"{path}: not a safetensors file (its header does not parse)") from None
-    if 8 + n + end != size:
-        raise BuildError(f"{path}: {size:,} bytes, but its header describes {8 + n + end:,} (truncated or corrupt)")
-    return header, 8 + n
 
 
 def check_tokenizer(config: dict, tokenizer: Path) -> None:

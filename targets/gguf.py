@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 from compiler import quants
-from targets import BuildError, Job, special_ids
-from targets.export import check_safetensors, check_template, check_tokenizer, safetensors_header
+from targets import BuildError, Job, safetensors_header, special_ids
+from targets.export import check_safetensors, check_template, check_tokenizer
 
-OUTPUTS = ("model-*.gguf",)
 # token types of gguf's TokenType: what llama.cpp makes of each vocabulary entry
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # safetensors dtype -> numpy, as stored

@@ -28,8 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from compiler import params, templates
-from targets import BuildError, Job
-from targets.export import safetensors_header
+from targets import BuildError, Job, safetensors_header
 
 OUTPUTS = ("report.md", "report.html", "loss.png", "lr.png")
 PLOTS = {"loss": "loss.png", "lr": "lr.png"}

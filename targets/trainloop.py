@@ -19,12 +19,11 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from targets import BuildError, Job
+from targets import BuildError, Job, StatusLine
 
 CHECKPOINT = re.compile(r"^step-(\d{6,})$")
 IGNORE = -100  # a label cross-entropy skips (torch's ignore_index)
@@ -341,30 +340,17 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-class Progress:
-    """One line on stderr, rewritten in place (`\\r`) at most four times a second."""
+class Progress(StatusLine):
+    """Step, loss, learning rate, tokens/s and ETA of a training run on one status line."""
 
     def __init__(self, total: int, start: int):
+        super().__init__()
         self.total, self.start = total, start
-        self.t0 = self.last = time.perf_counter()
-        self.shown = False
 
     def update(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
-        now = time.perf_counter()
-        if now - self.last < 0.25 and step < self.total:
-            return
-        self.last = now
-        eta = (now - self.t0) / max(1, step - self.start) * (self.total - step)
-        sys.stderr.write(f"\r  step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
-                         f"{tokens_per_s:,.0f} tok/s  ETA {_clock(eta)}  ")
-        sys.stderr.flush()
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-            self.shown = False
+        eta = (time.perf_counter() - self.t0) / max(1, step - self.start) * (self.total - step)
+        self.show(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s  "
+                  f"ETA {_clock(eta)}", final=step >= self.total)
 
 
 def _clock(seconds: float) -> str:

@@ -12,26 +12,14 @@ import pytest
 
 from compiler import curation, graph, project
 from compiler.errors import SpecError
+from conftest import TINY_SPECS
 
 WEB = "specs/datasets/web.yaml"
 PIPELINE = "specs/pipelines/main.yaml"
 FILES = {
     "specs/datasets/docs.yaml": "kind: dataset\nname: docs\nsources:\n  - type: files\n    glob: data/*.jsonl\n",
-    "specs/models/tiny.yaml": "kind: model\nname: tiny\nhidden_size: 32\nintermediate_size: 64\nlayers: 2\n"
-                              "heads: 4\nvocab_size: 512\nmax_positions: 128\n",
-    PIPELINE: """
-        kind: pipeline
-        name: main
-        steps:
-          tok:
-            kind: tokenizer
-            dataset: docs
-            vocab_size: 400
-          init:
-            kind: init
-            model: tiny
-            tokenizer: tok
-    """,
+    "specs/models/tiny.yaml": TINY_SPECS["specs/models/tiny.yaml"],
+    PIPELINE: TINY_SPECS[PIPELINE],  # tok (on docs) and init
     WEB: r"""
         kind: dataset
         name: web

@@ -10,7 +10,7 @@ import pytest
 
 from compiler import graph, project
 from compiler.errors import SpecError
-from conftest import REPO
+from conftest import REPO, TINY_SPECS
 
 PIPELINE = "specs/pipelines/main.yaml"
 TEMPLATE = "specs/templates/report.md.jinja"
@@ -21,18 +21,7 @@ FILES = {
                               "heads: 4\nvocab_size: 512\nmax_positions: 128\n",
     TEMPLATE: "# {{ model.name }}\n{% include 'part.md.jinja' %}\n",
     "specs/templates/part.md.jinja": "Loss: {{ train.final_loss }}\n",
-    PIPELINE: """
-        kind: pipeline
-        name: main
-        steps:
-          tok:
-            kind: tokenizer
-            dataset: docs
-            vocab_size: 400
-          init:
-            kind: init
-            model: tiny
-            tokenizer: tok
+    PIPELINE: TINY_SPECS[PIPELINE].rstrip() + """
           student:
             kind: train
             init: init
