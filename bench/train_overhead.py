@@ -98,7 +98,8 @@ def bare(inputs: dict[str, Path], steps: int, warmup: int) -> list[float]:
     import torch.nn.functional as F
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from targets.init import hf_config, init_state, special_ids
+    from targets import special_ids
+    from targets.weights import hf_config, init_state
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     meta = json.loads((inputs["tokens.docs"] / "tokens.json").read_text())

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from targets import BuildError, Job, special_ids
-from targets.gguf import file_name
-from targets.tokens import chat_renderer
+from targets.chat import chat_renderer
+from targets.layout import gguf_file
 
 OUTPUTS = ("metrics.json",)
 BATCH = 4  # perplexity windows per torch forward
@@ -149,7 +149,7 @@ def gguf_files(job: Job) -> list[tuple[str, Path, dict]]:
         return []
     manifest = json.loads((entry / "manifest.json").read_text())
     files = manifest["metrics"]["files"]
-    return [(t, entry / file_name(t), files[t]) for t in manifest["spec"]["types"] or ["f16"]]
+    return [(t, entry / gguf_file(t), files[t]) for t in manifest["spec"]["types"] or ["f16"]]
 
 
 # ---------------------------------------------------------------- generation

@@ -17,14 +17,12 @@ import json
 import shutil
 from pathlib import Path
 
-from targets import BuildError, Job, link_or_copy, safetensors_header, special_ids, special_tokens
+from targets import BuildError, Job, link_or_copy
+from targets.hf import ROLES, check_safetensors, check_template, check_tokenizer
 
 WEIGHTS = ("model.safetensors", "config.json")
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 OUTPUTS = (*WEIGHTS, "generation_config.json", *TOKENIZER, "chat_template.jinja")
-ROLES = ("bos", "eos", "pad")
-SAMPLE_CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-               {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "What is 2 + 2?"}]
 
 
 def build(job: Job) -> dict:
@@ -48,55 +46,12 @@ def build(job: Job) -> dict:
     return {"tensors": tensors, "weights_bytes": (job.out / "model.safetensors").stat().st_size}
 
 
-def check_safetensors(path: Path, config: dict) -> int:
-    """The number of tensors in `path`, after checking its header (only the header is read)."""
-    header, _ = safetensors_header(path)
-    embed = header.get("model.embed_tokens.weight", {}).get("shape")
-    if embed != [config["vocab_size"], config["hidden_size"]]:
-        raise BuildError(f"{path}: embedding of shape {embed}, but config.json says "
-                         f"[{config['vocab_size']}, {config['hidden_size']}] (vocab_size, hidden_size)")
-    return len(header)
-
-
-def check_tokenizer(config: dict, tokenizer: Path) -> None:
-    """The weights were trained with this tokenizer: every id it makes has a row in the
-    embedding, and config.json names the same special ids."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
-    size = tok.get_vocab_size(with_added_tokens=True)
-    if size > config["vocab_size"]:
-        raise BuildError(f"the tokenizer has {size:,} tokens but the model's embedding only "
-                         f"{config['vocab_size']:,} rows; export a model with the tokenizer it was trained with")
-    known = special_ids(tokenizer, tok)
-    ids = {r: known.get(r) for r in ROLES}
-    wrong = {r: (config.get(f"{r}_token_id"), i) for r, i in ids.items() if config.get(f"{r}_token_id") != i}
-    if wrong:
-        said = ", ".join(f"{r} {c} in config.json but {i} in the tokenizer" for r, (c, i) in wrong.items())
-        raise BuildError(f"the weights and the tokenizer disagree on special token ids ({said}); "
-                         "export a model with the tokenizer it was trained with")
-
-
 def fit_max_length(path: Path, positions: int) -> None:
     """The tokenizer truncates (`truncation=True`) at the model's context, not at a longer length
     the tokenizer step was given; the rest of tokenizer_config.json stays as it was."""
     config = json.loads(path.read_text())
     if config.get("model_max_length", positions) > positions:
         path.write_text(json.dumps({**config, "model_max_length": positions}, indent=2) + "\n")
-
-
-def check_template(template: str, rel: str, tokenizer: Path) -> None:
-    """Render a sample chat with transformers' own renderer (the one `apply_chat_template`
-    uses), so a broken template fails the export rather than its first user."""
-    from jinja2 import TemplateError
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    names = {f"{role}_token": text for role, text in special_tokens(tokenizer).items()}
-    try:
-        for prompt in (True, False):
-            render_jinja_template([SAMPLE_CHAT], chat_template=template, add_generation_prompt=prompt, **names)
-    except TemplateError as exc:
-        raise BuildError(f"chat template {rel}: {type(exc).__name__}: {exc}") from None
 
 
 def generation_config(config: dict, spec) -> dict:

@@ -31,11 +31,12 @@ import re
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from compiler.specs import Filters
+if TYPE_CHECKING:  # for the type hint only: the builder does not run the specs module
+    from compiler.specs import Filters
 
 REASONS = ("min_chars", "max_chars", "min_tokens", "max_tokens", "language", "include", "exclude",
            "symbol_ratio", "mean_word_length", "repeated_lines")

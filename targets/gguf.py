@@ -20,7 +20,8 @@ from pathlib import Path
 
 from compiler import quants
 from targets import BuildError, Job, safetensors_header, special_ids
-from targets.export import check_safetensors, check_template, check_tokenizer
+from targets.hf import check_safetensors, check_template, check_tokenizer
+from targets.layout import gguf_file
 
 # token types of gguf's TokenType: what llama.cpp makes of each vocabulary entry
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -29,11 +30,7 @@ CHUNK_BYTES = 4 << 20  # float32 rows converted at a time
 
 
 def outputs(spec) -> tuple[str, ...]:
-    return tuple(file_name(t) for t in spec.gguf_types())
-
-
-def file_name(type_name: str) -> str:
-    return f"model-{type_name}.gguf"
+    return tuple(gguf_file(t) for t in spec.gguf_types())
 
 
 def build(job: Job) -> dict:
@@ -52,11 +49,11 @@ def build(job: Job) -> dict:
     files: dict[str, dict] = {}
     for name in order:
         started = time.time()
-        path = job.out / file_name(name)
+        path = job.out / gguf_file(name)
         if made[name].writer == "gguf-py":
             write(path, weights / "model.safetensors", config, made[name], metadata)
         else:
-            source = job.out / file_name("f32") if "f32" in names else job.work / "source-f32.gguf"
+            source = job.out / gguf_file("f32") if "f32" in names else job.work / "source-f32.gguf"
             if not source.exists():
                 job.work.mkdir(parents=True, exist_ok=True)
                 write(source, weights / "model.safetensors", config, quants.TYPES["f32"], metadata)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from targets import BuildError, Job, special_ids, special_tokens
+from targets.chat import chat_renderer
 
 OUTPUTS = ("train.bin", "validation.bin", "tokens.json")
 OPTIONAL_OUTPUTS = ("train.mask.bin", "validation.mask.bin")  # instruction/response datasets only
@@ -121,34 +122,6 @@ def records(shards: list[Path], fields: tuple[str, ...], what: str) -> Iterator[
 
 
 # ---------------------------------------------------------------- instruction/response records
-
-def chat_renderer(path: Path, tokenizer_entry: Path):
-    """render(instruction, response) -> (prompt, conversation): the user turn followed by the
-    generation prompt, and the whole conversation, as the template writes them."""
-    from jinja2 import StrictUndefined, TemplateError
-    from jinja2.sandbox import SandboxedEnvironment
-
-    names = special_tokens(tokenizer_entry)
-    # trim_blocks and lstrip_blocks as in transformers' renderer: training sees what inference writes
-    env = SandboxedEnvironment(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    try:
-        template = env.from_string(path.read_text(encoding="utf-8"))
-    except TemplateError as exc:
-        raise BuildError(f"chat template {path.name}: {type(exc).__name__}: {exc}") from None
-    specials = {"bos_token": names.get("bos", ""), "eos_token": names.get("eos", "")}
-
-    def render(instruction: str, response: str) -> tuple[str, str]:
-        user = {"role": "user", "content": instruction}
-        try:
-            prompt = template.render(messages=[user], add_generation_prompt=True, **specials)
-            full = template.render(messages=[user, {"role": "assistant", "content": response}],
-                                   add_generation_prompt=False, **specials)
-        except TemplateError as exc:
-            raise BuildError(f"chat template {path.name}: {type(exc).__name__}: {exc}") from None
-        return prompt, full
-
-    return render
-
 
 def write_chat_split(tok, eos: int, dtype: str, shards: list[Path], path: Path, render) -> dict:
     """Each record's rendered conversation then eos into `path`, and its mask into `<split>.mask.bin`.

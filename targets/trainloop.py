@@ -196,7 +196,7 @@ def build_model(job: Job, device):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from targets import special_ids
-    from targets.init import hf_config, init_state
+    from targets.weights import hf_config, init_state
 
     spec = job.models["model"]
     ids = special_ids(job.inputs["tokenizer"])

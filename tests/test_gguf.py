@@ -343,7 +343,7 @@ def test_tensors_are_streamed_into_the_file(tmp_path):
     by far less than one copy of the model: a few MB of rows are in memory at a time."""
     from compiler.specs import ModelSpec
     from safetensors.numpy import save_file
-    from targets.init import hf_config, init_state
+    from targets.weights import hf_config, init_state
 
     model = ModelSpec(kind="model", name="m", hidden_size=512, intermediate_size=1024, layers=12, heads=8,
                       vocab_size=512, max_positions=128)

@@ -1,7 +1,7 @@
 """The derived parameter count and breakdown, checked against Hugging Face's `LlamaForCausalLM`.
 
 The reference models are built on the meta device (shapes, no memory), from the config
-`targets.init.hf_config` writes, so the spec -> config mapping is checked too.
+`targets.weights.hf_config` writes, so the spec -> config mapping is checked too.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from compiler import params, project
 from compiler.specs import ModelSpec
 from conftest import REPO
-from targets.init import hf_config
+from targets.weights import hf_config
 
 CONFIGS = {
     "mha-untied": dict(hidden_size=64, intermediate_size=160, layers=2, heads=4, vocab_size=300),

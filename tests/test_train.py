@@ -490,7 +490,7 @@ def test_distill_in_two_phases_from_a_step_and_a_folder(proj, pre, capsys):
     import torch
     from transformers import LlamaForCausalLM
 
-    from targets.init import init_state
+    from targets.weights import init_state
 
     folder = proj.root / "teachers" / "wide"
     folder.mkdir(parents=True, exist_ok=True)
