@@ -14,8 +14,8 @@ step; `metrics.jsonl` (one line per optimizer step); `checkpoints/step-NNNNNN/` 
 
 Checkpoints are written to `job.work`, which outlives a killed build, and a new attempt
 resumes from the newest one: on CPU, the resumed run ends with the same bytes as an
-uninterrupted one (the data is a pure function of seed and step; weights, AdamW state and
-RNG are restored exactly).
+uninterrupted one (the data is a pure function of seed and step; the weights, the optimizer's
+whole state and the loop's, RNG included, are restored exactly, or the resume is refused).
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ import json
 import math
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from targets import BuildError, Job, link_or_copy, losses
-from targets.trainloop import (IGNORE, Progress, TokenData, adamw, build_model, checkpoints, clear_partial,
-                               device_for, inputs_and_labels, load_checkpoint, lr_at, prune, read_metrics,
-                               save_checkpoint, segment_at, segments, truncate_metrics, weights)
+from targets.trainloop import (IGNORE, LoopState, Progress, TokenData, adamw, build_model, checkpoints,
+                               clear_partial, device_for, inputs_and_labels, load_checkpoint, lr_at, prune,
+                               read_metrics, save_checkpoint, segment_at, segments, truncate_metrics, weights)
 
 OUTPUTS = ("model.safetensors", "config.json", "metrics.jsonl", "checkpoints/*")
 
@@ -80,9 +81,7 @@ class Trainer:
         self.teachers: dict[str, object] = {}
         self.ckpt_root = Path(job.work) / "checkpoints"
         self.metrics_path = Path(job.work) / "metrics.jsonl"
-        self.state = {"step": 0, "val_loss": None, "best_val_loss": None,
-                      "early_stopping": {"best": None, "bad_evals": 0},
-                      "stopped_early": False, "tokens_seen": 0, "elapsed_s": 0.0}
+        self.state = LoopState(total_steps=self.total)
         self.resumed_from = None
         self.progress = None
 
@@ -94,10 +93,10 @@ class Trainer:
         if not found:
             self.metrics_path.unlink(missing_ok=True)
             return
-        self.state = load_checkpoint(found[-1], self.model, self.optimizer)
-        self.resumed_from = self.state["step"]
-        truncate_metrics(self.metrics_path, self.state["step"])
-        self.job.log(f"resuming from checkpoint {self._rel(found[-1])} (step {self.state['step']} of {self.total})")
+        load_checkpoint(found[-1], self.model, self.optimizer, self.state)
+        self.resumed_from = self.state.step
+        truncate_metrics(self.metrics_path, self.state.step)
+        self.job.log(f"resuming from checkpoint {self._rel(found[-1])} (step {self.state.step} of {self.total})")
 
     def run(self) -> None:
         spec, state = self.spec, self.state
@@ -105,10 +104,10 @@ class Trainer:
         self.job.log(f"{n:,} parameters on {self.device.type} ({spec.dtype}): {self.total:,} steps of "
                      f"{spec.batch_size}×{spec.grad_accum} sequences, {spec.objective}")
         self.t_start = time.perf_counter()
-        progress = self.progress = Progress(self.total, state["step"])
+        progress = self.progress = Progress(self.total, state.step)
         with open(self.metrics_path, "a", encoding="utf-8") as log:
-            for i in range(state["step"], self.total):
-                if state["stopped_early"]:
+            for i in range(state.step, self.total):
+                if state.stopped_early:
                     break
                 row = self.step(i)
                 step = i + 1
@@ -117,9 +116,9 @@ class Trainer:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 progress.update(step, row["loss"], row["lr"], row["tokens_per_s"])
-                state["step"], state["val_loss"] = step, row["val_loss"]
-                state["tokens_seen"] += row["tokens"]
-                if step % spec.checkpoints.every == 0 or step == self.total or state["stopped_early"]:
+                state.step, state.val_loss = step, row["val_loss"]
+                state.tokens_seen += row["tokens"]
+                if step % spec.checkpoints.every == 0 or step == self.total or state.stopped_early:
                     self.checkpoint()
         progress.close()
 
@@ -229,28 +228,26 @@ class Trainer:
             val = float(torch.stack(values).mean())
         self.model.train()
         state, rule = self.state, self.spec.early_stopping
-        if state["best_val_loss"] is None or val < state["best_val_loss"]:
-            state["best_val_loss"] = val
+        if state.best_val_loss is None or val < state.best_val_loss:
+            state.best_val_loss = val
         if rule is not None:
-            es = state["early_stopping"]
-            if es["best"] is None or val < es["best"] - rule.min_delta:
-                es["best"], es["bad_evals"] = val, 0
+            es = state.early_stopping
+            if es.best is None or val < es.best - rule.min_delta:
+                es.best, es.bad_evals = val, 0
             else:
-                es["bad_evals"] += 1
-                state["stopped_early"] = es["bad_evals"] >= rule.patience
+                es.bad_evals += 1
+                state.stopped_early = es.bad_evals >= rule.patience
         return val
 
     def elapsed(self) -> float:
         """Seconds of training behind the current weights: those of earlier attempts up to the
         checkpoint resumed from, plus this attempt's."""
-        return self.state["elapsed_s"] + time.perf_counter() - self.t_start
+        return self.state.elapsed_s + time.perf_counter() - self.t_start
 
     def checkpoint(self) -> None:
-        # the data cursor is the step: windows are drawn by default_rng([seed, 0, step index, micro-batch]),
-        # and so is the schedule, whose learning rate is a function of the step
-        state = dict(self.state, elapsed_s=self.elapsed(), total_steps=self.total,
-                     data_cursor=self.state["step"], lr_step=self.state["step"])
-        save_checkpoint(self.ckpt_root, state["step"], self.model, self.optimizer, state)
+        # no data cursor or schedule position to save: windows are drawn by default_rng([seed, 0,
+        # step index, micro-batch]) and the learning rate is a function of the step index
+        save_checkpoint(self.ckpt_root, self.model, self.optimizer, replace(self.state, elapsed_s=self.elapsed()))
         prune(self.ckpt_root, self.spec.checkpoints.keep)
 
     # ------------------------------------------------------------ teachers
@@ -324,9 +321,9 @@ class Trainer:
         vals = [r["val_loss"] for r in rows if r["val_loss"] is not None]
         return {
             "parameters": sum(p.numel() for p in self.model.parameters()),
-            "steps": s["step"], "total_steps": self.total, "stopped_early": s["stopped_early"],
+            "steps": s.step, "total_steps": self.total, "stopped_early": s.stopped_early,
             "final_loss": rows[-1]["loss"] if rows else None, "final_val_loss": vals[-1] if vals else None,
-            "best_val_loss": s["best_val_loss"], "tokens_seen": s["tokens_seen"],
+            "best_val_loss": s.best_val_loss, "tokens_seen": s.tokens_seen,
             "seconds": round(self.elapsed(), 3),
             "resumed_from": self.resumed_from, "device": self.device.type, "dtype": self.spec.dtype,
             "phases": _summary(rows, "phase"), "stages": _summary(rows, "stage"),

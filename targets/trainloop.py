@@ -3,10 +3,21 @@ checkpoints, metrics and progress.
 
 Reads: `tokens.<dataset>` entries (`train.bin`/`validation.bin`, flat streams of token ids
 described by `tokens.json`), memory-mapped; the tokenizer entry (special ids) and an `init`
-entry's `model.safetensors`. Writes: checkpoints under the build's work
-directory, each `step-NNNNNN/` holding `model.safetensors`, `optimizer.safetensors` (AdamW
-moments and step per parameter, torch RNG states) and `state.json` (the loop's counters).
-Safetensors only: nothing is pickled.
+entry's `model.safetensors`. Writes: checkpoints under the build's work directory, each
+`step-NNNNNN/` holding three files, one per object, each saved whole through its own
+`state_dict()`:
+
+- `model.safetensors`: the weights (a tied LM head once, as the embedding);
+- `optimizer.safetensors`: `optimizer.state_dict()` flattened generically: every tensor under
+  its path (`state.<param index>.<name>`, `.<i>` for the items of a list), and in the file's
+  `__metadata__["optimizer"]` the rest as JSON (param_groups with lr, betas and `params`
+  index lists; the Python scalars of `state`), each tensor replaced by a reference to its key;
+- `state.json`: the loop's `LoopState.state_dict()` (step, tokens seen, validation losses,
+  early stopping, elapsed seconds, torch's RNG states as base64).
+
+Loading refuses, naming the checkpoint, any state that is missing, unknown or does not fit
+the optimizer's parameter groups, so a run never resumes with part of its state. Safetensors
+and JSON only: nothing is pickled.
 
 Every random draw of the data is a pure function of (seed, optimizer step, micro-batch), so
 a resumed run reads exactly the windows an uninterrupted one reads, with no cursor to save.
@@ -14,13 +25,14 @@ a resumed run reads exactly the windows an uninterrupted one reads, with no curs
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from targets import BuildError, Job, StatusLine
@@ -243,45 +255,228 @@ def load_weights(model, state: dict, what: str) -> None:
                          f"unexpected {sorted(unexpected)}")
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, state: dict) -> Path:
-    """Write checkpoint `step` into a temporary folder, then rename it into place: a folder
-    named step-NNNNNN is always complete."""
+OPTIMIZER_JSON = "optimizer"  # the `__metadata__` entry of optimizer.safetensors that holds its JSON part
+WHOLE = ("a checkpoint must hold the whole state to resume exactly: delete it to resume from the one "
+         "before, or from the start")
+
+
+@dataclass
+class EarlyStopping:
+    best: float | None = None  # the validation loss later evaluations must beat by min_delta
+    bad_evals: int = 0         # evaluations in a row since then that did not
+
+
+@dataclass
+class LoopState:
+    """What the loop carries from one step to the next, saved whole as a checkpoint's state.json.
+    The data cursor and the schedule's position are `step`: windows and learning rates are
+    functions of the step index."""
+
+    step: int = 0                    # optimizer steps done
+    total_steps: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0           # seconds of training behind the weights, over every attempt
+    val_loss: float | None = None    # at `step`, when it was evaluated there
+    best_val_loss: float | None = None
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    stopped_early: bool = False
+
+    def state_dict(self) -> dict:
+        """The fields, and torch's RNG states as they are now (the next draws depend on them)."""
+        return asdict(self) | {"rng": rng_state()}
+
+    def load_state_dict(self, d: dict, source: str = "the loop state") -> None:
+        """Take every field and the RNG states from `d`; a key missing or unknown is a
+        BuildError naming `source`, never a default."""
+        _same_keys(d, [f.name for f in fields(self)] + ["rng"], source)
+        _same_keys(d["rng"], ["torch", "cuda"], source, "rng.")
+        loaded = _from_dict(LoopState, {k: v for k, v in d.items() if k != "rng"}, source)
+        for f in fields(self):
+            setattr(self, f.name, getattr(loaded, f.name))
+        set_rng_state(d["rng"])
+
+
+def _from_dict(cls, d: dict, source: str, prefix: str = ""):
+    """An instance of dataclass `cls` from exactly its fields' keys (nested dataclasses too)."""
+    _same_keys(d, [f.name for f in fields(cls)], source, prefix)
+    return cls(**{f.name: _from_dict(f.default_factory, d[f.name], source, f"{prefix}{f.name}.")
+                  if is_dataclass(f.default_factory) else d[f.name] for f in fields(cls)})
+
+
+def _same_keys(d, expected: list[str], source: str, prefix: str = "") -> None:
+    if not isinstance(d, dict):
+        where = repr(prefix.rstrip(".")) if prefix else "its top level"
+        raise BuildError(f"{source}: {where} is a {type(d).__name__} where a mapping belongs; {WHOLE}")
+    missing = [prefix + k for k in expected if k not in d]
+    unknown = sorted(prefix + str(k) for k in d if k not in expected)
+    problems = ([f"lacks {', '.join(map(repr, missing))}"] if missing else []) + (
+        [f"holds unknown {', '.join(map(repr, unknown))}"] if unknown else [])
+    if problems:
+        raise BuildError(f"{source} {' and '.join(problems)}; {WHOLE}")
+
+
+def _json(text: str, source: str):
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise BuildError(f"{source} is not valid JSON ({exc}); {WHOLE}") from None
+
+
+def rng_state() -> dict:
+    """torch's RNG states, the CPU's and each CUDA device's, as base64 text (they are bytes)."""
     import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": _b64(torch.get_rng_state()), "cuda": [_b64(s) for s in cuda]}
+
+
+def set_rng_state(rng: dict) -> None:
+    import torch
+
+    torch.set_rng_state(_unb64(rng["torch"]))
+    if rng["cuda"] and torch.cuda.is_available():  # resumed on a CPU, a GPU run's draws are the CPU's
+        torch.cuda.set_rng_state_all([_unb64(s) for s in rng["cuda"]])
+
+
+def _b64(t) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(text: str):
+    import torch
+
+    return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)
+
+
+def flatten_optimizer(state_dict: dict) -> tuple[dict, str]:
+    """(tensors, JSON text) of an `optimizer.state_dict()`, whatever the optimizer: each tensor
+    under its path (`state.<param index>.<name>`, `param_groups.<group>.<name>`, `.<i>` for
+    the items of a list) and, in the JSON, `{"tensor": path}` in its place; a tuple (betas)
+    as `{"tuple": [...]}`, so that it loads as a tuple. JSON keeps ints, floats and bools apart."""
+    import torch
+
+    tensors = {}
+
+    def encode(value, path: str):
+        if isinstance(value, torch.Tensor):
+            tensors[path] = value.detach().contiguous()
+            return {"tensor": path}
+        if isinstance(value, (list, tuple)):
+            items = [encode(v, f"{path}.{i}") for i, v in enumerate(value)]
+            return {"tuple": items} if isinstance(value, tuple) else items
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise BuildError(f"optimizer state {path} is a {type(value).__name__}, which a checkpoint cannot hold: "
+                         f"it holds tensors, numbers, booleans, strings, None and lists or tuples of them")
+
+    extra = sorted(set(state_dict) - {"state", "param_groups"})
+    if extra:
+        raise BuildError(f"the optimizer's state_dict() holds {extra} beside state and param_groups, which a "
+                         f"checkpoint does not save: save them, or use an optimizer without them")
+    tree = {"state": {str(i): {k: encode(v, f"state.{i}.{k}") for k, v in s.items()}
+                      for i, s in state_dict["state"].items()},
+            "param_groups": [{k: encode(v, f"param_groups.{g}.{k}") for k, v in group.items()}
+                             for g, group in enumerate(state_dict["param_groups"])]}
+    return tensors, json.dumps(tree)
+
+
+def unflatten_optimizer(tensors: dict, text: str, source: str) -> dict:
+    """The state_dict that flatten_optimizer took apart; a tensor named but absent, or present
+    but not named, is a BuildError naming `source`."""
+    used, absent = set(), []
+
+    def decode(value):
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        if isinstance(value, dict) and set(value) == {"tuple"}:
+            return tuple(decode(v) for v in value["tuple"])
+        if isinstance(value, dict) and set(value) == {"tensor"}:
+            used.add(value["tensor"])
+            if value["tensor"] not in tensors:
+                absent.append(value["tensor"])
+            return tensors.get(value["tensor"])
+        if isinstance(value, dict):
+            raise BuildError(f"{source} holds {json.dumps(value)}, neither a tensor nor a tuple; {WHOLE}")
+        return value
+
+    tree = _json(text, source)
+    _same_keys(tree, ["state", "param_groups"], source)
+    out = {"state": {int(i): {k: decode(v) for k, v in s.items()} for i, s in tree["state"].items()},
+           "param_groups": [{k: decode(v) for k, v in group.items()} for group in tree["param_groups"]]}
+    if absent:
+        raise BuildError(f"{source} lacks {', '.join(map(repr, absent))}, which its optimizer state names; {WHOLE}")
+    if set(tensors) - used:
+        raise BuildError(f"{source} holds tensors its optimizer state does not name: "
+                         f"{', '.join(map(repr, sorted(set(tensors) - used)))}; {WHOLE}")
+    return out
+
+
+def check_optimizer_fits(saved: dict, optimizer, source: str) -> None:
+    """`saved` is a whole state of `optimizer`: its parameter groups, each with the same
+    hyperparameter names and parameters, and state for none but those parameters."""
+    ours, theirs = optimizer.state_dict()["param_groups"], saved["param_groups"]
+    if len(theirs) != len(ours):
+        raise BuildError(f"{source} holds {len(theirs)} parameter group{'s' * (len(theirs) != 1)}, the optimizer "
+                         f"{len(ours)}; {WHOLE}")
+    for g, (a, b) in enumerate(zip(theirs, ours)):
+        _same_keys(a, list(b), source, f"param_groups.{g}.")
+        if len(a["params"]) != len(b["params"]):
+            raise BuildError(f"{source}: parameter group {g} holds {len(a['params'])} parameters, the optimizer's "
+                             f"{len(b['params'])}; {WHOLE}")
+        if a["params"] != b["params"]:
+            raise BuildError(f"{source}: parameter group {g} numbers its parameters {a['params']}, the "
+                             f"optimizer {b['params']}; {WHOLE}")
+    stray = sorted(set(saved["state"]) - {i for b in ours for i in b["params"]})
+    if stray:
+        raise BuildError(f"{source} holds state for parameters {stray}, which the optimizer does not have; {WHOLE}")
+
+
+def save_checkpoint(root: Path, model, optimizer, loop: LoopState) -> Path:
+    """Write checkpoint `loop.step` into a temporary folder, then rename it into place: a folder
+    named step-NNNNNN is always complete."""
     from safetensors.torch import save_file
 
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
+    final = root / f"step-{loop.step:06d}"
+    tmp = root / f".tmp-step-{loop.step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(weights(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    opt = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        opt.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    for name, p in model.named_parameters():
-        for k, v in optimizer.state.get(p, {}).items():
-            opt[f"{name}.{k}"] = v.detach().contiguous()
-    save_file(opt, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    tensors, text = flatten_optimizer(optimizer.state_dict())
+    # the JSON part rides in the header of the tensors' own file, not in a sidecar: the tensors
+    # and the structure that names them are written, renamed and copied as one, so they can
+    # never come from two different saves
+    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt", OPTIMIZER_JSON: text})
+    (tmp / "state.json").write_text(json.dumps(loop.state_dict(), indent=2) + "\n")
     os.rename(tmp, final)
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore weights, AdamW state and RNG from a checkpoint; return its state.json."""
-    import torch
+def load_checkpoint(path: Path, model, optimizer, loop: LoopState) -> None:
+    """Restore the weights, the optimizer's whole state and the loop's (RNG included) from
+    checkpoint `path`; state that is missing, unknown or does not fit is a BuildError."""
     from safetensors.torch import load_file
 
     load_weights(model, load_file(str(path / "model.safetensors")), f"checkpoint {path}")
-    opt = load_file(str(path / "optimizer.safetensors"))
-    for name, p in model.named_parameters():
-        moments = {k: opt[f"{name}.{k}"] for k in ("step", "exp_avg", "exp_avg_sq") if f"{name}.{k}" in opt}
-        if moments:
-            optimizer.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in moments.items()}
-    torch.set_rng_state(opt["rng.torch"])
-    cuda = [opt[k] for k in sorted(opt) if k.startswith("rng.cuda.")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    return json.loads((path / "state.json").read_text())
+    source = f"checkpoint {path}: optimizer.safetensors"
+    tensors, meta = _tensors(path / "optimizer.safetensors")
+    if OPTIMIZER_JSON not in meta:
+        raise BuildError(f"{source} has no '{OPTIMIZER_JSON}' entry in its metadata; {WHOLE}")
+    saved = unflatten_optimizer(tensors, meta[OPTIMIZER_JSON], source)
+    check_optimizer_fits(saved, optimizer, source)
+    try:  # torch moves each state tensor to its parameter's device (and dtype, `step` aside)
+        optimizer.load_state_dict(saved)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise BuildError(f"{source} does not fit the optimizer ({exc}); {WHOLE}") from None
+    source = f"checkpoint {path}: state.json"
+    loop.load_state_dict(_json((path / "state.json").read_text(), source), source)
+
+
+def _tensors(path: Path) -> tuple[dict, dict]:
+    """A safetensors file's tensors (on the CPU) and its metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
 
 
 def checkpoints(root: Path) -> list[Path]:

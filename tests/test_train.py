@@ -330,16 +330,180 @@ def test_pretrain_metrics(proj, pre):
 
 
 def test_checkpoint_holds_what_resume_needs(pre):
-    from safetensors.torch import load_file
+    """optimizer.safetensors is AdamW's state_dict(): its tensors by parameter index, and the rest
+    (param_groups, with the schedule's last lr) as JSON in the header; state.json the loop state."""
+    from compiler.specs import TrainStep
+    from safetensors import safe_open
 
     ckpt = pre / "checkpoints" / "step-000030"
-    model = load_file(ckpt / "model.safetensors")
-    opt = load_file(ckpt / "optimizer.safetensors")
-    assert set(opt) == {"rng.torch"} | {f"{n}.{k}" for n in model for k in ("step", "exp_avg", "exp_avg_sq")}
-    assert all(opt[f"{n}.step"].item() == 30 and opt[f"{n}.exp_avg"].shape == model[n].shape for n in model)
+    with safe_open(str(ckpt / "optimizer.safetensors"), framework="pt") as f:
+        opt, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    assert set(meta) == {"format", "optimizer"}
+    tree = json.loads(meta["optimizer"])
+    spec = TrainStep.model_validate(PRE).optimizer
+    params = [p for group in trainloop.adamw(load(pre), spec).param_groups for p in group["params"]]
+    assert set(opt) == {f"state.{i}.{k}" for i in range(len(params)) for k in ("step", "exp_avg", "exp_avg_sq")}
+    assert all(opt[f"state.{i}.step"].item() == 30 and opt[f"state.{i}.exp_avg"].shape == p.shape
+               for i, p in enumerate(params))
+    assert tree["state"]["0"] == {k: {"tensor": f"state.0.{k}"} for k in ("step", "exp_avg", "exp_avg_sq")}
+    decay, other = tree["param_groups"]
+    assert decay["params"] + other["params"] == list(range(len(params)))
+    assert (decay["weight_decay"], other["weight_decay"]) == (spec.weight_decay, 0.0)
+    assert decay["lr"] == other["lr"] == rows(pre)[-1]["lr"] and decay["betas"] == {"tuple": list(spec.betas)}
     state = json.loads((ckpt / "state.json").read_text())
+    assert list(state) == ["step", "total_steps", "tokens_seen", "elapsed_s", "val_loss", "best_val_loss",
+                           "early_stopping", "stopped_early", "rng"]
     assert (state["step"], state["total_steps"], state["stopped_early"], state["tokens_seen"]) == (30, 30, False, 3840)
     assert state["val_loss"] == rows(pre)[-1]["val_loss"]
+    assert list(state["rng"]) == ["torch", "cuda"]
+
+
+def assert_same_state(a, b, path: str = "state_dict") -> None:
+    """Equal to the bit and of the same types all the way down (an int step is no float step)."""
+    import torch
+
+    assert type(a) is type(b), f"{path}: {type(a).__name__} against {type(b).__name__}"
+    if isinstance(a, torch.Tensor):
+        assert (a.dtype, a.device, a.shape) == (b.dtype, b.device, b.shape) and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert list(a) == list(b), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}.{i}")
+    else:
+        assert a == b, path
+
+
+def take_steps(model, optimizer, steps: int = 3) -> None:
+    """A few optimizer steps on random windows (a closure, so LBFGS can take them too)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=g)
+
+        def closure():
+            optimizer.zero_grad()
+            loss = losses.lm_loss(model(input_ids=ids[:, :-1]).logits, ids[:, 1:])
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+
+
+def adamw_of(model):
+    from compiler.specs import TrainStep
+
+    return trainloop.adamw(model, TrainStep.model_validate(PRE).optimizer)
+
+
+# each keeps other state: AdamW's moments in two groups, a max of moments, a momentum, a sum, and
+# LBFGS's history (lists of tensors) beside Python ints and floats
+OPTIMIZERS = ["adamw", "adam-amsgrad", "sgd-momentum", "adagrad", "lbfgs"]
+
+
+def optimizer_of(name: str, model):
+    import torch
+
+    if name == "adamw":
+        return adamw_of(model)
+    cls, options = {"adam-amsgrad": (torch.optim.Adam, {"lr": 0.01, "amsgrad": True}),
+                    "sgd-momentum": (torch.optim.SGD, {"lr": 0.01, "momentum": 0.9, "nesterov": True}),
+                    "adagrad": (torch.optim.Adagrad, {"lr": 0.01}),
+                    "lbfgs": (torch.optim.LBFGS, {"lr": 0.5, "max_iter": 3, "history_size": 2})}[name]
+    return cls(model.parameters(), **options)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_checkpoint_round_trips_the_whole_state(pre, tmp_path, name):
+    import torch
+
+    model = load(pre)
+    optimizer = optimizer_of(name, model)
+    take_steps(model, optimizer)
+    for group in optimizer.param_groups:
+        group["lr"] = 1.2345e-3  # as the schedule sets it, unlike the constructor's
+    saved = optimizer.state_dict()
+    loop = trainloop.LoopState(step=3, total_steps=9, tokens_seen=48, elapsed_s=1.5, val_loss=None,
+                               best_val_loss=4.25, early_stopping=trainloop.EarlyStopping(4.25, 1))
+    path = trainloop.save_checkpoint(tmp_path, model, optimizer, loop)
+    after_save = torch.rand(4)  # the draws a resume must repeat
+
+    fresh = load(pre)
+    again, resumed = optimizer_of(name, fresh), trainloop.LoopState()
+    trainloop.load_checkpoint(path, fresh, again, resumed)
+    assert_same_state(again.state_dict(), saved)
+    assert resumed == loop
+    assert torch.equal(torch.rand(4), after_save)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    if name == "lbfgs":  # Python scalars come back with their type
+        assert [type(saved["state"][0][k]) for k in ("func_evals", "n_iter", "prev_loss")] == [int, int, float]
+    take_steps(model, optimizer)
+    take_steps(fresh, again)
+    assert_same_state(again.state_dict(), optimizer.state_dict())  # and the next steps are the same
+
+
+def copied_checkpoint(pre, tmp_path) -> Path:
+    """The last checkpoint of `pre`, copied (its files are hard links into the store)."""
+    return Path(shutil.copytree(pre / "checkpoints" / "step-000030", tmp_path / "step-000030"))
+
+
+WHOLE = ("a checkpoint must hold the whole state to resume exactly: delete it to resume from the one before, "
+         "or from the start")
+
+
+def test_a_checkpoint_lacking_an_optimizer_tensor_is_refused(pre, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from targets import BuildError
+
+    ckpt = copied_checkpoint(pre, tmp_path)
+    with safe_open(str(ckpt / "optimizer.safetensors"), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    del tensors["state.3.exp_avg"]
+    save_file(tensors, str(ckpt / "optimizer.safetensors"), metadata=meta)
+    model = load(pre)
+    with pytest.raises(BuildError) as exc:
+        trainloop.load_checkpoint(ckpt, model, adamw_of(model), trainloop.LoopState())
+    assert str(exc.value) == (f"checkpoint {ckpt}: optimizer.safetensors lacks 'state.3.exp_avg', which its "
+                              f"optimizer state names; {WHOLE}")
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    (lambda s: s.pop("tokens_seen"), "lacks 'tokens_seen'"),
+    (lambda s: s.update(data_cursor=30), "holds unknown 'data_cursor'"),
+    (lambda s: s["early_stopping"].pop("bad_evals"), "lacks 'early_stopping.bad_evals'"),
+    (lambda s: s["rng"].pop("torch"), "lacks 'rng.torch'"),
+], ids=["missing", "unknown", "nested", "rng"])
+def test_a_checkpoint_whose_loop_state_lacks_or_adds_a_key_is_refused(pre, tmp_path, edit, problem):
+    from targets import BuildError
+
+    ckpt = copied_checkpoint(pre, tmp_path)
+    state = json.loads((ckpt / "state.json").read_text())
+    edit(state)
+    (ckpt / "state.json").write_text(json.dumps(state))
+    model = load(pre)
+    with pytest.raises(BuildError) as exc:
+        trainloop.load_checkpoint(ckpt, model, adamw_of(model), trainloop.LoopState())
+    assert str(exc.value) == f"checkpoint {ckpt}: state.json {problem}; {WHOLE}"
+
+
+def test_a_checkpoint_of_another_optimizer_is_refused(pre, tmp_path):
+    from targets import BuildError
+
+    model = load(pre)
+    sgd = optimizer_of("sgd-momentum", model)
+    take_steps(model, sgd, 1)
+    path = trainloop.save_checkpoint(tmp_path, model, sgd, trainloop.LoopState(step=1))
+    with pytest.raises(BuildError) as exc:
+        trainloop.load_checkpoint(path, model, adamw_of(model), trainloop.LoopState())
+    assert str(exc.value) == (f"checkpoint {path}: optimizer.safetensors holds 1 parameter group, the optimizer 2; "
+                              f"{WHOLE}")
 
 
 def test_a_model_start_is_the_init_step_with_the_same_seed(proj, pre):
