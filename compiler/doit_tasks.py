@@ -2,29 +2,40 @@
 
 Compiling happens when doit imports dodo.py, before doit opens its database, so a
 bad manifest leaves build/ untouched. Each task's action and up-to-date check are
-module-level functions with plain-data arguments, so `doit -n 2` can pickle them.
-The runner (and through it the builders) is imported only when a step runs.
+module-level functions whose only argument is the task's name: they find its plan in
+the graph of this compile (kept here; `doit -n` forks its workers after the compile,
+so they have it too) and resolve its key from the store when they run, after doit has
+built its producers. The runner (and through it the builders) is handed in by dodo.py.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from doit.reporter import ConsoleReporter
 
-from . import explain, graph, project, store
+from . import commands, explain, graph, project, store
 from .errors import SpecError
+from .plan import Graph, Plan
+
+GRAPH: Graph | None = None  # the graph of this process's compile
+RUN: Callable[[Graph, str], Any] | None = None  # the runner's `run`, handed in by dodo.py
 
 
-def compile_here(dodo_file: str) -> tuple[dict, list[dict]]:
-    """DOIT_CONFIG and task dicts for the project whose dodo.py is `dodo_file`."""
+def compile_here(dodo_file: str, run: Callable[[Graph, str], Any]) -> tuple[dict, list[dict]]:
+    """DOIT_CONFIG and task dicts for the project whose dodo.py is `dodo_file`; `run(graph,
+    task)` builds a step."""
+    global GRAPH, RUN
     from doit import get_var
 
     root = Path(dodo_file).resolve().parent
     try:
         loaded = project.load(root, get_var("profile", None))
-        plans = graph.plans(loaded)
+        GRAPH, RUN = graph.compile_graph(loaded), run
+        plans = GRAPH.plans
     except SpecError as exc:
         n = len(exc.problems)
         print(f"ingot: {n} problem{'s' if n > 1 else ''} found; nothing was built\n{exc}", file=sys.stderr)
@@ -35,7 +46,7 @@ def compile_here(dodo_file: str) -> tuple[dict, list[dict]]:
     defaults = _defaults(plans)
     config = {"dep_file": str(root / "build" / ".doit.db"), "backend": "sqlite3", "verbosity": 2,
               "default_tasks": defaults, "reporter": Reporter}
-    return config, [task(p) for p in plans.values()] + [explain_task(plans, defaults)]
+    return config, [task(p, GRAPH) for p in plans.values()] + commands.tasks(GRAPH, defaults)
 
 
 class Reporter(ConsoleReporter):
@@ -48,8 +59,8 @@ class Reporter(ConsoleReporter):
 
     def _note(self, task) -> None:
         plan = (task.meta or {}).get("plan")
-        if plan and plan["kind"] == "report" and plan["link"] not in self.reports:
-            self.reports.append(plan["link"])
+        if plan and plan.kind == "report" and plan.link not in self.reports:
+            self.reports.append(plan.link)
 
     def add_success(self, task) -> None:
         super().add_success(task)
@@ -65,45 +76,48 @@ class Reporter(ConsoleReporter):
             self.write(f"report: {link}/report.html (Markdown: {link}/report.md)\n")
 
 
-def _defaults(plans: dict[str, dict]) -> list[str]:
+def _defaults(plans: dict[str, Plan]) -> list[str]:
     """Steps of default pipelines, and datasets that such a step (or no step) consumes."""
     users: dict[str, list[bool]] = {}  # dataset task -> `default` of each step that consumes it
     for plan in plans.values():
-        for i in plan["inputs"].values():
-            users.setdefault(i["task"], []).append(plan["default"])
+        for producer in plan.inputs.values():
+            users.setdefault(producer, []).append(plan.default)
 
-    def default(task: str, plan: dict) -> bool:
+    def default(task: str, plan: Plan) -> bool:
         if task.startswith("dataset."):
             return task not in users or any(users[task])
-        return plan["default"]
+        return plan.default
 
     return [t for t, p in plans.items() if default(t, p)]
 
 
-def build(plan: dict):
-    """A step's action: `runner.run`, imported only when a step runs."""
-    from . import runner
+def build(step: str):
+    """A step's action: the runner's `run` on this compile's graph. (doit hands a parameter
+    named `task` its Task object, hence `step`.)"""
+    return RUN(GRAPH, step)
 
-    return runner.run(plan)
+
+def up_to_date(step: str) -> bool:
+    """doit's up-to-date check, made when the step's turn comes (its producers are built by
+    then): its key resolved from the store, and a complete entry for it."""
+    plan = GRAPH[step]
+    return store.up_to_date(plan.root, GRAPH.key(step), plan.link)
 
 
-def task(plan: dict) -> dict:
+# doit calls inspect.signature() on an uptodate callable for every step on every run (it looks
+# for `task`/`values` parameters); a signature given once makes that a lookup (~12 ms per 1,000 steps).
+up_to_date.__signature__ = inspect.signature(up_to_date)
+
+
+def task(plan: Plan, graph: Graph) -> dict:
+    pending = graph.pending_on(plan.task)
     return {
-        "basename": plan["task"],
-        "doc": f"{plan['kind']}: {plan['summary']} -> {plan['link']}",
-        "actions": [(build, [plan])],
-        "task_dep": [i["task"] for i in plan["inputs"].values()],
-        "uptodate": [(store.up_to_date, [plan["root"], plan["key"], plan["link"]])],
-        "clean": [(store.unlink, [plan["root"], plan["link"]])],
+        "basename": plan.task,
+        "doc": f"{plan.kind}: {plan.summary} -> {plan.link}" + (f" (key pending on {', '.join(pending)})"
+                                                                 if pending else ""),
+        "actions": [(build, [plan.task])],
+        "task_dep": list(dict.fromkeys(plan.inputs.values())),
+        "uptodate": [(up_to_date, [plan.task])],
+        "clean": [(store.unlink, [plan.root, plan.link])],
         "meta": {"plan": plan},
-    }
-
-
-def explain_task(plans: dict[str, dict], defaults: list[str]) -> dict:
-    return {
-        "basename": "explain",
-        "doc": "say why each step will run, or that it will not: doit explain [STEP ...]",
-        "actions": [(explain.report, [plans, defaults])],
-        "pos_arg": "steps",
-        "uptodate": [False],
     }

@@ -1,8 +1,10 @@
 """`doit explain [STEP ...]`: why each step will run, or that it will not.
 
-Compares each step's plan with the manifest of the entry its friendly link points
-at (the last build of that step): changed spec fields (path, old -> new), changed
-input keys, changed source files, changed builder code. Reads only; builds nothing.
+Compares each step's plan with the manifest of the entry its friendly link points at (the
+last build of that step) and names what moved: spec fields (path, old -> new), inputs (the
+output digest of a producer), source files, code modules, library versions, the device.
+A step whose producers are not built yet has a pending key: it says so, and what of its
+own changed. Reads only; builds nothing.
 """
 
 from __future__ import annotations
@@ -11,42 +13,68 @@ import json
 from pathlib import Path
 
 from . import store
+from .plan import Graph, Plan
 
 
-def report(plans: dict[str, dict], defaults: list[str], steps: list[str]) -> bool | None:
+def report(graph: Graph, defaults: list[str], steps: list[str]) -> bool | None:
     """The `explain` task's action: print why each named step (those a plain `doit` builds,
     when none is named) will run."""
-    unknown = [name for name in steps if name not in plans]
+    unknown = [name for name in steps if name not in graph.plans]
     if unknown:
         print(f"explain: unknown step(s) {', '.join(unknown)}; `doit list` shows them all")
         return False
-    for name in steps or [t for t in plans if t in set(defaults)]:
-        print("\n".join(explain(plans[name])))
+    for name in steps or [t for t in graph.plans if t in set(defaults)]:
+        print("\n".join(explain(graph, name)))
 
 
-def explain(plan: dict) -> list[str]:
-    root, head = Path(plan["root"]), f"{plan['task']}:"
-    if store.is_complete(root, plan["key"]):
-        return [f"{head} up to date (store entry {plan['key'][:12]})"]
-    last = store.read_manifest(root, plan["link"])
+def explain(graph: Graph, task: str) -> list[str]:
+    plan, key, head = graph[task], graph.key(task), f"{task}:"
+    if key is not None and store.is_complete(plan.root, key):
+        return [f"{head} up to date (store entry {key[:12]})"]
+    last = store.read_manifest(plan.root, plan.link)
+    pending = graph.pending_on(task)
     if last is None:
-        return [f"{head} will run: never built ({plan['link']} does not exist)"]
-    reasons = [f"  spec {path}: {old} -> {new}" for path, old, new in diff(last.get("spec"), plan["spec"])]
-    for field in sorted(set(last.get("inputs", {})) | set(plan["inputs"])):
-        old, new = last.get("inputs", {}).get(field, {}), plan["inputs"].get(field, {})
-        if old.get("key") != new.get("key"):
-            reasons.append(f"  input {field} ({new.get('task', old.get('task'))}): "
-                           f"{_short(old.get('key'))} -> {_short(new.get('key'))}")
-    for name in sorted(set(last.get("sources", {})) | set(plan["sources"])):
-        old, new = last.get("sources", {}).get(name), plan["sources"].get(name)
+        why = f"never built ({plan.link} does not exist)"
+        return [f"{head} will run: {why}" + (f"; key pending on {', '.join(pending)}" if pending else "")]
+    reasons = _own_changes(plan, last)
+    if pending:
+        first = (f"{head} key pending on {', '.join(pending)} (not built yet): it runs after "
+                 f"{'them' if len(pending) > 1 else 'it'} unless what they write is byte-identical to "
+                 "what it was built from" + (", and because" if reasons else ""))
+        return [first] + reasons
+    for name, i in graph.inputs(task).items():
+        old = last.get("inputs", {}).get(name, {})
+        if old.get("outputs") != i["outputs"]:
+            reasons.append(f"  input {name} ({i['task']}): outputs {_short(old.get('outputs'))} -> "
+                           f"{_short(i['outputs'])}")
+    for name in sorted(set(last.get("inputs", {})) - set(plan.inputs)):
+        reasons.append(f"  input {name}: removed")
+    if not reasons:
+        reasons.append("  the last entry was built for another key (a store entry moved aside or removed)")
+    return [f"{head} will run, because"] + reasons
+
+
+def _own_changes(plan: Plan, last: dict) -> list[str]:
+    """What moved in the step's own part of the key since its last entry."""
+    reasons = [f"  spec {path}: {old} -> {new}" for path, old, new in diff(last.get("spec"), plan.spec)]
+    for name in sorted(set(last.get("sources", {})) | set(plan.sources)):
+        old, new = last.get("sources", {}).get(name), plan.sources.get(name)
         if old != new:
             what = "added" if old is None else "removed" if new is None else "changed"
             reasons.append(f"  source {name}: {what}")
-    if last.get("code") != plan["code"]:
-        reasons.append(f"  builder code targets/{plan['kind']}.py (or a module it imports) changed")
-    if not reasons:
-        reasons.append("  the last entry was built for another key (builder environment changed)")
-    return [f"{head} will run, because"] + reasons
+    old_code = last.get("code") if isinstance(last.get("code"), dict) else {}
+    for module in sorted(set(old_code.get("modules", {})) | set(plan.code["modules"])):
+        old, new = old_code.get("modules", {}).get(module), plan.code["modules"].get(module)
+        if old != new:
+            what = "now imported" if old is None else "no longer imported" if new is None else "changed"
+            reasons.append(f"  code {module.replace('.', '/')}.py: {what}")
+    for lib in sorted(set(old_code.get("libraries", {})) | set(plan.code["libraries"])):
+        old, new = old_code.get("libraries", {}).get(lib, _MISSING), plan.code["libraries"].get(lib, _MISSING)
+        if old != new:
+            reasons.append(f"  library {lib}: {_show(old)} -> {_show(new)}")
+    if last.get("device") != plan.device:
+        reasons.append(f"  device: {_show(last.get('device'))} -> {_show(plan.device)}")
+    return reasons
 
 
 def diff(old, new, path: str = "") -> list[tuple[str, str, str]]:

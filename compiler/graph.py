@@ -1,15 +1,20 @@
-"""From a loaded project to content keys and build plans, one per step.
+"""From a loaded project to typed build plans, one per step, and the graph that keys them.
 
-A plan is plain data (it pickles, for `doit -n`): the step's key, its keyed spec,
-the keys of its inputs, the digests of the files it reads, its builder's code
-digest, and where its friendly link goes. Keys chain (Merkle): a step's key covers
-its inputs' keys, never their bytes.
+A plan is frozen plain data (it pickles, for `doit -n`): the step's keyed spec, the tasks
+of its inputs, the digests of the files it reads, its builder's code (normalized-syntax
+digest of every project module it runs, versions of the libraries they import), the
+device kind of a train step, and where its friendly link goes. Keys chain on what the
+producers *wrote* (their output digests), not on their keys: see `compiler.plan`.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from . import sources, training
-from .keys import FileDigests, canonical, code_digest, digest, keyed
+from .keys import Code, FileDigests, code_of, keyed
+from .plan import Graph, Plan
 from .project import Node, Project, topo_order
 
 
@@ -26,36 +31,59 @@ def builder_of(node: Node) -> str:
     return pick() if pick else node.kind
 
 
-def plans(project: Project) -> dict[str, dict]:
+def compile_graph(project: Project) -> Graph:
+    """Every step's plan, in dependency order, with the keys the store can resolve now."""
     root = project.root
     files = FileDigests(root)
-    code: dict[str, str] = {}
-    out: dict[str, dict] = {}
+    code: dict[str, Code] = {}
+    out: dict[str, Plan] = {}
     for task in topo_order(project):
         node = project.nodes[task]
         builder = builder_of(node)
         if builder not in code:
-            code[builder] = code_digest(root, f"targets.{builder}", files)
-        out[task] = _plan(project, node, out, code[builder], files)
+            code[builder] = code_of(root, f"targets.{builder}", files)
+        out[task] = _plan(project, node, code[builder], files)
     files.save()
-    return out
+    return Graph(str(root), out)
 
 
-def _plan(project: Project, node: Node, done: dict[str, dict], code: str, files: FileDigests) -> dict:
+def plans(project: Project) -> dict[str, Plan]:
+    return compile_graph(project).plans
+
+
+def _plan(project: Project, node: Node, code: Code, files: FileDigests) -> Plan:
     spec = keyed(node.spec)
     spec.update({f: keyed(m) for f, m in node.models.items()})  # a model's fields, not its name
     file_lists = sources.dataset_files(node, project.root) if node.kind == "dataset" else []
     read = [p for paths in file_lists for p in paths] + training.source_files(project, node)
-    digests = {sources.label(p, project.root): files(p) for p in read}
-    inputs = {f: {"task": dep, "key": done[dep]["key"]} for f, dep in sorted(node.deps.items())}
-    key = digest(canonical({"kind": node.kind, "code": code, "spec": spec,
-                            "inputs": {f: i["key"] for f, i in inputs.items()}, "sources": digests}))
-    return {
-        "task": node.task, "kind": node.kind, "builder": builder_of(node), "key": key, "root": str(project.root),
-        "link": link_for(node.task, project.profile), "profile": project.profile,
-        "code": code, "spec": spec, "inputs": inputs, "sources": digests,
-        "files": [[str(p) for p in paths] for paths in file_lists],
-        "step": node.spec.model_dump(mode="json"),
-        "models": {f: m.model_dump(mode="json") for f, m in node.models.items()},
-        "summary": node.spec.summary(), "default": node.default,
-    }
+    device = device_kind(node.spec.device) if node.kind == "train" else None
+    step = node.spec if device is None else node.spec.model_copy(update={"device": device})
+    return Plan(
+        task=node.task, kind=node.kind, builder=builder_of(node), root=str(project.root),
+        link=link_for(node.task, project.profile), profile=project.profile, default=node.default,
+        summary=node.spec.summary(), spec=spec, step=step.model_dump(mode="json"),
+        models={f: m.model_dump(mode="json") for f, m in node.models.items()},
+        inputs=dict(sorted(node.deps.items())),
+        sources={sources.label(p, project.root): files(p) for p in read},
+        files=tuple(tuple(str(p) for p in paths) for paths in file_lists),
+        code=code.as_json(), device=device)
+
+
+def device_kind(choice: str) -> str:
+    """The device a train step will run on, decided now so that it enters the key (a CUDA-trained
+    checkpoint is not the CPU one) and the builder is told it, not left to guess again. `auto`
+    is CUDA where the NVIDIA driver is loaded and the installed torch is a CUDA build; found
+    without importing torch."""
+    if choice != "auto":
+        return choice
+    return "cuda" if os.path.exists("/dev/nvidiactl") and _torch_has_cuda() else "cpu"
+
+
+def _torch_has_cuda() -> bool:
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    lib = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    return any(lib.glob("libtorch_cuda*.so*"))

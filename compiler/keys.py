@@ -1,8 +1,11 @@
 """Content keys: canonical JSON, xxh3 digests of files behind a stat cache, builder-code digests.
 
 Reads: source files and the builder modules in `targets/` (and the project modules
-they import). Writes: `build/.cache/digests.json`, a (path, size, mtime_ns) ->
-digest cache, so an unchanged file is never read twice.
+they import where code runs). A module's digest is that of its syntax tree without
+docstrings, so comments, docstrings and formatting never re-key a step; the installed
+version of each tracked library a builder's modules import (LIBRARIES) enters its key too.
+Writes: `build/.cache/digests.json`, a (path, size, mtime_ns) -> digest cache, so an
+unchanged file is never read or parsed twice.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import ast
 import functools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +88,19 @@ class FileDigests:
         self.dirty = True
         return self.cache[name][2]
 
+    def module(self, root: Path, name: str, path: Path) -> "ModuleFacts":
+        """`module_facts` of a project module, behind the same stat cache (parsing ~70 modules
+        on every compile would cost more than all the rest of a no-op run)."""
+        st = os.stat(path)
+        entry = f"ast:{name}:{path}"
+        hit = self.cache.get(entry)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return ModuleFacts(hit[2], tuple(hit[3]), tuple(hit[4]))
+        facts = module_facts(root, name, path)
+        self.cache[entry] = [st.st_size, st.st_mtime_ns, facts.digest, list(facts.imports), list(facts.libraries)]
+        self.dirty = True
+        return facts
+
     def save(self) -> None:
         if not self.dirty:
             return
@@ -102,28 +119,65 @@ def _module_file(root: Path, module: str) -> Path | None:
     return None
 
 
-def _project_imports(root: Path, module: str, path: Path) -> set[str]:
-    """Project modules (under targets/ or compiler/) that `module` imports, found with ast."""
+# Libraries whose version changes what a builder writes, by the top-level name a builder
+# imports -> the distribution whose version enters the key of every builder that imports it.
+LIBRARIES = {"torch": "torch", "transformers": "transformers", "tokenizers": "tokenizers", "gguf": "gguf",
+             "llama_cpp": "llama_cpp_python", "safetensors": "safetensors", "numpy": "numpy",
+             "py3langid": "py3langid", "peft": "peft"}
+
+
+@dataclass(frozen=True)
+class ModuleFacts:
+    """What a module contributes to a builder's code digest: the digest of its normalized
+    syntax tree, the project modules and the tracked libraries it imports where code runs."""
+
+    digest: str
+    imports: tuple[str, ...]
+    libraries: tuple[str, ...]
+
+
+def module_facts(root: Path, module: str, path: Path) -> ModuleFacts:
+    """Parse `module` once: its code digest (docstrings, comments and formatting do not count)
+    and its runtime imports (those under `if TYPE_CHECKING:` do not run, so they do not count)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    source = path.read_text(encoding="utf-8")
-    found = set()
-    for node in _runtime_nodes(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            names = [base] + [f"{base}.{a.name}" for a in node.names]
-        else:
-            continue
-        for name in names:
+    project, libraries = set(), set()
+    for node in _runtime_nodes(tree):
+        for name in _imported(node, package):
             top = name.split(".")[0]
             if top in PROJECT_PACKAGES and _module_file(root, name):
-                found.add(name)
-                found.add(top)  # importing a submodule runs the package's __init__ too
-    return found
+                project.add(name)
+                if _module_file(root, top):  # importing a submodule runs the package's __init__ too
+                    project.add(top)
+            elif top in LIBRARIES:
+                libraries.add(LIBRARIES[top])
+    return ModuleFacts(digest(ast.dump(_without_docstrings(tree), include_attributes=False).encode()),
+                       tuple(sorted(project)), tuple(sorted(libraries)))
+
+
+def _imported(node: ast.AST, package: str) -> list[str]:
+    """Absolute names an import statement imports (a `from X import y` may name a submodule)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = node.module or ""
+    if node.level:
+        parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join(parts + ([base] if base else []))
+    return [base] + [f"{base}.{a.name}" for a in node.names]
+
+
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    """The tree with the docstring of the module and of every class and function removed
+    (in place: the tree is parsed for this alone). A body left empty gets `pass`."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
 
 
 def _runtime_nodes(tree: ast.AST):
@@ -139,15 +193,47 @@ def _runtime_nodes(tree: ast.AST):
         todo.extend(ast.iter_child_nodes(node))
 
 
-def code_digest(root: Path, module: str, files: FileDigests) -> str:
-    """Digest of a builder module and every project module it imports, transitively."""
-    seen: dict[str, str] = {}
+@dataclass(frozen=True)
+class Code:
+    """A builder's code as it enters keys: the normalized-syntax digest of each project module
+    it runs, and the version of each tracked library those modules import."""
+
+    modules: dict[str, str]
+    libraries: dict[str, str | None]
+
+    def as_json(self) -> dict:
+        return {"modules": dict(sorted(self.modules.items())), "libraries": dict(sorted(self.libraries.items()))}
+
+
+def code_of(root: Path, module: str, files: "FileDigests") -> Code:
+    """A builder module and every project module it imports where code runs, transitively."""
+    modules: dict[str, str] = {}
+    libraries: set[str] = set()
     todo = [module]
     while todo:
         name = todo.pop()
         path = _module_file(root, name)
-        if name in seen or path is None:
+        if name in modules or path is None:
             continue
-        seen[name] = files(path)
-        todo.extend(_project_imports(root, name, path))
-    return digest(canonical(seen))
+        facts = files.module(root, name, path)
+        modules[name] = facts.digest
+        libraries.update(facts.libraries)
+        todo.extend(facts.imports)
+    return Code(modules, {lib: library_version(lib) for lib in sorted(libraries)})
+
+
+def code_digest(root: Path, module: str, files: "FileDigests") -> str:
+    """One digest of `code_of`: what a builder's key takes from its code."""
+    return digest(canonical(code_of(root, module, files).as_json()))
+
+
+@functools.cache
+def library_version(distribution: str) -> str | None:
+    """The installed version of a distribution (None when absent), from its metadata: the
+    library is never imported, so compiling stays light."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None

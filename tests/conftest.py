@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CODE = ("compiler", "targets", "dodo.py", "pyproject.toml")
+CODE = ("compiler", "targets", "runner.py", "dodo.py", "pyproject.toml")
 TINY_CORPUS_DOCS = 300
 
 

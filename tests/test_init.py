@@ -45,10 +45,12 @@ def new_project(root: Path) -> Project:
 
 def build_in_process(p: Project) -> None:
     """Every step of `p` through the runner doit calls, in this interpreter (transformers loads once)."""
-    from compiler import graph, runner
+    import runner
+    from compiler import graph
 
-    for plan in graph.plans(project.load(p.root)).values():
-        assert runner.run(plan) is None, plan["task"]
+    g = graph.compile_graph(project.load(p.root))
+    for task in g.plans:
+        assert runner.run(g, task) is None, task
 
 
 @pytest.fixture(scope="module")

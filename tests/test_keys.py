@@ -63,17 +63,54 @@ def test_code_digest_follows_project_imports(tmp_path):
         return {k: code_digest(root, f"targets.{k}", files) for k in ("dataset", "tokenizer", "init")}
 
     before = digests()
-    (root / "targets/tokenizer.py").write_text((root / "targets/tokenizer.py").read_text() + "\n# edit\n")
+    (root / "targets/tokenizer.py").write_text((root / "targets/tokenizer.py").read_text() + "\nEDITED = 1\n")
     after = digests()
     assert after["tokenizer"] != before["tokenizer"]
     assert after["dataset"] == before["dataset"] and after["init"] == before["init"]
     # Every builder imports the package (Job, BuildError): an edit there changes them all.
-    (root / "targets/__init__.py").write_text((root / "targets/__init__.py").read_text() + "\n# edit\n")
+    (root / "targets/__init__.py").write_text((root / "targets/__init__.py").read_text() + "\nEDITED = 1\n")
     now = digests()
     assert all(now[k] != after[k] for k in now)
     # The compiler is not a builder's import: editing it rebuilds nothing.
-    (root / "compiler/project.py").write_text((root / "compiler/project.py").read_text() + "\n# edit\n")
+    (root / "compiler/project.py").write_text((root / "compiler/project.py").read_text() + "\nEDITED = 1\n")
     assert digests() == now
+
+
+def test_comments_docstrings_and_formatting_do_not_count(tmp_path):
+    root = _copy_code(tmp_path)
+    path = root / "targets/tokenizer.py"
+    before = code_digest(root, "targets.tokenizer", FileDigests(root))
+    text = path.read_text()
+    edited = text.replace('"""Tokenizer builder', '"""The tokenizer builder', 1).replace("\n\n\n", "\n\n\n# a comment\n", 1)
+    edited = edited.replace("def build(job: Job) -> dict:\n", 'def build(job: Job) -> dict:\n    """Build it."""\n', 1)
+    edited = edited.replace("OUTPUTS = (", "OUTPUTS  =  (", 1)
+    assert edited.count('"""Build it."""') == 1 and "# a comment" in edited and edited != text
+    path.write_text(edited)
+    assert code_digest(root, "targets.tokenizer", FileDigests(root)) == before
+    path.write_text(edited.replace("OUTPUTS  =  (", "OUTPUTS = ('x',", 1))
+    assert code_digest(root, "targets.tokenizer", FileDigests(root)) != before
+
+
+def test_tracked_libraries_enter_the_digest_of_the_builders_that_import_them(tmp_path):
+    from compiler.keys import code_of, library_version
+
+    root = _copy_code(tmp_path)
+    files = FileDigests(root)
+    assert set(code_of(root, "targets.tokenizer", files).libraries) == {"tokenizers"}
+    assert {"torch", "transformers"} <= set(code_of(root, "targets.train", files).libraries)
+    assert "torch" not in code_of(root, "targets.dataset", files).libraries
+    assert "gguf" in code_of(root, "targets.gguf", files).libraries
+    assert "gguf" not in code_of(root, "targets.export", files).libraries
+    assert code_of(root, "targets.tokenizer", files).libraries["tokenizers"] == library_version("tokenizers")
+
+
+def test_builders_do_not_rekey_each_other(tmp_path):
+    root = _copy_code(tmp_path)
+    files = FileDigests(root)
+    modules = {b: set(code_of_modules(root, b, files)) for b in ("export", "gguf", "evaluate", "init", "train")}
+    assert "targets.gguf" not in modules["export"] | modules["evaluate"]
+    assert "targets.export" not in modules["gguf"]
+    assert "targets.init" not in modules["train"]
 
 
 def test_digest_is_xxh3_128():
@@ -86,7 +123,13 @@ def test_imports_for_type_hints_only_are_not_code_inputs(tmp_path):
     before = code_digest(root, "targets.init", files)
     # compiler/params.py imports compiler.specs under TYPE_CHECKING only: the init builder's
     # weights do not depend on the specs module.
-    (root / "compiler/specs.py").write_text((root / "compiler/specs.py").read_text() + "\n# edit\n")
+    (root / "compiler/specs.py").write_text((root / "compiler/specs.py").read_text() + "\nEDITED = 1\n")
     assert code_digest(root, "targets.init", FileDigests(root)) == before
-    (root / "compiler/params.py").write_text((root / "compiler/params.py").read_text() + "\n# edit\n")
+    (root / "compiler/params.py").write_text((root / "compiler/params.py").read_text() + "\nEDITED = 1\n")
     assert code_digest(root, "targets.init", FileDigests(root)) != before
+
+
+def code_of_modules(root, builder, files):
+    from compiler.keys import code_of
+
+    return code_of(root, f"targets.{builder}", files).modules

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
-from compiler import graph, params, project, runner, store
+import runner
+from compiler import graph, params, project, store
 from compiler.errors import SpecError
 from conftest import TINY_SPECS, Project, add_qa, code_project, tiny_corpus
 from targets import losses, trainloop
@@ -89,14 +90,15 @@ def build(p: Project, pipeline: str, steps: dict) -> dict:
     p.write(f"specs/pipelines/{pipeline}.yaml",
             yaml.safe_dump({"kind": "pipeline", "name": pipeline, "default": False, "steps": steps}, sort_keys=False))
     results = {}
-    for task, plan in graph.plans(project.load(p.root)).items():
+    g = graph.compile_graph(project.load(p.root))
+    for task in g.plans:
         if task.startswith((f"{pipeline}.", "main.", "dataset.")):
-            results[task] = runner.run(plan)
+            results[task] = runner.run(g, task)
     return {t: r for t, r in results.items() if t.startswith(f"{pipeline}.")}
 
 
-def plan_of(p: Project, task: str) -> dict:
-    return graph.plans(project.load(p.root))[task]
+def key_of(p: Project, task: str) -> str | None:
+    return graph.compile_graph(project.load(p.root)).key(task)
 
 
 def rows(entry: Path) -> list[dict]:
@@ -124,8 +126,9 @@ def with_(base: dict, **changes) -> dict:
 @pytest.fixture(scope="module")
 def proj(tmp_path_factory) -> Project:
     p = new_project(tmp_path_factory.mktemp("train") / "proj")
-    for task, plan in graph.plans(project.load(p.root)).items():
-        assert runner.run(plan) is None, task
+    g = graph.compile_graph(project.load(p.root))
+    for task in g.plans:
+        assert runner.run(g, task) is None, task
     return p
 
 
@@ -547,7 +550,7 @@ def test_nan_stops_the_step_keeps_the_checkpoint_and_resume_is_exact(proj, pre, 
     # keep: 3 only changes which checkpoints stay, so the key differs and the weights must not
     steps = {"s": with_(PRE, tokenizer="main.tok", checkpoints={"every": 5, "keep": 3})}
     failed = build(proj, "nan", steps)["nan.s"]
-    key = plan_of(proj, "nan.s")["key"]
+    key = key_of(proj, "nan.s")
     work = f"build/store/.work/{key}"
     assert failed.message == (
         f"nan.s: the loss is nan at optimizer step 8 of 30; training stopped before applying it, and the "
@@ -760,7 +763,7 @@ def test_killed_build_resumes_to_the_same_bytes(tmp_path_factory):
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    key = plan_of(a, "run.s")["key"]
+    key = key_of(a, "run.s")
     assert not store.is_complete(a.root, key)  # killed mid-run: no entry, only the work directory
     done = [p.name for p in (work / key / "checkpoints").iterdir() if p.name.startswith("step-")]
     assert done and "step-000060" not in done

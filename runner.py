@@ -1,9 +1,11 @@
 """The one doit action: build a plan's step into the store.
 
-Imports the plan's builder (targets.<kind>, or the module its spec picks) only now,
-so compiling stays light; runs it in a staging directory, checks it wrote what it
-declares, records sizes and digests of every output with the metrics and timings
-in `manifest.json`, and renames the entry into place. A failure leaves the store as it was.
+Handed by dodo.py to the compiler's tasks, so `compiler/` never imports the builders.
+Resolves the step's key (its producers are built by now), takes the key's lock, imports
+the plan's builder (targets.<kind>, or the module its spec picks) only now, so compiling
+stays light; runs it in a staging directory, checks it wrote what it declares, records
+sizes and digests of every output with the metrics and timings in `manifest.json`, and
+commits the entry. A failure leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -20,50 +22,64 @@ from pathlib import Path
 
 from doit.exceptions import TaskFailed
 
-from . import store
-from .keys import file_digest
-from .specs import STEP_ADAPTER, DatasetSpec, ModelSpec, TokensStep
+from compiler import store
+from compiler.keys import file_digest
+from compiler.plan import Graph, Plan
+from compiler.specs import STEP_ADAPTER, DatasetSpec, ModelSpec, TokensStep
 
 
-def run(plan: dict) -> TaskFailed | None:
-    root, key = Path(plan["root"]), plan["key"]
-    if store.is_complete(root, key):  # built meanwhile by a parallel worker
-        store.point(root, plan["link"], key)
-        return None
+def run(graph: Graph, task: str) -> TaskFailed | None:
+    plan, key = graph[task], graph.key(task)
+    if key is None:  # doit runs producers first: one of them did not make its entry
+        return TaskFailed(f"{task}: inputs not in the store: {', '.join(graph.pending_on(task))}")
+    root = Path(plan.root)
+    with store.lock(root, key, task):
+        if not store.is_complete(root, key):  # else built meanwhile, by a parallel worker or run
+            failed = _build(graph, plan, key)
+            if failed:
+                return failed
+    store.point(root, plan.link, key)
+    return None
+
+
+def _build(graph: Graph, plan: Plan, key: str) -> TaskFailed | None:
     from targets import BuildError, Job
 
-    builder = importlib.import_module(f"targets.{plan['builder']}")
+    root = Path(plan.root)
+    builder = importlib.import_module(f"targets.{plan.builder}")
     tmp = store.staging(root, key)
-    job = Job(plan["task"], _spec(plan), tmp, root=root, work=store.work_dir(root, key), key=key,
-              inputs={f: store.entry(root, i["key"]) for f, i in plan["inputs"].items()},
-              models={f: ModelSpec.model_validate(m) for f, m in plan["models"].items()},
-              files=[[Path(p) for p in paths] for paths in plan["files"]])
+    inputs = graph.inputs(plan.task)
+    job = Job(plan.task, _spec(plan), tmp, root=root, work=store.work_dir(root, key), key=key,
+              inputs={name: store.entry(root, i["key"]) for name, i in inputs.items()},
+              models={f: ModelSpec.model_validate(m) for f, m in plan.models.items()},
+              files=[[Path(p) for p in paths] for paths in plan.files])
     started = time.time()
     try:
         metrics = builder.build(job) or {}
         declared = builder.outputs(job.spec) if hasattr(builder, "outputs") else builder.OUTPUTS
-        outputs = _outputs(tmp, declared, plan["task"], getattr(builder, "OPTIONAL_OUTPUTS", ()))
+        outputs = _outputs(tmp, declared, plan.task, getattr(builder, "OPTIONAL_OUTPUTS", ()))
     except BuildError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        return TaskFailed(f"{plan['task']}: {exc}")
+        return TaskFailed(f"{plan.task}: {exc}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    manifest = {k: plan[k] for k in ("key", "task", "kind", "builder", "profile", "code", "spec", "inputs", "sources")}
-    manifest.update(outputs=outputs, metrics=metrics, environment=_environment(),
-                    timings={"started": started, "finished": time.time(), "seconds": round(time.time() - started, 3)})
+    manifest = {"key": key, "base": plan.base, "task": plan.task, "kind": plan.kind, "builder": plan.builder,
+                "profile": plan.profile, "code": plan.code, "device": plan.device, "spec": plan.spec,
+                "inputs": inputs, "sources": plan.sources, "outputs": outputs, "metrics": metrics,
+                "environment": _environment(),
+                "timings": {"started": started, "finished": time.time(), "seconds": round(time.time() - started, 3)}}
     store.commit(root, key, tmp, manifest)
-    store.point(root, plan["link"], key)
     shutil.rmtree(job.work, ignore_errors=True)  # the entry is complete: resume state is spent
     return None
 
 
-def _spec(plan: dict):
-    if plan["kind"] == "dataset":
-        return DatasetSpec.model_validate(plan["step"])
-    if plan["kind"] == "tokens":
-        return TokensStep.model_validate(plan["step"])
-    return STEP_ADAPTER.validate_python(plan["step"])
+def _spec(plan: Plan):
+    if plan.kind == "dataset":
+        return DatasetSpec.model_validate(plan.step)
+    if plan.kind == "tokens":
+        return TokensStep.model_validate(plan.step)
+    return STEP_ADAPTER.validate_python(plan.step)
 
 
 def _outputs(out: Path, patterns: tuple[str, ...], task: str, optional: tuple[str, ...] = ()) -> dict:
