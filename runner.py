@@ -4,8 +4,9 @@ Handed by dodo.py to the compiler's tasks, so `compiler/` never imports the buil
 Resolves the step's key (its producers are built by now), takes the key's lock, imports
 the plan's builder (targets.<kind>, or the module its spec picks) only now, so compiling
 stays light; runs it in a staging directory, checks it wrote what it declares, records
-sizes and digests of every output with the metrics and timings in `manifest.json`, and
-commits the entry. A failure leaves the store as it was.
+sizes and digests of every output with the metrics and timings in `manifest.json` (typed,
+checked and written by `compiler.entries`), and commits the entry. A failure leaves the store
+as it was.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from doit.exceptions import TaskFailed
 
-from compiler import store
+from compiler import entries, store
 from compiler.keys import file_digest
 from compiler.plan import Graph, Plan
 from compiler.specs import STEP_ADAPTER, DatasetSpec, ModelSpec, TokensStep
@@ -58,17 +59,18 @@ def _build(graph: Graph, plan: Plan, key: str) -> TaskFailed | None:
         metrics = builder.build(job) or {}
         declared = builder.outputs(job.spec) if hasattr(builder, "outputs") else builder.OUTPUTS
         outputs = _outputs(tmp, declared, plan.task, getattr(builder, "OPTIONAL_OUTPUTS", ()))
-    except BuildError as exc:
+        finished = time.time()
+        manifest = entries.manifest(
+            key=key, base=plan.base, task=plan.task, kind=plan.kind, builder=plan.builder,
+            profile=plan.profile, code=plan.code, device=plan.device, spec=plan.spec, inputs=inputs,
+            sources=plan.sources, outputs=outputs, metrics=metrics, environment=_environment(),
+            timings={"started": started, "finished": finished, "seconds": round(finished - started, 3)})
+    except (BuildError, entries.EntryError) as exc:  # EntryError: an input's file, or metrics, not as typed
         shutil.rmtree(tmp, ignore_errors=True)
         return TaskFailed(f"{plan.task}: {exc}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    manifest = {"key": key, "base": plan.base, "task": plan.task, "kind": plan.kind, "builder": plan.builder,
-                "profile": plan.profile, "code": plan.code, "device": plan.device, "spec": plan.spec,
-                "inputs": inputs, "sources": plan.sources, "outputs": outputs, "metrics": metrics,
-                "environment": _environment(),
-                "timings": {"started": started, "finished": time.time(), "seconds": round(time.time() - started, 3)}}
     store.commit(root, key, tmp, manifest)
     shutil.rmtree(job.work, ignore_errors=True)  # the entry is complete: resume state is spent
     return None

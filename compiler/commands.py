@@ -121,11 +121,11 @@ def collect(root: Path, referenced: set[str], steps: set[tuple[str, str | None]]
     by_step: dict[tuple, list[tuple[float, str]]] = {}
     doomed: list[tuple[Path, str]] = []
     for key, manifest in store.entries(root).items():
-        if manifest is None:
-            doomed.append((store.entry(root, key), "no manifest"))
+        if manifest is None:  # none, or one that does not read (`doit verify` says why)
+            doomed.append((store.entry(root, key), "no readable manifest"))
             continue
-        step = (manifest.get("task"), manifest.get("profile"))
-        by_step.setdefault(step, []).append((manifest.get("timings", {}).get("finished", 0), key))
+        step = (manifest.task, manifest.profile)
+        by_step.setdefault(step, []).append((manifest.timings.finished, key))
     for step, found in by_step.items():
         if step not in steps:
             doomed += [(store.entry(root, key), f"step {step[0]} is gone") for _, key in found]

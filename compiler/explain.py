@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from . import store
+from .entries import EntryManifest
 from .plan import Graph, Plan
 
 
@@ -34,7 +35,8 @@ def explain(graph: Graph, task: str) -> list[str]:
     last = store.read_manifest(plan.root, plan.link)
     pending = graph.pending_on(task)
     if last is None:
-        why = f"never built ({plan.link} does not exist)"
+        why = f"never built ({plan.link} does not exist)" if not (Path(plan.root) / plan.link).exists() else \
+            f"the entry {plan.link} points at has no readable manifest.json (`doit verify {task}` says why)"
         return [f"{head} will run: {why}" + (f"; key pending on {', '.join(pending)}" if pending else "")]
     reasons = _own_changes(plan, last)
     if pending:
@@ -43,37 +45,36 @@ def explain(graph: Graph, task: str) -> list[str]:
                  "what it was built from" + (", and because" if reasons else ""))
         return [first] + reasons
     for name, i in graph.inputs(task).items():
-        old = last.get("inputs", {}).get(name, {})
-        if old.get("outputs") != i["outputs"]:
-            reasons.append(f"  input {name} ({i['task']}): outputs {_short(old.get('outputs'))} -> "
-                           f"{_short(i['outputs'])}")
-    for name in sorted(set(last.get("inputs", {})) - set(plan.inputs)):
+        old = last.inputs[name].outputs if name in last.inputs else None
+        if old != i["outputs"]:
+            reasons.append(f"  input {name} ({i['task']}): outputs {_short(old)} -> {_short(i['outputs'])}")
+    for name in sorted(set(last.inputs) - set(plan.inputs)):
         reasons.append(f"  input {name}: removed")
     if not reasons:
         reasons.append("  the last entry was built for another key (a store entry moved aside or removed)")
     return [f"{head} will run, because"] + reasons
 
 
-def _own_changes(plan: Plan, last: dict) -> list[str]:
+def _own_changes(plan: Plan, last: EntryManifest) -> list[str]:
     """What moved in the step's own part of the key since its last entry."""
-    reasons = [f"  spec {path}: {old} -> {new}" for path, old, new in diff(last.get("spec"), plan.spec)]
-    for name in sorted(set(last.get("sources", {})) | set(plan.sources)):
-        old, new = last.get("sources", {}).get(name), plan.sources.get(name)
+    reasons = [f"  spec {path}: {old} -> {new}" for path, old, new in diff(last.spec, plan.spec)]
+    for name in sorted(set(last.sources) | set(plan.sources)):
+        old, new = last.sources.get(name), plan.sources.get(name)
         if old != new:
             what = "added" if old is None else "removed" if new is None else "changed"
             reasons.append(f"  source {name}: {what}")
-    old_code = last.get("code") if isinstance(last.get("code"), dict) else {}
-    for module in sorted(set(old_code.get("modules", {})) | set(plan.code["modules"])):
-        old, new = old_code.get("modules", {}).get(module), plan.code["modules"].get(module)
+    old_code = last.code
+    for module in sorted(set(old_code.modules) | set(plan.code["modules"])):
+        old, new = old_code.modules.get(module), plan.code["modules"].get(module)
         if old != new:
             what = "now imported" if old is None else "no longer imported" if new is None else "changed"
             reasons.append(f"  code {module.replace('.', '/')}.py: {what}")
-    for lib in sorted(set(old_code.get("libraries", {})) | set(plan.code["libraries"])):
-        old, new = old_code.get("libraries", {}).get(lib, _MISSING), plan.code["libraries"].get(lib, _MISSING)
+    for lib in sorted(set(old_code.libraries) | set(plan.code["libraries"])):
+        old, new = old_code.libraries.get(lib, _MISSING), plan.code["libraries"].get(lib, _MISSING)
         if old != new:
             reasons.append(f"  library {lib}: {_show(old)} -> {_show(new)}")
-    if last.get("device") != plan.device:
-        reasons.append(f"  device: {_show(last.get('device'))} -> {_show(plan.device)}")
+    if last.device != plan.device:
+        reasons.append(f"  device: {_show(last.device)} -> {_show(plan.device)}")
     return reasons
 
 

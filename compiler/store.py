@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import json
 import os
 import shutil
 import sys
@@ -24,10 +23,11 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from . import entries as manifests
+from .entries import MANIFEST, EntryError, EntryManifest, OutputFile
 from .keys import canonical, digest, file_digest
 
 STORE = Path("build") / "store"
-MANIFEST = "manifest.json"
 HIDDEN = (".tmp", ".work", ".locks", ".corrupt")  # the store's own folders, never entries
 
 
@@ -35,32 +35,37 @@ def entry(root: Path | str, key: str) -> Path:
     return Path(root) / STORE / key
 
 
-def read_entry(root: Path | str, key: str) -> dict | None:
-    """The manifest of the entry for `key`, or None when there is none (or it does not parse)."""
+def read_entry(root: Path | str, key: str) -> EntryManifest | None:
+    """The manifest of the entry for `key`, or None when there is none (or it does not read as
+    a manifest: not JSON, or not of the type `compiler.entries` gives it)."""
+    return _read(entry(root, key))
+
+
+def _read(folder: Path) -> EntryManifest | None:
     try:
-        return json.loads((entry(root, key) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return manifests.read(folder)
+    except (OSError, EntryError):
         return None
 
 
-def outputs_digest(outputs: dict) -> str:
+def outputs_digest(outputs: dict[str, OutputFile]) -> str:
     """What consumers are keyed on: the digest of an entry's output files (name -> xxh3)."""
-    return digest(canonical({name: o["xxh3_128"] for name, o in outputs.items()}))
+    return digest(canonical({name: o.xxh3_128 for name, o in outputs.items()}))
 
 
 def output_digest(root: Path | str, key: str) -> str | None:
     """The outputs digest of a complete entry; None when it is missing or incomplete."""
     manifest = read_entry(root, key)
-    if manifest is None or not _files_present(entry(root, key), manifest.get("outputs", {})):
+    if manifest is None or not _files_present(entry(root, key), manifest.outputs):
         return None
-    return outputs_digest(manifest["outputs"])
+    return outputs_digest(manifest.outputs)
 
 
-def _files_present(folder: Path, outputs: dict) -> bool:
+def _files_present(folder: Path, outputs: dict[str, OutputFile]) -> bool:
     """Every file the manifest lists exists with its size (a stat each; `verify` reads them)."""
     for name, o in outputs.items():
         try:
-            if os.stat(folder / name).st_size != o["size"]:
+            if os.stat(folder / name).st_size != o.size:
                 return False
         except OSError:
             return False
@@ -105,12 +110,9 @@ def _store_from(root: str, folder: str) -> str:
     return os.path.relpath(os.path.join(root, STORE), os.path.join(root, folder))
 
 
-def read_manifest(root: Path | str, link: str) -> dict | None:
-    """The manifest of the entry a friendly link points at, or None."""
-    try:
-        return json.loads((Path(root) / link / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def read_manifest(root: Path | str, link: str) -> EntryManifest | None:
+    """The manifest of the entry a friendly link points at, or None (no link, or no readable manifest)."""
+    return _read(Path(root) / link)
 
 
 def unlink(root: str, link: str) -> None:
@@ -180,7 +182,7 @@ def work_dir(root: Path, key: str) -> Path:
     return path
 
 
-def commit(root: Path, key: str, tmp: Path, manifest: dict) -> Path:
+def commit(root: Path, key: str, tmp: Path, manifest: EntryManifest) -> Path:
     """Make `tmp` the entry for `key`: fsync every file and folder in it, write the manifest
     last (fsynced too), rename the folder into place and fsync the store folder, so that after
     a crash at any point there is either no entry or a complete one."""
@@ -188,11 +190,7 @@ def commit(root: Path, key: str, tmp: Path, manifest: dict) -> Path:
         for name in names:
             _fsync(Path(folder) / name)
         _fsync(Path(folder))
-    data = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    manifests.write(tmp, manifest)
     _fsync(tmp)
     final = entry(root, key)
     if final.exists() and not is_complete(root, key):  # damaged (a listed file gone): set it aside
@@ -247,19 +245,22 @@ def verify(root: Path | str, key: str) -> list[str]:
     folder = entry(root, key)
     if not folder.is_dir():
         return ["missing"]
-    manifest = read_entry(root, key)
+    try:
+        manifest = manifests.read(folder)
+    except (OSError, EntryError) as exc:  # say why: another version's manifest, a hand edit
+        return [f"no readable manifest.json: {exc}"]
     if manifest is None:
         return ["no readable manifest.json"]
     problems = []
-    outputs = manifest.get("outputs", {})
+    outputs = manifest.outputs
     for name, o in sorted(outputs.items()):
         path = folder / name
         if not path.is_file():
             problems.append(f"{name}: missing")
-        elif path.stat().st_size != o["size"]:
-            problems.append(f"{name}: {path.stat().st_size:,} bytes, the manifest says {o['size']:,}")
-        elif file_digest(path) != o["xxh3_128"]:
-            problems.append(f"{name}: xxh3 {file_digest(path)[:12]}, the manifest says {o['xxh3_128'][:12]}")
+        elif path.stat().st_size != o.size:
+            problems.append(f"{name}: {path.stat().st_size:,} bytes, the manifest says {o.size:,}")
+        elif file_digest(path) != o.xxh3_128:
+            problems.append(f"{name}: xxh3 {file_digest(path)[:12]}, the manifest says {o.xxh3_128[:12]}")
     listed = set(outputs) | {MANIFEST}
     extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     problems += [f"{name}: not in the manifest" for name in extra if name not in listed]
@@ -275,7 +276,7 @@ def move_aside(root: Path | str, key: str) -> Path:
     return target
 
 
-def entries(root: Path | str) -> dict[str, dict | None]:
+def entries(root: Path | str) -> dict[str, EntryManifest | None]:
     """Every entry folder in the store: key -> its manifest (None when it has none)."""
     base = Path(root) / STORE
     out = {}

@@ -5,7 +5,8 @@ writes, each of which must match; or `outputs(spec)` where they depend on the sp
 and a `build(job)` that writes them into `job.out` and returns its metrics. A spec
 may name another module than its kind's (`Export.builder()`: `export` or `gguf`).
 Builders never parse YAML, compute keys or know about doit; heavy imports (torch,
-transformers, tokenizers) stay inside functions.
+transformers, tokenizers) stay inside functions. A builder reads another entry's manifest and
+typed files through `compiler.entries`, and a tokenizer through `load_tokenizer` here.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+
+TOKENIZER_JSON = "tokenizer.json"  # of a tokenizer entry
 
 
 class BuildError(Exception):
@@ -67,6 +71,22 @@ class StatusLine:
             self.shown = False
 
 
+def load_tokenizer(folder: Path):
+    """The `tokenizers.Tokenizer` of a tokenizer entry (or of any folder with a tokenizer.json,
+    a teacher's): the one place that file is loaded. A new object each call, not a cached one:
+    callers set options on it (the tokens builder's `encode_special_tokens`), which a shared
+    object would carry into the next step built in the same process; loading takes milliseconds."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(Path(folder) / TOKENIZER_JSON))
+
+
+def read_tokenizer_json(folder: Path) -> dict:
+    """A tokenizer entry's tokenizer.json as plain JSON: the vocabulary, merges and added tokens
+    as written (what a GGUF file embeds), not as `tokenizers` rebuilds them."""
+    return json.loads((Path(folder) / TOKENIZER_JSON).read_text(encoding="utf-8"))
+
+
 def special_tokens(tokenizer_dir: Path) -> dict[str, str]:
     """Role (bos, eos, unk, pad) -> token text of a tokenizer entry, from special_tokens_map.json."""
     names = json.loads((Path(tokenizer_dir) / "special_tokens_map.json").read_text())
@@ -74,11 +94,9 @@ def special_tokens(tokenizer_dir: Path) -> dict[str, str]:
 
 
 def special_ids(tokenizer_dir: Path, tok=None) -> dict[str, int | None]:
-    """Role -> id of each special token in a tokenizer entry (None when not in its vocabulary)."""
-    if tok is None:
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    """Role -> id of each special token in a tokenizer entry (None when not in its vocabulary);
+    `tok`, when the caller has loaded it already."""
+    tok = load_tokenizer(tokenizer_dir) if tok is None else tok
     return {role: tok.token_to_id(text) for role, text in special_tokens(tokenizer_dir).items()}
 
 

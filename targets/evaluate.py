@@ -18,19 +18,23 @@ Writes: `metrics.json` with
   (output tokens over the whole latency), their averages and peak, and the memory the
   weights take (their bytes, and the resident memory loading them added).
 Timings are measured, so they differ between builds; everything else is a function of
-the inputs.
+the inputs. metrics.json and what is read of other entries are typed in `compiler.entries`
+(`EvaluationResults`, which the report reads; the tokens entry's `TokensInfo`; the GGUF
+export's `GgufMetrics`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from targets import BuildError, Job, special_ids
+from compiler import entries
+from compiler.entries import (CheckpointScore, Engine, EvaluationData, EvaluationResults, GenerationRun, Generation,
+                              GgufEntry, GgufFile, GgufScore, PromptText, TokensEntry)
+from targets import BuildError, Job, load_tokenizer, special_ids
 from targets.chat import chat_renderer
 from targets.layout import gguf_file
 
@@ -43,36 +47,35 @@ def build(job: Job) -> dict:
     windows = validation_windows(job.inputs["tokens"], spec.seq_len, spec.windows)
     before, started = resident(), time.perf_counter()
     model, weights_bytes = load_torch(job.inputs["model"])
-    loaded = {"load_seconds": time.perf_counter() - started, "rss_delta_bytes": resident() - before}
+    loaded = {"weights_bytes": weights_bytes, "load_seconds": time.perf_counter() - started,
+              "rss_delta_bytes": resident() - before}
     n_params = sum(p.numel() for p in model.parameters())
     loss = torch_loss(model, windows)
     predicted = len(windows) * (spec.seq_len - 1)
     job.log(f"checkpoint: loss {loss:.4f}, perplexity {math.exp(loss):,.2f} on {predicted:,} validation tokens")
-    metrics = {
-        "data": {"dataset": json.loads((job.inputs["tokens"] / "manifest.json").read_text())["spec"]["dataset"],
-                 "split": "validation", "seq_len": spec.seq_len, "windows": len(windows), "tokens": predicted},
-        "checkpoint": {"loss": loss, "perplexity": math.exp(loss), "parameters": n_params,
-                       "weights_bytes": weights_bytes},
-        "gguf": {},
-    }
+    dataset = entries.load(job.inputs["tokens"], TokensEntry).spec["dataset"]
+    data = EvaluationData(dataset=dataset, split="validation", seq_len=spec.seq_len, windows=len(windows),
+                          tokens=predicted)
+    checkpoint = CheckpointScore(loss=loss, perplexity=math.exp(loss), parameters=n_params,
+                                 weights_bytes=weights_bytes)
     prompts = prompt_set(job)
-    engines = {"torch": {**torch_generation(job, model, prompts), "weights_bytes": weights_bytes, **loaded}}
+    engines = {"torch": torch_generation(job, model, prompts, loaded)}
     del model
+    scores = {}
     for name, path, facts in gguf_files(job):
         g_loss = llama_loss(path, windows)
-        metrics["gguf"][name] = {"file": path.name, "bytes": facts["bytes"],
-                                 "bits_per_weight": facts["bits_per_weight"], "loss": g_loss,
-                                 "perplexity": math.exp(g_loss), "perplexity_ratio": math.exp(g_loss - loss)}
+        scores[name] = GgufScore(file=path.name, bytes=facts.bytes, bits_per_weight=facts.bits_per_weight,
+                                 loss=g_loss, perplexity=math.exp(g_loss), perplexity_ratio=math.exp(g_loss - loss))
         job.log(f"{path.name}: loss {g_loss:.4f}, perplexity {math.exp(g_loss):,.2f} "
                 f"({math.exp(g_loss - loss):.4f}x the checkpoint's)")
         engines[f"gguf-{name}"] = llama_generation(job, name, path, prompts)
-    metrics["generation"] = {"max_new_tokens": spec.max_new_tokens,
-                             "prompts": [{"name": p.name, "text": p.text} for p in spec.prompts],
-                             "engines": engines}
-    (job.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    generation = Generation(max_new_tokens=spec.max_new_tokens,
+                            prompts=[PromptText(name=p.name, text=p.text) for p in spec.prompts], engines=engines)
+    results = EvaluationResults(data=data, checkpoint=checkpoint, gguf=scores, generation=generation)
+    (job.out / entries.EVALUATION).write_text(results.to_json())
     return {"loss": loss, "perplexity": math.exp(loss),
-            "gguf_perplexity": {t: g["perplexity"] for t, g in metrics["gguf"].items()},
-            "tokens_per_s": {e: g["avg_tokens_per_s"] for e, g in engines.items()}}
+            "gguf_perplexity": {t: g.perplexity for t, g in scores.items()},
+            "tokens_per_s": {e: g.avg_tokens_per_s for e, g in engines.items()}}
 
 
 # ---------------------------------------------------------------- perplexity
@@ -82,8 +85,8 @@ def validation_windows(tokens: Path, seq_len: int, most: int) -> list[list[int]]
     validation stream: the same tokens for every engine."""
     import numpy as np
 
-    info = json.loads((tokens / "tokens.json").read_text())
-    stream = np.fromfile(tokens / "validation.bin", dtype=np.dtype(info["dtype"]).newbyteorder("<"))
+    info = entries.read_tokens_info(tokens)
+    stream = np.fromfile(tokens / "validation.bin", dtype=np.dtype(info.dtype).newbyteorder("<"))
     n = min(most, len(stream) // seq_len)
     if n == 0:
         raise BuildError(f"the validation split has {len(stream):,} tokens, fewer than one window of "
@@ -142,14 +145,14 @@ def open_llama(path: Path, context: int, **options):
                  verbose=False, seed=0, **options)
 
 
-def gguf_files(job: Job) -> list[tuple[str, Path, dict]]:
+def gguf_files(job: Job) -> list[tuple[str, Path, GgufFile]]:
     """(type, path, facts from the export's manifest) of each file of the GGUF export, in its order."""
     entry = job.inputs.get("gguf")
     if entry is None:
         return []
-    manifest = json.loads((entry / "manifest.json").read_text())
-    files = manifest["metrics"]["files"]
-    return [(t, entry / gguf_file(t), files[t]) for t in manifest["spec"]["types"] or ["f16"]]
+    manifest = entries.load(entry, GgufEntry)
+    files = manifest.metrics.files
+    return [(t, entry / gguf_file(t), files[t]) for t in manifest.spec["types"] or ["f16"]]
 
 
 # ---------------------------------------------------------------- generation
@@ -172,20 +175,21 @@ class Prompts:
 def prompt_set(job: Job) -> Prompts:
     """Each prompt a user turn rendered with the chat template, the assistant's turn opened,
     tokenized as transformers' apply_chat_template would (special tokens as tokens)."""
-    from tokenizers import Tokenizer
-
     entry = job.inputs["tokenizer"]
     render = chat_renderer(job.root / job.spec.chat_template, entry)
-    tok = Tokenizer.from_file(str(entry / "tokenizer.json"))
+    tok = load_tokenizer(entry)
     rendered = [(p.name, tok.encode(render(p.text, "")[0], add_special_tokens=False).ids) for p in job.spec.prompts]
     return Prompts(rendered, special_ids(entry, tok), tok)
 
 
-def summary(runs: list[dict]) -> dict:
-    rates = [r["tokens_per_s"] for r in runs]
-    return {"runs": runs, "avg_latency_s": sum(r["latency_s"] for r in runs) / len(runs),
-            "avg_tokens_per_s": sum(rates) / len(rates), "peak_tokens_per_s": max(rates),
-            "output_tokens": sum(r["output_tokens"] for r in runs)}
+def engine(label: str, runs: list[GenerationRun], weights_bytes: int, load_seconds: float,
+           rss_delta_bytes: int) -> Engine:
+    """An engine's runs with their averages and peak."""
+    rates = [r.tokens_per_s for r in runs]
+    return Engine(label=label, weights_bytes=weights_bytes, rss_delta_bytes=rss_delta_bytes,
+                  load_seconds=load_seconds, runs=runs, avg_latency_s=sum(r.latency_s for r in runs) / len(runs),
+                  avg_tokens_per_s=sum(rates) / len(rates), peak_tokens_per_s=max(rates),
+                  output_tokens=sum(r.output_tokens for r in runs))
 
 
 def resident() -> int:
@@ -193,9 +197,9 @@ def resident() -> int:
     return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
 
 
-def torch_generation(job: Job, model, prompts: Prompts) -> dict:
+def torch_generation(job: Job, model, prompts: Prompts, loaded: dict) -> Engine:
     """Greedy `generate()` of the checkpoint on each prompt, timed with a streamer that notes when
-    the first new token arrives."""
+    the first new token arrives; `loaded`: its weights' bytes and what loading it took."""
     import torch
     from transformers.generation.streamers import BaseStreamer
 
@@ -223,11 +227,12 @@ def torch_generation(job: Job, model, prompts: Prompts) -> dict:
             latency = time.perf_counter() - started
             runs.append(run_row(name, prompt, out, latency, (clock.first or time.perf_counter()) - started,
                                 prompts))
-    job.log(f"torch: {sum(r['tokens_per_s'] for r in runs) / len(runs):,.1f} tokens/s on average")
-    return {"label": "torch float32 checkpoint", **summary(runs)}
+    result = engine("torch float32 checkpoint", runs, **loaded)
+    job.log(f"torch: {result.avg_tokens_per_s:,.1f} tokens/s on average")
+    return result
 
 
-def llama_generation(job: Job, name: str, path: Path, prompts: Prompts) -> dict:
+def llama_generation(job: Job, name: str, path: Path, prompts: Prompts) -> Engine:
     """Greedy generation through llama.cpp (temperature 0), token by token from its generator."""
     before, started = resident(), time.perf_counter()
     longest = max(len(p) for _, p in prompts.rendered) + job.spec.max_new_tokens
@@ -250,13 +255,13 @@ def llama_generation(job: Job, name: str, path: Path, prompts: Prompts) -> dict:
         if n:
             runs.append(run_row(prompt_name, prompt, out, latency, (first or time.perf_counter()) - started,
                                 prompts))
-    result = {"label": f"llama.cpp {name}", "weights_bytes": int(llm._model.size()), "rss_delta_bytes": rss_delta,
-              "load_seconds": load_seconds, **summary(runs)}
-    job.log(f"llama.cpp {name}: {result['avg_tokens_per_s']:,.1f} tokens/s on average")
+    result = engine(f"llama.cpp {name}", runs, int(llm._model.size()), load_seconds, rss_delta)
+    job.log(f"llama.cpp {name}: {result.avg_tokens_per_s:,.1f} tokens/s on average")
     return result
 
 
-def run_row(name: str, prompt: list[int], out: list[int], latency: float, first: float, prompts: Prompts) -> dict:
+def run_row(name: str, prompt: list[int], out: list[int], latency: float, first: float,
+            prompts: Prompts) -> GenerationRun:
     out, text = prompts.decode(out)
-    return {"prompt": name, "input_tokens": len(prompt), "output_tokens": len(out), "latency_s": latency,
-            "first_token_s": first, "tokens_per_s": len(out) / latency if latency > 0 else 0.0, "text": text}
+    return GenerationRun(prompt=name, input_tokens=len(prompt), output_tokens=len(out), latency_s=latency,
+                         first_token_s=first, tokens_per_s=len(out) / latency if latency > 0 else 0.0, text=text)

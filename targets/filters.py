@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
+from targets import load_tokenizer
+
 if TYPE_CHECKING:  # for the type hint only: the builder does not run the specs module
     from compiler.specs import Filters
 
@@ -57,9 +59,7 @@ class DocumentFilter:
         if filters.min_tokens is not None or filters.max_tokens is not None:
             if tokenizer_entry is None:
                 raise ValueError("min_tokens/max_tokens need the entry of the tokenizer step `filters.tokenizer` names")
-            from tokenizers import Tokenizer
-
-            self._tokenizer = Tokenizer.from_file(str(Path(tokenizer_entry) / "tokenizer.json"))
+            self._tokenizer = load_tokenizer(Path(tokenizer_entry))
         self._include = [re.compile(p) for p in filters.include]
         self._exclude = [re.compile(p) for p in filters.exclude]
         self._stages = self._enabled()

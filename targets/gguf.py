@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from compiler import quants
-from targets import BuildError, Job, safetensors_header, special_ids
+from targets import BuildError, Job, read_tokenizer_json, safetensors_header, special_ids
 from targets.hf import check_safetensors, check_template, check_tokenizer
 from targets.layout import gguf_file
 
@@ -110,7 +110,7 @@ def pre_tokenizer(tokenizer_json: dict) -> str:
 def tokenizer_metadata(tokenizer: Path, vocab_size: int, template: str) -> dict:
     """`tokenizer.ggml.*` keys: the vocabulary padded to the model's embedding rows (padding ids
     are unused tokens), merges, special ids and the chat template."""
-    spec = json.loads((tokenizer / "tokenizer.json").read_text(encoding="utf-8"))
+    spec = read_tokenizer_json(tokenizer)
     config = json.loads((tokenizer / "tokenizer_config.json").read_text(encoding="utf-8"))
     tokens: list[str | None] = [None] * vocab_size
     types = [UNUSED] * vocab_size

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from targets import BuildError, safetensors_header, special_ids, special_tokens
+from targets import BuildError, load_tokenizer, safetensors_header, special_ids, special_tokens
 
 ROLES = ("bos", "eos", "pad")
 SAMPLE_CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -27,9 +27,7 @@ def check_safetensors(path: Path, config: dict) -> int:
 def check_tokenizer(config: dict, tokenizer: Path) -> None:
     """The weights were trained with this tokenizer: every id it makes has a row in the
     embedding, and config.json names the same special ids."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    tok = load_tokenizer(tokenizer)
     size = tok.get_vocab_size(with_added_tokens=True)
     if size > config["vocab_size"]:
         raise BuildError(f"the tokenizer has {size:,} tokens but the model's embedding only "

@@ -6,7 +6,9 @@ each step teacher's entry (`teacher.NAME`, the header of its model.safetensors) 
 `path:` teacher's folder (its *.safetensors headers); the evaluate entry's metrics.json
 (`evaluate`, when the step names one); each export entry (`export.STEP`: its manifest and
 every file it lists, hashed with SHA-256); the model spec (`job.models["model"]`); and the
-Jinja template `job.spec.template` (relative to the project root).
+Jinja template `job.spec.template` (relative to the project root). Manifests, metrics.jsonl
+and metrics.json are read typed, through `compiler.entries` (`TrainEntry`, `TrainRow`,
+`ExportEntry`, `EvaluationResults`).
 
 Writes: `report.md`, the template rendered in `compiler.templates`' sandbox over a context
 of plain dicts built here (every sum, ratio and duration is computed here; the template only
@@ -27,7 +29,8 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from compiler import params, templates
+from compiler import entries, params, templates
+from compiler.entries import Environment, ExportEntry, GgufMetrics, TrainEntry, TrainMetrics, TrainRow
 from targets import BuildError, Job, safetensors_header
 
 OUTPUTS = ("report.md", "report.html", "loss.png", "lr.png")
@@ -43,7 +46,10 @@ NOT_RECORDED = "not recorded"
 
 def build(job: Job) -> dict:
     train = job.inputs["train"]
-    rows = _read_rows(train / "metrics.jsonl")
+    rows = entries.read_train_rows(train)
+    if not rows:
+        raise BuildError(f"{train / entries.TRAIN_ROWS}: the train entry's metrics.jsonl has no rows; nothing to "
+                         "report on")
     context = report_context(job, rows)
     markdown_text = render(job, context)
     (job.out / "report.md").write_text(markdown_text, encoding="utf-8")
@@ -61,11 +67,11 @@ def build(job: Job) -> dict:
 
 # ---------------------------------------------------------------- context
 
-def report_context(job: Job, rows: list[dict]) -> dict:
+def report_context(job: Job, rows: list[TrainRow]) -> dict:
     """Everything the template may show, as plain data (dicts, lists, strings, numbers)."""
     train_dir = job.inputs["train"]
-    manifest = _manifest(train_dir)
-    spec, model = manifest["spec"], job.models["model"]
+    manifest = entries.load(train_dir, TrainEntry)
+    spec, model = manifest.spec, job.models["model"]
     config = json.loads((train_dir / "config.json").read_text())
     header, _ = safetensors_header(train_dir / "model.safetensors")
     train = train_context(manifest, rows, job.spec.loss_rows)
@@ -73,25 +79,25 @@ def report_context(job: Job, rows: list[dict]) -> dict:
     exports = [export_context(job, ref, hashes) for ref in job.spec.exports]
     evaluation = evaluation_context(job.inputs["evaluate"]) if "evaluate" in job.inputs else None
     weights = train_dir / "model.safetensors"
-    artifacts = [{"step": manifest["task"], "file": "model.safetensors", "bytes": weights.stat().st_size,
+    artifacts = [{"step": manifest.task, "file": "model.safetensors", "bytes": weights.stat().st_size,
                   "sha256": hashes(weights)}]
     artifacts += [{"step": e["task"], **f} for e in exports for f in e["files"]]
-    sources = [{"role": field, **{k: m[k] for k in ("task", "key")}}
-               for field, m in sorted((f, _manifest(folder)) for f, folder in job.inputs.items())]
+    sources = [{"role": field, "task": m.task, "key": m.key}
+               for field, m in ((f, entries.load(folder)) for f, folder in sorted(job.inputs.items()))]
     return {
         "report": {"id": job.key[:12], "key": job.key, "task": job.task, "template": job.spec.template,
                    "sources": sources, "spike_threshold": SPIKE, "plots": dict(PLOTS)},
         "model": model_context(model, config, header, spec),
         "params": params_context(model, header),
-        "environment": environment_context(manifest.get("environment", {}), manifest["metrics"]),
+        "environment": environment_context(manifest.environment, manifest.metrics),
         "train": train,
         "distill": distill_context(job, spec, train["phases"]) if spec.get("distill") else None,
         "evaluation": evaluation,
         "quantizations": quantizations(evaluation, exports),
         "exports": exports,
         "artifacts": artifacts,
-        "loss_data": [{"step": r["step"], "phase": r["phase"], "stage": r["stage"], "loss": r["loss"],
-                       "val_loss": r["val_loss"], "lr": r["lr"]} for r in rows],
+        "loss_data": [{"step": r.step, "phase": r.phase, "stage": r.stage, "loss": r.loss, "val_loss": r.val_loss,
+                       "lr": r.lr} for r in rows],
         "config": config,
     }
 
@@ -144,101 +150,103 @@ def params_context(m, header: dict) -> dict:
     }
 
 
-def environment_context(env: dict, metrics: dict) -> dict:
+def environment_context(env: Environment, metrics: TrainMetrics) -> dict:
     """The train build's machine and software as display strings; a field an older build did
     not record says so."""
 
     def show(name: str, absent: str = "not installed") -> str:
-        if name not in env:
+        if not env.recorded(name):
             return NOT_RECORDED
-        return absent if env[name] is None else str(env[name])
+        value = getattr(env, name)
+        return absent if value is None else str(value)
 
-    ram = env.get("ram_bytes")
+    ram = env.ram_bytes
     return {
         "cpu": show("cpu"), "cpus": show("cpus"), "machine": show("machine"), "os": show("platform"),
         "ram": NOT_RECORDED if ram is None else f"{templates.size(ram)} ({ram:,} bytes)",
         "gpu": show("gpu", "none (no CUDA device)"), "python": show("python"),
         "torch": show("torch"), "transformers": show("transformers"), "tokenizers": show("tokenizers"),
         "gguf": show("gguf"), "llama_cpp_python": show("llama_cpp_python"),
-        "device": str(metrics.get("device", NOT_RECORDED)), "dtype": str(metrics.get("dtype", NOT_RECORDED)),
+        "device": metrics.device, "dtype": metrics.dtype,
     }
 
 
-def train_context(manifest: dict, rows: list[dict], loss_rows: int) -> dict:
-    metrics, spec, timings = manifest["metrics"], manifest["spec"], manifest["timings"]
+def train_context(manifest: TrainEntry, rows: list[TrainRow], loss_rows: int) -> dict:
+    metrics, spec, timings = manifest.metrics, manifest.spec, manifest.timings
     phases, stages = segments(rows, "phase"), segments(rows, "stage")
-    vals = [{"step": r["step"], "val_loss": r["val_loss"]} for r in rows if r["val_loss"] is not None]
-    seconds = metrics["seconds"]
+    vals = [{"step": r.step, "val_loss": r.val_loss} for r in rows if r.val_loss is not None]
+    seconds = metrics.seconds
     return {
-        "task": manifest["task"], "key": manifest["key"], "spec": spec, "objective": spec["objective"],
-        "steps": len(rows), "total_steps": metrics.get("total_steps", len(rows)),
-        "stopped_early": metrics.get("stopped_early", False), "resumed_from": metrics.get("resumed_from"),
-        "tokens_seen": metrics["tokens_seen"], "tokens_per_step": rows[0]["tokens"],
+        "task": manifest.task, "key": manifest.key, "spec": spec, "objective": spec["objective"],
+        "steps": len(rows), "total_steps": metrics.total_steps,
+        "stopped_early": metrics.stopped_early, "resumed_from": metrics.resumed_from,
+        "tokens_seen": metrics.tokens_seen, "tokens_per_step": rows[0].tokens,
         "sequences_per_step": spec["batch_size"] * spec["grad_accum"],
         "seconds": seconds, "duration": duration(seconds),
-        "tokens_per_s": metrics["tokens_seen"] / seconds if seconds else None,
-        "step_tokens_per_s": sum(r["tokens_per_s"] for r in rows) / len(rows),
-        "started": utc(timings["started"]), "finished": utc(timings["finished"]),
-        "build_seconds": timings["seconds"], "build_duration": duration(timings["seconds"]),
-        "final_loss": rows[-1]["loss"], "final_val_loss": vals[-1]["val_loss"] if vals else None,
+        "tokens_per_s": metrics.tokens_seen / seconds if seconds else None,
+        "step_tokens_per_s": sum(r.tokens_per_s for r in rows) / len(rows),
+        "started": utc(timings.started), "finished": utc(timings.finished),
+        "build_seconds": timings.seconds, "build_duration": duration(timings.seconds),
+        "final_loss": rows[-1].loss, "final_val_loss": vals[-1]["val_loss"] if vals else None,
         "best_val_loss": min(v["val_loss"] for v in vals) if vals else None,
         "validation": vals, "phases": phases, "stages": stages,
         "segments": phases or stages or [_segment("training", rows, 0.0)],
-        "lr_max": max(r["lr"] for r in rows), "lr_final": rows[-1]["lr"],
+        "lr_max": max(r.lr for r in rows), "lr_final": rows[-1].lr,
         "convergence": convergence(rows), "curve": curve(rows, loss_rows),
     }
 
 
-def segments(rows: list[dict], field: str) -> list[dict]:
+def segments(rows: list[TrainRow], field: str) -> list[dict]:
     """Consecutive runs of steps with the same phase (or stage) name, each with its steps,
     duration (from the rows' cumulative wall_time) and loss at its first and last step."""
     out, start, before = [], 0, 0.0
     for i, row in enumerate(rows):
-        if i + 1 == len(rows) or rows[i + 1][field] != row[field]:
-            if row[field] is not None:
-                out.append(_segment(row[field], rows[start:i + 1], before))
-            start, before = i + 1, row["wall_time"]
+        name = getattr(row, field)  # phase or stage
+        if i + 1 == len(rows) or getattr(rows[i + 1], field) != name:
+            if name is not None:
+                out.append(_segment(name, rows[start:i + 1], before))
+            start, before = i + 1, row.wall_time
     return out
 
 
-def _segment(name: str, rows: list[dict], before: float) -> dict:
+def _segment(name: str, rows: list[TrainRow], before: float) -> dict:
     first, last = rows[0], rows[-1]
-    seconds = last["wall_time"] - before
-    return {"name": name, "first_step": first["step"], "last_step": last["step"], "steps": len(rows),
+    seconds = last.wall_time - before
+    return {"name": name, "first_step": first.step, "last_step": last.step, "steps": len(rows),
             "seconds": seconds, "duration": duration(seconds),
-            "loss_start": first["loss"], "loss_end": last["loss"], "reduction": first["loss"] - last["loss"],
-            "reduction_share": (first["loss"] - last["loss"]) / first["loss"] if first["loss"] else None}
+            "loss_start": first.loss, "loss_end": last.loss, "reduction": first.loss - last.loss,
+            "reduction_share": (first.loss - last.loss) / first.loss if first.loss else None}
 
 
-def convergence(rows: list[dict]) -> dict:
+def convergence(rows: list[TrainRow]) -> dict:
     """Initial and final loss, their difference, the mean change per step, the lowest loss, and
     the spikes: steps whose loss exceeds the previous step's by more than SPIKE of it."""
-    first, last = rows[0]["loss"], rows[-1]["loss"]
-    spikes = [{"step": b["step"], "loss": b["loss"], "previous": a["loss"], "rise": b["loss"] / a["loss"] - 1}
-              for a, b in zip(rows, rows[1:]) if b["loss"] > a["loss"] * (1 + SPIKE)]
-    low = min(rows, key=lambda r: r["loss"])
-    return {"initial": first, "final": last, "initial_step": rows[0]["step"], "final_step": rows[-1]["step"],
+    first, last = rows[0].loss, rows[-1].loss
+    spikes = [{"step": b.step, "loss": b.loss, "previous": a.loss, "rise": b.loss / a.loss - 1}
+              for a, b in zip(rows, rows[1:]) if b.loss > a.loss * (1 + SPIKE)]
+    low = min(rows, key=lambda r: r.loss)
+    return {"initial": first, "final": last, "initial_step": rows[0].step, "final_step": rows[-1].step,
             "reduction": first - last,
             "reduction_share": (first - last) / first if first else None,
             "mean_change": (last - first) / (len(rows) - 1) if len(rows) > 1 else None,
-            "min_loss": low["loss"], "min_step": low["step"], "spikes": spikes}
+            "min_loss": low.loss, "min_step": low.step, "spikes": spikes}
 
 
-def curve(rows: list[dict], most: int) -> dict:
+def curve(rows: list[TrainRow], most: int) -> dict:
     """At most `most` rows of the loss: step 1, every `every` steps after it, and the last step;
     with a bar of BAR_WIDTH characters for the largest loss, the others in proportion."""
     every = max(1, math.ceil((len(rows) - 1) / (most - 1)))
     picked = rows[::every]
     if picked[-1] is not rows[-1]:
         picked.append(rows[-1])
-    top = max(r["loss"] for r in picked)
-    width = len(str(rows[-1]["step"]))
+    top = max(r.loss for r in picked)
+    width = len(str(rows[-1].step))
     out = []
     for r in picked:
-        bar = "█" * max(1, round(BAR_WIDTH * r["loss"] / top)) if top > 0 else ""
-        label = r["phase"] or r["stage"] or ""
-        out.append({"step": r["step"], "loss": r["loss"], "bar": bar, "segment": label,
-                    "line": f"{r['step']:>{width}}  {r['loss']:8.4f}  {bar:<{BAR_WIDTH}}  {label}".rstrip()})
+        bar = "█" * max(1, round(BAR_WIDTH * r.loss / top)) if top > 0 else ""
+        label = r.phase or r.stage or ""
+        out.append({"step": r.step, "loss": r.loss, "bar": bar, "segment": label,
+                    "line": f"{r.step:>{width}}  {r.loss:8.4f}  {bar:<{BAR_WIDTH}}  {label}".rstrip()})
     return {"every": every, "rows": out, "text": "\n".join(r["line"] for r in out)}
 
 
@@ -263,7 +271,7 @@ def teacher_parameters(job: Job, name: str, source: dict) -> tuple[int | None, s
     the tensor shapes in the safetensors headers, which are read and nothing else."""
     if f"teacher.{name}" in job.inputs:
         entry = job.inputs[f"teacher.{name}"]
-        return _header_count([entry / "model.safetensors"]), f"step {_manifest(entry)['task']}"
+        return _header_count([entry / "model.safetensors"]), f"step {entries.load(entry).task}"
     if source.get("path") is not None:
         files = sorted((Path(job.root) / source["path"]).glob("*.safetensors"))
         return (_header_count(files) if files else None), f"folder {source['path']}"
@@ -277,26 +285,27 @@ def _header_count(files: list[Path]) -> int:
 def evaluation_context(folder: Path) -> dict:
     """The evaluate entry's metrics.json, with its tables as lists (engines and GGUF types carry
     their names) and each generated text cut to a table cell."""
-    m = json.loads((folder / "metrics.json").read_text())
-    checkpoint = dict(m["checkpoint"])
-    checkpoint["bits_per_weight"] = 8 * checkpoint["weights_bytes"] / checkpoint["parameters"]
-    gen = m["generation"]
-    engines = [{"name": name, **{k: v for k, v in e.items() if k != "runs"},
-                "runs": [{**r, "cell": cell(r["text"])} for r in e["runs"]]}
-               for name, e in gen["engines"].items()]
-    return {"task": _manifest(folder)["task"], "data": m["data"], "checkpoint": checkpoint,
-            "gguf": [{"type": t, **row} for t, row in m.get("gguf", {}).items()],
-            "generation": {"max_new_tokens": gen["max_new_tokens"], "prompts": gen["prompts"], "engines": engines}}
+    m = entries.read_evaluation(folder)
+    checkpoint = {**m.checkpoint.model_dump(),
+                  "bits_per_weight": 8 * m.checkpoint.weights_bytes / m.checkpoint.parameters}
+    gen = m.generation
+    engines = [{"name": name, **e.model_dump(exclude={"runs"}),
+                "runs": [{**r.model_dump(), "cell": cell(r.text)} for r in e.runs]}
+               for name, e in gen.engines.items()]
+    return {"task": entries.load(folder).task, "data": m.data.model_dump(), "checkpoint": checkpoint,
+            "gguf": [{"type": t, **row.model_dump()} for t, row in m.gguf.items()],
+            "generation": {"max_new_tokens": gen.max_new_tokens, "prompts": [p.model_dump() for p in gen.prompts],
+                           "engines": engines}}
 
 
 def export_context(job: Job, ref: str, hashes: "Sha256") -> dict:
     folder = job.inputs[f"export.{ref}"]
-    manifest = _manifest(folder)
+    manifest = entries.load(folder, ExportEntry)
     files = [{"file": name, "bytes": (folder / name).stat().st_size, "sha256": hashes(folder / name)}
-             for name in sorted(manifest["outputs"])]
-    gguf = [{"type": t, **{k: v for k, v in facts.items() if k not in ("tensors", "histogram")}}
-            for t, facts in manifest["metrics"].get("files", {}).items()]
-    return {"step": ref, "task": manifest["task"], "format": manifest["spec"].get("format", "hf"),
+             for name in sorted(manifest.outputs)]
+    found = manifest.metrics.files if isinstance(manifest.metrics, GgufMetrics) else {}
+    gguf = [{"type": t, **facts.model_dump(exclude={"tensors", "histogram"})} for t, facts in found.items()]
+    return {"step": ref, "task": manifest.task, "format": manifest.spec.get("format", "hf"),
             "files": files, "bytes": sum(f["bytes"] for f in files), "gguf": gguf}
 
 
@@ -343,17 +352,6 @@ def duration(seconds: float) -> str:
 
 def utc(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _manifest(folder: Path) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
-
-
-def _read_rows(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-    if not rows:
-        raise BuildError(f"{path}: the train entry's metrics.jsonl has no rows; nothing to report on")
-    return rows
 
 
 # ---------------------------------------------------------------- rendering
@@ -438,21 +436,21 @@ def _save(fig, path: Path) -> None:
     fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})  # no version string: same bytes
 
 
-def plot_loss(rows: list[dict], segs: list[dict], path: Path) -> None:
+def plot_loss(rows: list[TrainRow], segs: list[dict], path: Path) -> None:
     """Training loss per step, one colour per phase (or stage), each joined to the previous
     one's last point, dashed lines at the boundaries, validation loss as points."""
     fig, ax = _figure()
-    by_step = {r["step"]: r for r in rows}
+    by_step = {r.step: r for r in rows}
     for i, seg in enumerate(segs):
         steps = list(range(seg["first_step"], seg["last_step"] + 1))
         if i:
             steps.insert(0, seg["first_step"] - 1)
             ax.axvline(seg["first_step"] - 0.5, color=BOUNDARY_COLOUR, linestyle="--", linewidth=1)
-        ax.plot(steps, [by_step[s]["loss"] for s in steps], color=SEGMENT_COLOURS[i % len(SEGMENT_COLOURS)],
+        ax.plot(steps, [by_step[s].loss for s in steps], color=SEGMENT_COLOURS[i % len(SEGMENT_COLOURS)],
                 linewidth=2, marker="o" if len(steps) == 1 else None, label=f"loss: {seg['name']}")
-    vals = [r for r in rows if r["val_loss"] is not None]
+    vals = [r for r in rows if r.val_loss is not None]
     if vals:
-        ax.plot([r["step"] for r in vals], [r["val_loss"] for r in vals], linestyle="none", marker="o",
+        ax.plot([r.step for r in vals], [r.val_loss for r in vals], linestyle="none", marker="o",
                 markersize=6, color=VALIDATION_COLOUR, label="validation loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
@@ -462,9 +460,9 @@ def plot_loss(rows: list[dict], segs: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_lr(rows: list[dict], path: Path) -> None:
+def plot_lr(rows: list[TrainRow], path: Path) -> None:
     fig, ax = _figure()
-    ax.plot([r["step"] for r in rows], [r["lr"] for r in rows], color=LR_COLOUR, linewidth=2,
+    ax.plot([r.step for r in rows], [r.lr for r in rows], color=LR_COLOUR, linewidth=2,
             marker="o" if len(rows) == 1 else None)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from targets import BuildError, Job, special_ids, special_tokens
+from targets import BuildError, Job, load_tokenizer, special_ids, special_tokens
 from targets.chat import chat_renderer
 
 OUTPUTS = ("train.bin", "validation.bin", "tokens.json")
@@ -36,7 +36,7 @@ def dtype_for(vocab_size: int) -> str:
 
 
 def build(job: Job) -> dict:
-    tok, ids = load_tokenizer(job.inputs["tokenizer"])
+    tok, ids = stream_tokenizer(job.inputs["tokenizer"])
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = dtype_for(vocab)
     chat = job.spec.chat_template is not None
@@ -57,11 +57,10 @@ def build(job: Job) -> dict:
     return meta
 
 
-def load_tokenizer(entry: Path):
-    """The tokenizer of a tokenizer entry and the ids of its bos, eos and pad tokens."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(entry / "tokenizer.json"))
+def stream_tokenizer(entry: Path):
+    """The tokenizer of a tokenizer entry, set to encode documents, and the ids of its bos, eos
+    and pad tokens."""
+    tok = load_tokenizer(entry)
     # a document that says "</s>" means the four characters, not the end of a document:
     # encode special tokens' text as plain text, so eos only ever separates documents
     tok.encode_special_tokens = True

@@ -28,7 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from targets import BuildError, Job, link_or_copy, losses
+from targets import TOKENIZER_JSON, BuildError, Job, link_or_copy, load_tokenizer, losses
 from targets.trainloop import (IGNORE, LoopState, Progress, TokenData, adamw, build_model, checkpoints,
                                clear_partial, device_for, inputs_and_labels, load_checkpoint, lr_at, prune,
                                read_metrics, save_checkpoint, segment_at, segments, truncate_metrics, weights)
@@ -370,13 +370,11 @@ def same_tokenizer(job: Job, folder: Path, name: str, what: str) -> None:
     """A teacher folder's tokenizer must map tokens to the same ids as the student's: equal
     vocabulary sizes (checked at compile time) are not enough. A folder without a
     tokenizer.json cannot be checked, and says so."""
-    from tokenizers import Tokenizer
-
-    if not (folder / "tokenizer.json").is_file():
+    if not (folder / TOKENIZER_JSON).is_file():
         job.log(f"teacher '{name}' ({what}) has no tokenizer.json: only its vocabulary size could be checked")
         return
-    theirs = Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab()
-    ours = Tokenizer.from_file(str(job.inputs["tokenizer"] / "tokenizer.json")).get_vocab()
+    theirs = load_tokenizer(folder).get_vocab()
+    ours = load_tokenizer(job.inputs["tokenizer"]).get_vocab()
     if theirs != ours:
         differ = sum(1 for t, i in ours.items() if theirs.get(t) != i)
         raise BuildError(f"teacher '{name}' ({what}) has another tokenizer than the student: {len(theirs):,} tokens "

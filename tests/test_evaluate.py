@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
+from compiler import entries
+from compiler.entries import GgufEntry
 from compiler.specs import DEFAULT_PROMPTS
 from conftest import REPO, Project, code_project, require_llama_cpp, tiny_corpus, TINY_SPECS
 from targets import BuildError
@@ -70,11 +72,11 @@ def test_checkpoint_perplexity_is_the_mean_next_token_loss_on_the_validation_win
 
 def test_each_gguf_file_is_measured_on_the_same_tokens(built):
     m = metrics(built)
-    files = json.loads((built.root / "build/main/gguf/manifest.json").read_text())["metrics"]["files"]
+    files = entries.load(built.root / "build/main/gguf", GgufEntry).metrics.files
     assert list(m["gguf"]) == ["f32", "q8_0"]
     for name, row in m["gguf"].items():
         assert row["file"] == f"model-{name}.gguf"
-        assert (row["bytes"], row["bits_per_weight"]) == (files[name]["bytes"], files[name]["bits_per_weight"])
+        assert (row["bytes"], row["bits_per_weight"]) == (files[name].bytes, files[name].bits_per_weight)
         assert row["perplexity"] == pytest.approx(math.exp(row["loss"]))
         assert row["perplexity_ratio"] == pytest.approx(row["perplexity"] / m["checkpoint"]["perplexity"])
     # llama.cpp on the f32 file computes what torch computes; q8_0 is close, not equal
@@ -111,9 +113,9 @@ def test_generation_benchmark_counts_what_it_says(built):
         assert engine["output_tokens"] == sum(r["output_tokens"] for r in runs)
         assert engine["load_seconds"] > 0 and engine["weights_bytes"] > 0
     assert m["engines"]["torch"]["weights_bytes"] == 4 * 51_360
-    gguf_files = json.loads((built.root / "build/main/gguf/manifest.json").read_text())["metrics"]["files"]
+    gguf_files = entries.load(built.root / "build/main/gguf", GgufEntry).metrics.files
     # llama.cpp's own count of the weights' bytes is the file's tensor data
-    assert m["engines"]["gguf-q8_0"]["weights_bytes"] == gguf_files["q8_0"]["tensor_bytes"]
+    assert m["engines"]["gguf-q8_0"]["weights_bytes"] == gguf_files["q8_0"].tensor_bytes
 
 
 def test_a_manifest_prompt_set_and_no_gguf(built):
@@ -127,7 +129,8 @@ def test_a_manifest_prompt_set_and_no_gguf(built):
 def test_a_validation_split_shorter_than_a_window_is_an_error(tmp_path):
     from targets.evaluate import validation_windows
 
-    (tmp_path / "tokens.json").write_text(json.dumps({"dtype": "uint16"}))
+    (tmp_path / "tokens.json").write_text(json.dumps({"dtype": "uint16", "eos_id": 2, "bos_id": None, "pad_id": None,
+                                                      "vocab_size": 400, "splits": {}}))
     np.arange(40, dtype="<u2").tofile(tmp_path / "validation.bin")
     assert len(validation_windows(tmp_path, 16, 10)) == 2
     with pytest.raises(BuildError) as info:

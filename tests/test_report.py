@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compiler import params, store
+from compiler import entries, params, store
+from compiler.entries import ExportEntry, TokensEntry, TrainEntry, TrainRow
 from compiler.specs import ModelSpec, ReportStep
 from compiler.templates import size
 from conftest import REPO, Project, code_project, ran, tiny_corpus
@@ -163,6 +164,25 @@ def test_the_report_is_an_entry_of_four_files(project):
                                 "bytes": {n: built["outputs"][n]["size"] for n in OUTPUTS}}
 
 
+def test_every_entry_reads_typed_and_writes_back_the_bytes_on_disk(project):
+    """The manifest of every kind this project built, the typed views of those others read, and the
+    evaluate entry's metrics.json: read through compiler.entries and written again, byte for byte."""
+    found = store.entries(project.root)
+    assert None not in found.values()
+    assert {m.builder for m in found.values()} == {"dataset", "tokenizer", "tokens", "train", "init", "export",
+                                                    "gguf", "evaluate", "report"}
+    for key, m in found.items():
+        assert m.to_json() == (store.entry(project.root, key) / "manifest.json").read_text(), m.task
+    views = {"student": TrainEntry, "teacher": TrainEntry, "hf": ExportEntry, "gguf": ExportEntry,
+             "tok@docs": TokensEntry}
+    for step, view in views.items():
+        on_disk = (entry(project, step) / "manifest.json").read_text()
+        assert entries.load(entry(project, step), view).to_json() == on_disk, step
+    assert entries.load(entry(project, "student"), TrainEntry).metrics.tokens_seen > 0
+    evaluation = entries.read_evaluation(entry(project, "eval"))
+    assert evaluation.to_json() == (entry(project, "eval") / "metrics.json").read_text()
+
+
 def test_every_section_of_the_default_template(project, md):
     engines = json.loads((entry(project, "eval") / "metrics.json").read_text())["generation"]["engines"]
     assert list(engines) == ["torch", *(["gguf-f32", "gguf-q8_0"] if LLAMA else [])]
@@ -275,10 +295,11 @@ def test_evaluation_tables_recomputed_from_metrics_json(project, md):
     assert set(expected) <= lines(md)
 
 
-def synthetic_rows(losses: list[float], stages: list[str]) -> list[dict]:
+def synthetic_rows(losses: list[float], stages: list[str]) -> list[TrainRow]:
     """metrics.jsonl rows of a curriculum run (stages, no phases), half a second per step."""
-    return [{"step": i + 1, "phase": None, "stage": stage, "loss": loss, "ce": loss, "kd": None, "lr": 1e-3,
-             "grad_norm": 1.0, "tokens": 64, "tokens_per_s": 128.0, "val_loss": None, "wall_time": 0.5 * (i + 1)}
+    return [TrainRow.model_validate_json(json.dumps(
+        {"step": i + 1, "phase": None, "stage": stage, "loss": loss, "ce": loss, "kd": None, "lr": 1e-3,
+         "grad_norm": 1.0, "tokens": 64, "tokens_per_s": 128.0, "val_loss": None, "wall_time": 0.5 * (i + 1)}))
             for i, (loss, stage) in enumerate(zip(losses, stages))]
 
 
@@ -305,7 +326,7 @@ def test_segments_spikes_and_the_text_curve():
 
 def test_curriculum_stages_render(project, tmp_path):
     job = report_job(project, tmp_path / "out")
-    context = report_builder.report_context(job, metrics_rows(project))
+    context = report_builder.report_context(job, entries.read_train_rows(entry(project, "student")))
     context["train"]["stages"] = report_builder.segments(
         synthetic_rows([2.0, 2.1, 2.5, 2.0, 2.21, 1.5], ["a", "a", "a", "b", "b", "b"]), "stage")
     md = report_builder.render(job, context)

@@ -6,7 +6,6 @@ Each test runs the real `doit` in a temporary project (conftest's tiny dataset -
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import sys
 from conftest import ran
 
 from compiler import graph, project, store
+from compiler.entries import InputRef
 
 
 def keys(p, profile=None) -> dict[str, str | None]:
@@ -153,9 +153,9 @@ def test_gc_clears_stale_staging_and_work_folders(tiny_project):
 
 def test_manifest_records_input_outputs_code_modules_and_libraries(tiny_project):
     tiny_project.doit()
-    manifest = json.loads((tiny_project.root / "build/main/init/manifest.json").read_text())
-    tok = json.loads((tiny_project.root / "build/main/tok/manifest.json").read_text())
-    assert manifest["inputs"] == {"tokenizer": {"task": "main.tok", "key": tok["key"],
-                                                "outputs": store.outputs_digest(tok["outputs"])}}
-    assert set(manifest["code"]["modules"]) == {"targets", "targets.init", "targets.weights", "compiler.params"}
-    assert set(manifest["code"]["libraries"]) == {"numpy", "safetensors", "tokenizers", "torch"}
+    manifest = store.read_manifest(tiny_project.root, "build/main/init")
+    tok = store.read_manifest(tiny_project.root, "build/main/tok")
+    assert manifest.inputs == {"tokenizer": InputRef(task="main.tok", key=tok.key,
+                                                     outputs=store.outputs_digest(tok.outputs))}
+    assert set(manifest.code.modules) == {"targets", "targets.init", "targets.weights", "compiler.params"}
+    assert set(manifest.code.libraries) == {"numpy", "safetensors", "tokenizers", "torch"}
