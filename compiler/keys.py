@@ -92,7 +92,7 @@ class FileDigests:
         """`module_facts` of a project module, behind the same stat cache (parsing ~70 modules
         on every compile would cost more than all the rest of a no-op run)."""
         st = os.stat(path)
-        entry = f"ast:{name}:{path}"
+        entry = f"ast:{_LIBRARIES_DIGEST}:{name}:{path}"  # a new LIBRARIES table makes new facts
         hit = self.cache.get(entry)
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             return ModuleFacts(hit[2], tuple(hit[3]), tuple(hit[4]))
@@ -123,7 +123,11 @@ def _module_file(root: Path, module: str) -> Path | None:
 # imports -> the distribution whose version enters the key of every builder that imports it.
 LIBRARIES = {"torch": "torch", "transformers": "transformers", "tokenizers": "tokenizers", "gguf": "gguf",
              "llama_cpp": "llama_cpp_python", "safetensors": "safetensors", "numpy": "numpy",
-             "py3langid": "py3langid", "peft": "peft"}
+             "py3langid": "py3langid", "peft": "peft", "jinja2": "jinja2", "matplotlib": "matplotlib",
+             "markdown": "markdown"}
+
+
+_LIBRARIES_DIGEST = xxhash.xxh3_64_hexdigest(json.dumps(LIBRARIES, sort_keys=True).encode())
 
 
 @dataclass(frozen=True)
