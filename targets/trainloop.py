@@ -445,7 +445,9 @@ def save_checkpoint(root: Path, model, optimizer, loop: LoopState) -> Path:
     # the JSON part rides in the header of the tensors' own file, not in a sidecar: the tensors
     # and the structure that names them are written, renamed and copied as one, so they can
     # never come from two different saves
-    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt", OPTIMIZER_JSON: text})
+    # one metadata entry: safetensors writes several in hash-map order, which differs between
+    # processes, and a checkpoint should be the same bytes for the same state
+    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={OPTIMIZER_JSON: text})
     (tmp / "state.json").write_text(json.dumps(loop.state_dict(), indent=2) + "\n")
     os.rename(tmp, final)
     return final
