@@ -1,6 +1,6 @@
 """How long `doit list` and a no-op `doit` take on a project of 1,000 steps.
 
-Writes: a temporary project (this checkout's compiler/, targets/, dodo.py and
+Writes: a temporary project (this checkout's compiler/, targets/, runner.py, dodo.py and
 pyproject.toml, plus generated data and manifests: 10 small datasets and 990 tiny
 BPE tokenizers on them), built once for real with `doit -n 2`; then times, as
 subprocesses, `doit list`, `doit` with everything up to date, and `doit list` right
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CODE = ("compiler", "targets", "dodo.py", "pyproject.toml")
+CODE = ("compiler", "targets", "runner.py", "dodo.py", "pyproject.toml")
 DATASETS = 10           # each a few dozen short generated documents
 STEPS_PER_PIPELINE = 10
 VOCABS = range(260, 301)  # tiny BPE vocabularies: a handful of merges, milliseconds to train
