@@ -40,9 +40,11 @@ def explain(graph: Graph, task: str) -> list[str]:
         return [f"{head} will run: {why}" + (f"; key pending on {', '.join(pending)}" if pending else "")]
     reasons = _own_changes(plan, last)
     if pending:
-        first = (f"{head} key pending on {', '.join(pending)} (not built yet): it runs after "
-                 f"{'them' if len(pending) > 1 else 'it'} unless what they write is byte-identical to "
-                 "what it was built from" + (", and because" if reasons else ""))
+        one = len(pending) == 1
+        first = (f"{head} key pending on {', '.join(pending)} (no entry yet for {'its' if one else 'their'} "
+                 f"current key{'' if one else 's'}): it runs after {'it' if one else 'them'} only if what "
+                 f"{'it writes' if one else 'they write'} differs from what it was built from"
+                 + (", and because" if reasons else ""))
         return [first] + reasons
     for name, i in graph.inputs(task).items():
         old = last.inputs[name].outputs if name in last.inputs else None

@@ -33,8 +33,8 @@ def test_spec_field_change_and_a_pending_consumer(tiny_project):
         f"dataset.docs: up to date (store entry {key[:12]})",
         "main.tok: will run, because",
         "  spec vocab_size: 400 -> 380",
-        "main.init: key pending on main.tok (not built yet): it runs after it unless what they write is "
-        "byte-identical to what it was built from",
+        "main.init: key pending on main.tok (no entry yet for its current key): it runs after it only if what "
+        "it writes differs from what it was built from",
     ]
 
 
@@ -47,11 +47,11 @@ def test_input_outputs_model_fields_source_files_code_and_libraries(tiny_project
     assert explain(tiny_project, "dataset.docs", "main.tok", "main.init") == [
         "dataset.docs: will run, because",
         "  source data/docs.jsonl: changed",
-        "main.tok: key pending on dataset.docs (not built yet): it runs after it unless what they write is "
-        "byte-identical to what it was built from, and because",
+        "main.tok: key pending on dataset.docs (no entry yet for its current key): it runs after it only if "
+        "what it writes differs from what it was built from, and because",
         "  code targets/tokenizer.py: changed",
-        "main.init: key pending on main.tok (not built yet): it runs after it unless what they write is "
-        "byte-identical to what it was built from, and because",
+        "main.init: key pending on main.tok (no entry yet for its current key): it runs after it only if what "
+        "it writes differs from what it was built from, and because",
         "  spec model.intermediate_size: 64 -> 96",
     ]
     tiny_project.doit("dataset.docs")  # the dataset built: the tokenizer's inputs are known
