@@ -120,7 +120,13 @@ def _patterns(node: Node, name: str, patterns: tuple[str, ...]) -> None:
     for i, pattern in enumerate(patterns):
         try:
             re.compile(pattern)
-        except re.error as exc:
-            raise node.error(("filters", name, i), "a regular expression (Python `re`)",
-                             f"'{pattern}', which does not compile: {exc}",
-                             "fix the pattern; in YAML, single quotes keep backslashes as written: '\\d+'") from None
+        except (re.error, OverflowError) as exc:  # OverflowError: a repetition count past what `re` holds
+            why = str(exc)
+        except RecursionError:  # `re`'s parser recurses once per nested group
+            why = "groups nested too deep for Python's `re` to parse"
+        else:
+            continue
+        shown = pattern if len(pattern) <= 60 else pattern[:60] + "..."
+        raise node.error(("filters", name, i), "a regular expression (Python `re`)",
+                         f"'{shown}', which does not compile: {why}",
+                         "fix the pattern; in YAML, single quotes keep backslashes as written: '\\d+'")

@@ -10,11 +10,14 @@ Jinja template that is parsed and compiled now, so a broken template builds noth
 from __future__ import annotations
 
 import importlib.util
+import os
+from pathlib import Path
 
 from . import quants, templates
 from .errors import SpecError, a_step
 from .project import Node, Project, need_step
-from .training import check_seq_len, inside, model_of, template_file, tokens_node, weights_step
+from .training import (OUTSIDE_FIX, check_seq_len, has_validation, inside, model_of, template_file, tokens_node,
+                       weights_step)
 
 
 def evaluate(project: Project, node: Node) -> None:
@@ -27,6 +30,7 @@ def evaluate(project: Project, node: Node) -> None:
     template_file(project, node, spec.chat_template)
     data = spec.data if spec.data is not None else _data_of(project, node, weights)
     node.deps.pop("data", None)
+    has_validation(project, node, ("data",), data, "the step measures perplexity on it")
     chat = spec.chat_template if project.datasets[data][0].chat() else None
     node.deps["tokens"] = tokens_node(project, node, tok_task, data, chat)
     if spec.gguf is not None:
@@ -79,6 +83,9 @@ def report(project: Project, node: Node) -> None:
     for i, ref in enumerate(spec.exports):
         task = node.step_task(ref)
         need_step(project, node, ("exports", i), ref, task)
+        if task in {t for f, t in node.deps.items() if f.startswith("export.")}:  # `gguf` and `main.gguf` alike
+            raise node.error(("exports", i), "each export once", f"'{ref}', listed before",
+                             "remove the repeated entry")
         export = project.nodes[task]
         if export.kind != "export" or export.deps["model"] != train:
             found = f"'{ref}', {a_step(export.kind)}" if export.kind != "export" else \
@@ -93,10 +100,46 @@ def template_files(project: Project, node: Node) -> list:
     """The report's template and every template it pulls in, checked: the files to digest."""
     path = inside(node, ("template",), node.spec.template, project.root)
     try:
-        return templates.check(path)
+        files = _checked(path)
     except templates.TemplateProblem as exc:
         rel = str(exc.file).removeprefix(str(project.root) + "/")
         where = f"{rel}:{exc.line}" if exc.line else rel
-        raise SpecError.one(node.doc.file, node.line("template"), node.doc.field(node.path + ("template",)),
-                            "a Jinja template that parses", f"{where}: {exc.message}",
-                            f"fix the template at {where}") from None
+        raise _template_error(node, "a Jinja template that parses", f"{where}: {exc.message}",
+                              f"fix the template at {where}") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a template pulled in that is not readable UTF-8 text
+        raise _template_error(node, "Jinja templates of UTF-8 text", str(exc), "save the templates as UTF-8") from None
+    except RecursionError:
+        raise _template_error(node, "a Jinja template that parses", "expressions or blocks nested too deep to parse",
+                              "flatten the template's expressions") from None
+    for file in files[1:]:  # the template itself was checked by `inside`
+        real = file.resolve()
+        if not real.is_relative_to(project.root):
+            raise _template_error(node, "templates inside the project", f"'{node.spec.template}' pulls in "
+                                  f"'{os.path.relpath(file, path.parent)}', which resolves to {real}", OUTSIDE_FIX)
+    return files
+
+
+def _template_error(node: Node, expected: str, found: str, fix: str) -> SpecError:
+    return SpecError.one(node.doc.file, node.line("template"), node.doc.field(node.path + ("template",)),
+                         expected, found, fix)
+
+
+_CHECKED: dict[Path, tuple[tuple, list]] = {}  # template -> (stats of its files, its files)
+
+
+def _checked(path: Path) -> list:
+    """templates.check, remembered while none of the files it read changes: a report template
+    takes most of a compile to parse, and a compile asks twice (resolving, then digesting)."""
+    hit = _CHECKED.get(path)
+    if hit is not None and hit[0] is not None and hit[0] == _stats(hit[1]):
+        return list(hit[1])
+    files = templates.check(path)
+    _CHECKED[path] = (_stats(files), files)
+    return list(files)
+
+
+def _stats(files: list) -> tuple | None:
+    try:
+        return tuple((f, (st := os.stat(f)).st_size, st.st_mtime_ns, st.st_ino) for f in files)
+    except OSError:
+        return None

@@ -66,10 +66,17 @@ class Project:
 def load(root: Path, profile: str | None = None) -> Project:
     root = Path(root).resolve()
     project = Project(root, profile)
-    files = sorted(p for p in (root / SPECS).rglob("*.y*ml")
-                   if p.suffix in (".yaml", ".yml") and not SKIP_DIRS & set(p.relative_to(root / SPECS).parts[:-1]))
+    files = sorted(p for p in (root / SPECS).rglob("*.y*ml") if p.suffix in (".yaml", ".yml")
+                   and not SKIP_DIRS & set(p.relative_to(root / SPECS).parts[:-1]) and not p.is_dir())
+    # each file on its own: a typo in one must not hide the problems of the others
+    problems = []
     for path in files:
-        _add(project, _validate(read(path, str(path.relative_to(root))), profile))
+        try:
+            _add(project, _validate(read(path, str(path.relative_to(root))), profile))
+        except SpecError as exc:
+            problems += exc.problems
+    if problems:
+        raise SpecError(problems)
     if profile is not None and profile not in project.profiles:
         raise _unknown_profile(profile, project.profiles)
     _make_nodes(project)
@@ -82,6 +89,7 @@ def load(root: Path, profile: str | None = None) -> Project:
     from . import training
 
     training.teacher_deps(project)  # teachers are inputs too: a loop through them is a cycle
+    training.check_chain(project)  # before the recursive walks below follow the chains
     _check_cycles(project)
     training.resolve(project, topo_order(project))
     for node in project.nodes.values():
@@ -123,7 +131,7 @@ def _validate(doc: Document, profile: str | None) -> tuple[Manifest, Document, s
                             "an empty file" if data is None else pydantic_errors.found(data),
                             "start the file with `kind: dataset`, `kind: model` or `kind: pipeline`")
     kind = data.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:  # a list or mapping is not even hashable
         raise SpecError.one(doc.file, doc.line(("kind",)), "kind", one_of(KINDS),
                             pydantic_errors.found(kind) if "kind" in data else "nothing",
                             did_you_mean(kind, KINDS) if isinstance(kind, str) else "add `kind: dataset`, `kind: model` or `kind: pipeline`")

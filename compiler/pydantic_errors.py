@@ -9,6 +9,7 @@ unknown keys and choices, the meaning of a missing field, a valid spelling of a 
 from __future__ import annotations
 
 import json
+import math
 import re
 import types
 import typing
@@ -24,8 +25,9 @@ EXPECTED = {
     "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
     "bool_parsing": "true or false", "string_type": "a string", "dict_type": "a mapping",
     "model_type": "a mapping", "model_attributes_type": "a mapping", "list_type": "a list",
-    "tuple_type": "a list", "finite_number": "a finite number",
+    "tuple_type": "a list", "finite_number": "a finite number", "int_parsing_size": "an integer",
 }
+LONG_INT = 10**18  # an integer this large is shown by its number of digits, not its digits
 
 
 def found(value: Any) -> str:
@@ -37,6 +39,11 @@ def found(value: Any) -> str:
         return f"'{value}'"
     if value is None:
         return "an empty value"  # `key:` with nothing after it
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= LONG_INT:
+        return f"{'-' if value < 0 else ''}an integer of {len(str(abs(value))):,} digits"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not a number (.nan)" if math.isnan(value) else \
+            f"{'minus ' if value < 0 else ''}infinity (.inf, or a number past a float's range)"
     return json.dumps(value) if isinstance(value, (bool, int, float)) else f"{value} (a {type(value).__name__})"
 
 
@@ -122,7 +129,18 @@ def _literal(value, ctx, path, model, tp):
 def _bound(value, ctx, path, model, tp):
     sign = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
     op, bound = next(iter(ctx.items()))
+    bound = f"{bound:,}" if isinstance(bound, int) else f"{bound:g}"  # 131,072; 0 rather than 0.0
     return f"a number {sign[op]} {bound}", found(value), f"use a value {sign[op]} {bound}", path
+
+
+def _finite(value, ctx, path, model, tp):
+    return "a finite number", found(value), "write a number; .inf, .nan and numbers past about 1.8e308 are not", path
+
+
+def _float_type(value, ctx, path, model, tp):
+    if isinstance(value, int) and not isinstance(value, bool):  # an integer too large for a float
+        return "a number within a float's range (about ±1.8e308)", found(value), "", path
+    return "a number", found(value), "", path
 
 
 def _pattern(value, ctx, path, model, tp):
@@ -156,7 +174,7 @@ _EXPLAIN = {
     "union_tag_not_found": _union_tag, "literal_error": _literal, "greater_than_equal": _bound,
     "greater_than": _bound, "less_than_equal": _bound, "less_than": _bound,
     "string_pattern_mismatch": _pattern, "too_short": _length, "too_long": _length,
-    "value_error": _value_error,
+    "value_error": _value_error, "finite_number": _finite, "float_type": _float_type,
 }
 
 

@@ -1,6 +1,8 @@
 """The files a dataset reads, found at compile time so their digests enter its key.
 
-Local globs are resolved against the project root and refused if they escape it;
+Local globs are resolved against the project root and refused if they escape it (a
+symbolic link out of the project included); a wildcard never walks into build/ (the store:
+outputs, not sources) nor into hidden folders (.git, .venv);
 the Python documentation corpus is `pydoc_data/topics.py` plus the source files of
 the named standard-library modules (read with `ast` by the builder, never imported).
 """
@@ -19,6 +21,7 @@ from .specs import FilesSource, PydocsSource
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SKIP_PARTS = {"test", "tests", "idle_test", "__pycache__", "site-packages"}
+BUILD = "build"
 STDLIB_LABEL = "<stdlib>"
 
 
@@ -53,8 +56,12 @@ def _glob(node: Node, i: int, pattern: str, root: Path) -> list[Path]:
         how = "an absolute path" if os.path.isabs(pattern) else "a path that leaves the project through '..'"
         raise node.error(where, "a glob relative to the project root that stays inside it", f"'{pattern}', {how}",
                          "copy the data into the project, e.g. under data/, and point the glob there")
+    if "\0" in pattern:
+        shown = pattern.replace("\0", "\\0")
+        raise node.error(where, "a glob of file names", f"'{shown}', which holds a NUL character",
+                         "remove the NUL character (`\\0` in a quoted YAML string)")
     matches = []
-    for name in sorted(glob.glob(pattern, root_dir=root, recursive=True)):
+    for name in _names(pattern, root):
         path = (root / name).resolve()
         if not path.is_relative_to(root):
             raise node.error(where, "files inside the project", f"'{name}', which resolves to {path}",
@@ -67,6 +74,24 @@ def _glob(node: Node, i: int, pattern: str, root: Path) -> list[Path]:
         raise node.error(where, "a glob that matches at least one .txt or .jsonl file", f"no file matching '{pattern}'",
                          "check the pattern; it is relative to the project root")
     return matches
+
+
+def _names(pattern: str, root: Path) -> list[str]:
+    """What `glob.glob(pattern, root_dir=root, recursive=True)` finds, except that a wildcard in
+    the first part of the pattern never enters build/ (`**/*.jsonl` would otherwise walk the
+    whole store and read the datasets Ingot wrote). Hidden folders are skipped by glob itself."""
+    while pattern.startswith("./"):
+        pattern = pattern[2:]
+    first, _, rest = pattern.partition("/")
+    if not glob.has_magic(first) or not rest and first != "**":
+        return sorted(glob.glob(pattern, root_dir=root, recursive=True))
+    names = [n for n in glob.glob("*" if first == "**" else first, root_dir=root) if n != BUILD]
+    tops = [n for n in names if os.path.isdir(root / n)]
+    sub = pattern if first == "**" else rest  # `**` goes on matching folders inside each one
+    out = [f"{top}/{name}" for top in tops for name in glob.glob(sub, root_dir=root / top, recursive=True)]
+    if first == "**":  # `**` matching no folder at all
+        out += _names(rest, root) if rest else names
+    return sorted(set(out))
 
 
 def _module_files(node: Node, where: tuple, module: str) -> list[Path]:

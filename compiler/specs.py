@@ -18,6 +18,15 @@ UNKEYED = {"keyed": False}
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 
+# Upper bounds of sizes, generous for any model trained today, so that a slip of the keyboard
+# (hidden_size 10^12) is a compile-time error naming the field and the bound, not a hang in
+# the compiler or an allocation that fails hours into a build.
+MAX_STEPS = 1_000_000_000      # optimizer steps, and every cadence counted in them
+MAX_POSITIONS = 1 << 24        # 16,777,216 tokens: sequence lengths and contexts
+MAX_BATCH = 1 << 16            # 65,536 sequences per micro-batch, micro-batches per step
+MAX_SEED = 2**32 - 1           # what every seed API the builders call accepts (numpy's legacy one the narrowest)
+Weight = Annotated[float, Field(gt=0)]
+
 
 def ref(kind: Literal["dataset", "model", "step"], default: Any = ...) -> Any:
     """A field that names a dataset or model manifest, or a step (`step` or `pipeline.step`);
@@ -27,7 +36,8 @@ def ref(kind: Literal["dataset", "model", "step"], default: Any = ...) -> Any:
 
 
 class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # allow_inf_nan=False: `.inf`, `.nan` and numbers past a float's range are refused everywhere
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 class Manifest(Spec):
@@ -35,8 +45,9 @@ class Manifest(Spec):
     """Unique name of this manifest among those of its kind; other manifests refer to it by it."""
     description: str = Field("", json_schema_extra=UNKEYED)
     """Free text for people. Never part of a content key."""
-    profiles: dict[Name, dict[str, Any]] = Field(default_factory=dict, json_schema_extra=UNKEYED)
-    """Overlays by profile name, merged over this manifest when `doit profile=NAME` runs."""
+    profiles: dict[Name, dict[str, Any]] = Field(default_factory=dict, max_length=64, json_schema_extra=UNKEYED)
+    """Overlays by profile name, merged over this manifest when `doit profile=NAME` runs (at most 64:
+    each is merged and checked on every compile)."""
 
 
 # ---------------------------------------------------------------- datasets
@@ -145,9 +156,9 @@ class NearDedup(Spec):
     verify: bool = True
     """Check every LSH candidate pair by the exact Jaccard of its shingles; without it, every
     candidate counts (faster, some false positives)."""
-    seed: int = Field(1, ge=0)
+    seed: int = Field(1, ge=0, le=MAX_SEED)
     """Seed of the MinHash functions."""
-    workers: int | None = Field(None, ge=1, json_schema_extra=UNKEYED)
+    workers: int | None = Field(None, ge=1, le=1024, json_schema_extra=UNKEYED)
     """Processes that shingle and hash the documents; default: one per core. The result does not
     depend on it."""
 
@@ -179,7 +190,7 @@ class DatasetSpec(Manifest):
     file and line, or `skip` the record and count it in stats.json."""
     split: Split = Split()
     """The deterministic train/validation split."""
-    shard_docs: int = Field(10_000, ge=1)
+    shard_docs: int = Field(10_000, ge=1, le=100_000_000)
     """Documents per output shard file."""
 
     @model_validator(mode="after")
@@ -208,29 +219,29 @@ class ModelSpec(Manifest):
     """A model architecture."""
     architecture: Literal["llama"] = "llama"
     """Model family; Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention) for now."""
-    hidden_size: int = Field(ge=1)
+    hidden_size: int = Field(ge=1, le=131_072)
     """Width of the residual stream."""
-    intermediate_size: int = Field(ge=1)
+    intermediate_size: int = Field(ge=1, le=1_048_576)
     """Width of the SwiGLU feed-forward layer."""
-    layers: int = Field(ge=1)
+    layers: int = Field(ge=1, le=1024)
     """Number of decoder layers."""
-    heads: int = Field(ge=1)
+    heads: int = Field(ge=1, le=1024)
     """Attention (query) heads per layer."""
-    kv_heads: int | None = Field(None, ge=1)
+    kv_heads: int | None = Field(None, ge=1, le=1024)
     """Key/value heads per layer (grouped-query attention); defaults to `heads`."""
-    head_dim: int | None = Field(None, ge=1)
+    head_dim: int | None = Field(None, ge=1, le=4096)
     """Width of one attention head; defaults to `hidden_size / heads`."""
-    vocab_size: int = Field(ge=1)
+    vocab_size: int = Field(ge=1, le=4_194_304)
     """Rows of the embedding and the LM head; at least the paired tokenizer's vocabulary."""
-    max_positions: int = Field(2048, ge=1)
+    max_positions: int = Field(2048, ge=1, le=MAX_POSITIONS)
     """Longest sequence the model is built for (RoPE positions)."""
-    rope_theta: float = Field(10_000.0, gt=0)
+    rope_theta: float = Field(10_000.0, gt=0, le=10**12)
     """RoPE base frequency."""
-    rms_norm_eps: float = Field(1e-6, gt=0)
+    rms_norm_eps: float = Field(1e-6, gt=0, le=1)
     """Epsilon of every RMSNorm."""
     tie_embeddings: bool = False
     """Share the input embedding with the LM head."""
-    expect_params: int | None = Field(None, ge=1, json_schema_extra=UNKEYED)
+    expect_params: int | None = Field(None, ge=1, le=10**16, json_schema_extra=UNKEYED)
     """When given, compiling fails unless the derived parameter count equals it."""
 
     @model_validator(mode="after")
@@ -251,13 +262,13 @@ class Step(Spec):
 
 
 class SpecialTokens(Spec):
-    bos: str = "<s>"
+    bos: str = Field("<s>", min_length=1)
     """Beginning-of-sequence token."""
-    eos: str = "</s>"
+    eos: str = Field("</s>", min_length=1)
     """End-of-sequence token; also separates packed documents."""
-    unk: str = "<unk>"
+    unk: str = Field("<unk>", min_length=1)
     """Unknown token (byte-level BPE never needs it, but loaders expect one)."""
-    pad: str = "<pad>"
+    pad: str = Field("<pad>", min_length=1)
     """Padding token."""
 
 
@@ -268,13 +279,13 @@ class TokenizerStep(Step):
     """Name of the dataset manifest to train on."""
     vocab_size: int = Field(ge=260, le=1_000_000)
     """Vocabulary size including the 256 byte symbols and the special tokens."""
-    min_frequency: int = Field(2, ge=1)
+    min_frequency: int = Field(2, ge=1, le=1_000_000_000)
     """A pair must occur this often to be merged."""
     special_tokens: SpecialTokens = SpecialTokens()
     """Special tokens, given the first ids in this order: bos, eos, unk, pad."""
     add_bos_token: bool = False
     """Whether encoding prepends the bos token."""
-    max_length: int = Field(2048, ge=1)
+    max_length: int = Field(2048, ge=1, le=MAX_POSITIONS)
     """`model_max_length` written to `tokenizer_config.json`."""
 
     def summary(self) -> str:
@@ -288,7 +299,7 @@ class InitStep(Step):
     """Name of the model manifest."""
     tokenizer: str = ref("step")
     """The tokenizer step the model is paired with (`step` or `pipeline.step`)."""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     """Seed of the initialization."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Precision of the saved weights."""
@@ -318,7 +329,7 @@ class TokensStep(Step):
 class Optimizer(Spec):
     lr: float = Field(3e-4, gt=0)
     """Peak learning rate of AdamW."""
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
     """AdamW's beta1 and beta2."""
     weight_decay: float = Field(0.0, ge=0)
     """Decoupled weight decay of the matrices (norms and embeddings are not decayed)."""
@@ -329,28 +340,28 @@ class Optimizer(Spec):
 class Schedule(Spec):
     kind: Literal["constant", "cosine"] = "cosine"
     """`constant` after warmup, or `cosine` decay from lr to lr * min_lr_ratio at the last step."""
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
     """Optimizer steps of linear warmup from 0 to lr."""
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     """Final learning rate of the cosine schedule, as a fraction of lr."""
 
 
 class Evaluation(Spec):
-    every: int = Field(50, ge=1)
+    every: int = Field(50, ge=1, le=MAX_STEPS)
     """Evaluate validation loss every this many optimizer steps (and at the last step)."""
-    batches: int = Field(8, ge=1)
+    batches: int = Field(8, ge=1, le=100_000)
     """Validation batches per evaluation (always the same ones)."""
 
 
 class Checkpoints(Spec):
-    every: int = Field(50, ge=1)
+    every: int = Field(50, ge=1, le=MAX_STEPS)
     """Save a checkpoint (weights, optimizer, schedule, RNG, data cursor) every this many steps."""
-    keep: int = Field(2, ge=1)
+    keep: int = Field(2, ge=1, le=10_000)
     """Keep the last this many checkpoints, plus the best by validation loss."""
 
 
 class EarlyStopping(Spec):
-    patience: int = Field(ge=1)
+    patience: int = Field(ge=1, le=MAX_STEPS)
     """Stop after this many evaluations without an improvement of validation loss."""
     min_delta: float = Field(0.0, ge=0)
     """An improvement must lower validation loss by more than this."""
@@ -375,9 +386,9 @@ class Teacher(Spec):
 class Phase(Spec):
     name: str = ""
     """Label of the phase in metrics and reports."""
-    steps: int = Field(ge=1)
+    steps: int = Field(ge=1, le=MAX_STEPS)
     """Optimizer steps of this phase."""
-    teachers: dict[Name, float] = Field(min_length=1)
+    teachers: dict[Name, Weight] = Field(min_length=1)
     """Teachers of this phase by name, with the weight of each one's distillation loss."""
 
 
@@ -395,11 +406,11 @@ class Distill(Spec):
 class Stage(Spec):
     name: Name
     """Label of the stage (e.g. foundation, reasoning, advanced)."""
-    datasets: dict[Name, float] = Field(min_length=1)
+    datasets: dict[Name, Weight] = Field(min_length=1)
     """Datasets of this stage with their mixture weights (tokenized with the step's tokenizer)."""
-    steps: int = Field(ge=1)
+    steps: int = Field(ge=1, le=MAX_STEPS)
     """Optimizer steps of this stage."""
-    seq_len: int | None = Field(None, ge=2)
+    seq_len: int | None = Field(None, ge=2, le=MAX_POSITIONS)
     """Sequence length of this stage; the step's `seq_len` when absent."""
 
 
@@ -424,16 +435,16 @@ class TrainStep(Step):
     """Jinja chat template (relative to the project root) that renders the records of
     instruction/response datasets before tokenizing; its path and contents enter the key of
     the tokens it makes, and through them this step's."""
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     """Optimizer steps; may be left out when stages or phases give the length."""
-    epochs: float | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0, le=1_000_000)
     """Or: passes over the train split, each epoch its tokens / (batch_size · grad_accum · seq_len)
     optimizer steps, rounded up; worked out from the tokenized data, so only with `data:`."""
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH)
     """Sequences per micro-batch."""
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, le=MAX_BATCH)
     """Micro-batches accumulated per optimizer step."""
-    seq_len: int = Field(128, ge=2)
+    seq_len: int = Field(128, ge=2, le=MAX_POSITIONS)
     """Tokens per training sequence; at most the model's max_positions."""
     clip: float | None = Field(1.0, gt=0)
     """Clip the gradient norm to this; no clipping when absent."""
@@ -447,7 +458,7 @@ class TrainStep(Step):
     """Checkpoint cadence and retention."""
     early_stopping: EarlyStopping | None = None
     """Stop when validation loss stops improving; never when absent."""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     """Seed of initialization, data order and every other random draw."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Training precision: float32, or bfloat16 autocast where the device supports it."""
@@ -493,7 +504,7 @@ class Export(Step):
     chat_template: str = "specs/templates/chat.jinja"
     """Jinja chat template (relative to the project root): chat_template.jinja, or the GGUF
     `tokenizer.chat_template`."""
-    max_new_tokens: int = Field(128, ge=1)
+    max_new_tokens: int = Field(128, ge=1, le=MAX_POSITIONS)
     """`generation_config.json`: default number of tokens to generate."""
     temperature: float = Field(0.8, ge=0)
     """Default sampling temperature (0 for greedy): `generation_config.json`, or the GGUF
@@ -541,13 +552,13 @@ class EvaluateStep(Step):
     the same tokens through llama.cpp (needs the llama.cpp extra)."""
     data: str | None = ref("dataset", None)
     """Dataset whose validation split is measured; default: the train step's `data`."""
-    seq_len: int = Field(128, ge=2)
+    seq_len: int = Field(128, ge=2, le=MAX_POSITIONS)
     """Tokens per perplexity window; at most the model's max_positions."""
-    windows: int = Field(16, ge=1)
+    windows: int = Field(16, ge=1, le=1_000_000)
     """Perplexity windows taken from the start of the validation split (fewer if it is shorter)."""
     prompts: tuple[Prompt, ...] = Field(DEFAULT_PROMPTS, min_length=1)
     """Prompt set of the generation benchmark."""
-    max_new_tokens: int = Field(32, ge=1)
+    max_new_tokens: int = Field(32, ge=1, le=MAX_POSITIONS)
     """Greedy generation stops after this many tokens, or at eos."""
     chat_template: str = "specs/templates/chat.jinja"
     """Jinja chat template (relative to the project root) the prompts are rendered with."""

@@ -27,7 +27,9 @@ def resolve(project: Project, order: list[str]) -> None:
     """Resolve train and export steps in dependency order (a step's `init` comes first)."""
     for task in order:
         node = project.nodes[task]
-        if node.kind == "train":
+        if node.kind == "tokenizer":
+            _tokenizer(project, node)
+        elif node.kind == "train":
             _train(project, node)
         elif node.kind == "export":
             _export(project, node)
@@ -49,6 +51,42 @@ def teacher_deps(project: Project) -> None:
                 node.deps[f"teacher.{name}"] = task
 
 
+MAX_CHAIN = 256  # steps each consuming the one before; the graph's recursive walks follow such chains
+
+
+def check_chain(project: Project) -> None:
+    """Refuse a chain of more than MAX_CHAIN steps each consuming the one before: beyond any
+    pipeline, and deeper than the cycle check and the ordering (recursive walks) can follow.
+    Walked with an explicit stack; an edge back into the current path (a cycle, reported by the
+    cycle check) counts for nothing here."""
+    depth: dict[str, int] = {}
+    for start in project.nodes:
+        path, stack = {start}, [(start, iter(project.nodes[start].deps.values()))]
+        while stack:
+            task, deps = stack[-1]
+            dep = next(deps, None)
+            if dep is None:
+                stack.pop()
+                path.discard(task)
+                _chain_at(project, task, depth, path)
+            elif dep not in depth and dep not in path:
+                path.add(dep)
+                stack.append((dep, iter(project.nodes[dep].deps.values())))
+
+
+def _chain_at(project: Project, task: str, depth: dict[str, int], path: set[str]) -> None:
+    node = project.nodes[task]
+    below = {f: depth.get(d, 0) for f, d in node.deps.items() if d not in path}
+    depth[task] = 1 + max(below.values(), default=0)
+    if depth[task] > MAX_CHAIN:
+        field = max(below, key=below.get)
+        where = ("distill", "teachers", field.split(".", 1)[1], "step") if field.startswith("teacher.") else \
+            (field,) if field in type(node.spec).model_fields else ()
+        raise node.error(where, f"a chain of at most {MAX_CHAIN} steps, each consuming the one before",
+                         f"{depth[task]:,} steps from '{task}' down", "start from a step nearer the beginning: "
+                         f"no pipeline needs more than a few stages, and {MAX_CHAIN} is the most Ingot follows")
+
+
 def model_of(project: Project, task: str) -> ModelSpec:
     """The model spec behind an init or train step's weights."""
     return project.nodes[task].models["model"]
@@ -61,6 +99,30 @@ def weights_step(project: Project, node: Node, where: tuple, task: str, value: s
                          f"'{value}', {a_step(kind)}", "name a step of kind `init` or `train`")
 
 
+def _tokenizer(project: Project, node: Node) -> None:
+    """The tokenizer builder learns its vocabulary from each record's `text`, which the records
+    of an instruction/response dataset do not have."""
+    name = node.spec.dataset
+    dataset, doc = project.datasets[name]
+    if dataset.chat():
+        at = f"{doc.file}:{doc.line(('sources', 0, 'fields'))}"
+        raise node.error(("dataset",), f"a dataset of texts (tokenizer step '{node.task}' learns its vocabulary "
+                                       "from the `text` of each record)",
+                         f"dataset '{name}', whose records are instruction/response pairs ({at})",
+                         "train the tokenizer on a dataset of texts, such as the corpus the model is pretrained on; "
+                         "train steps can then read the instruction/response dataset with it")
+
+
+def has_validation(project: Project, node: Node, where: tuple, name: str, why: str) -> None:
+    """A step that measures on the validation split of dataset `name` needs one."""
+    dataset, doc = project.datasets[name]
+    if dataset.split.validation == 0:
+        at = f"{doc.file}:{doc.line(('split', 'validation'))}"
+        raise node.error(where, f"a dataset with a validation split ({why})",
+                         f"dataset '{name}' with `split.validation: 0` ({at})",
+                         f"hold out part of dataset '{name}', e.g. `split: {{validation: 0.05}}`")
+
+
 def _train(project: Project, node: Node) -> None:
     spec = node.spec
     if (spec.model is None) == (spec.init is None):
@@ -69,10 +131,15 @@ def _train(project: Project, node: Node) -> None:
                          "keep one of them" if spec.model else "add `model: MODEL` or `init: STEP`")
     if spec.init is not None:
         weights_step(project, node, ("init",), node.deps["init"], spec.init)
+        _same_tokenizer(project, node, node.deps["init"])
         node.models["model"] = model_of(project, node.deps["init"])
     model = node.models["model"]
     check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
     datasets = _datasets(project, node)
+    first = [spec.data] if spec.data is not None else list(spec.stages[0].datasets)
+    for name in first:  # the validation loss is measured on the first stage's mixture
+        where = ("data",) if spec.data is not None else ("stages", 0, "datasets", name)
+        has_validation(project, node, where, name, "the step measures validation loss on it every eval.every steps")
     template = _chat_template(project, node, datasets)
     tok_task = node.deps["tokenizer"]
     node.deps.pop("data", None)
@@ -80,8 +147,18 @@ def _train(project: Project, node: Node) -> None:
         chat = template if project.datasets[name][0].chat() else None
         node.deps[f"tokens.{name}"] = tokens_node(project, node, tok_task, name, chat)
     _check_length(node)
+    _unique_names(node, spec.stages, ("stages",), "stage")
     if spec.objective == "distill" or spec.distill is not None:
         _distill(project, node, model, tok_task)
+
+
+def _same_tokenizer(project: Project, node: Node, weights: str) -> None:
+    """Weights learned with one tokenizer's ids would read another's as noise."""
+    theirs, ours = project.nodes[weights].deps.get("tokenizer"), node.deps["tokenizer"]
+    if theirs != ours:
+        raise node.error(("init",), f"weights made for this step's tokenizer ('{ours}')",
+                         f"'{node.spec.init}', whose weights were made for tokenizer '{theirs}'",
+                         f"set `tokenizer: {theirs}` here, or start from weights made for '{ours}'")
 
 
 def check_seq_len(project: Project, node: Node, where: tuple, seq_len: int, model: ModelSpec) -> None:
@@ -173,6 +250,18 @@ def _check_length(node: Node) -> None:
                          said, "make them agree, or leave max_steps out")
 
 
+def _unique_names(node: Node, items: tuple, field: tuple, label: str) -> None:
+    """Metrics and reports tell stages (phases) apart by name; an unnamed one is `stage N`."""
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        name = item.name or f"{label} {i + 1}"
+        if name in seen:
+            raise node.error(field + (i, "name"), f"a {label} name no other {label} has (metrics and the report "
+                                                  f"tell {label}s apart by name)",
+                             f"'{name}', the name of {label} {seen[name] + 1} too", "rename one of them")
+        seen[name] = i
+
+
 def _distill(project: Project, node: Node, student: ModelSpec, tok_task: str) -> None:
     spec = node.spec
     if spec.objective != "distill":
@@ -188,8 +277,14 @@ def _distill(project: Project, node: Node, student: ModelSpec, tok_task: str) ->
                 raise node.error(("distill", "phases", i, "teachers", name),
                                  f"a teacher declared under distill.teachers ({one_of(known)})", f"'{name}'",
                                  did_you_mean(name, known) or f"declare teacher '{name}' under distill.teachers")
+    _unique_names(node, spec.distill.phases, ("distill", "phases"), "phase")
+    used = {name for phase in spec.distill.phases for name in phase.teachers}
     for name, teacher in spec.distill.teachers.items():
         where = ("distill", "teachers", name)
+        if name not in used:  # the builder loads the teachers of each phase, and no other
+            raise node.error(where, "a teacher that some phase names", f"teacher '{name}', which no phase names",
+                             f"add '{name}' to the teachers of a phase, or remove it: as written, its weights would "
+                             "be made and never read")
         if teacher.step is not None:
             _step_teacher(project, node, where, name, teacher.step, student, tok_task)
         elif teacher.path is not None:
@@ -225,10 +320,14 @@ def _path_teacher(project: Project, node: Node, where: tuple, name: str, rel: st
         vocab = json.loads(config.read_text())["vocab_size"]
         if not isinstance(vocab, int) or isinstance(vocab, bool):
             raise ValueError(vocab)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         why = "whose config.json gives no integer vocab_size" if config.is_file() else "which has no config.json"
         raise node.error(where + ("path",), "a Hugging Face model folder with a config.json giving vocab_size",
                          f"'{rel}', {why}", "point `path:` at the folder that holds config.json and the weights") from None
+    for file in sorted(folder.iterdir()):  # the files the step reads (source_files), links resolved
+        if not file.name.startswith(".") and not file.resolve().is_relative_to(project.root):
+            raise node.error(where + ("path",), "a folder whose files are inside the project",
+                             f"'{rel}', whose file '{file.name}' resolves to {file.resolve()}", OUTSIDE_FIX)
     _same_vocab(node, where, name, vocab, f"{rel}/config.json", student)
 
 
@@ -240,19 +339,33 @@ def _same_vocab(node: Node, where: tuple, name: str, vocab: int, source: str, st
                          "distill from a teacher that shares the student's tokenizer and vocabulary")
 
 
+OUTSIDE_FIX = "copy the files into the project and give the path from its root (a link out of it is refused)"
+
+
 def inside(node: Node, where: tuple, rel: str, root: Path) -> Path:
-    """`rel` resolved against the project root; an error if it is absolute or leaves the project."""
+    """`rel` resolved against the project root; an error if it is absolute, leaves the project,
+    or resolves (through a symbolic link) to somewhere outside it."""
     if os.path.isabs(rel) or ".." in Path(rel).parts:
         how = "an absolute path" if os.path.isabs(rel) else "a path that leaves the project through '..'"
         raise node.error(where, "a path relative to the project root that stays inside it", f"'{rel}', {how}",
-                         "copy or link the files into the project and give the path from its root")
+                         OUTSIDE_FIX)
     path = root / rel
-    if not path.exists():
+    if not _exists(path):
         same_name = difflib.get_close_matches(rel, _find(root, Path(rel).name), n=1, cutoff=0)
         hint = f"did you mean '{same_name[0]}'? Paths are" if same_name else "check the path; it is"
         raise node.error(where, "an existing file or folder (relative to the project root)", f"'{rel}', which does not exist",
                          f"{hint} relative to the project root")
+    if not path.resolve().is_relative_to(root):
+        raise node.error(where, "a path relative to the project root that stays inside it",
+                         f"'{rel}', which resolves to {path.resolve()} through a symbolic link", OUTSIDE_FIX)
     return path
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL character
+        return False
 
 
 def _find(root: Path, name: str) -> list[str]:
@@ -318,9 +431,46 @@ def _gguf(project: Project, node: Node) -> None:
 
 
 def template_file(project: Project, node: Node, rel: str) -> None:
-    if not inside(node, ("chat_template",), rel, project.root).is_file():
+    path = inside(node, ("chat_template",), rel, project.root)
+    if not path.is_file():
         raise node.error(("chat_template",), "a Jinja template file", f"'{rel}', a folder",
                          "name the template file, e.g. specs/templates/chat.jinja")
+    problem = _chat_problem(path)
+    if problem is not None:
+        line, message = problem
+        where = f"{rel}:{line}" if line else rel
+        raise node.error(("chat_template",), "a Jinja chat template that parses", f"{where}: {message}",
+                         f"fix the template at {where}")
+
+
+_PARSED: dict[Path, tuple[tuple, tuple | None]] = {}  # template -> (its stat, what parsing it said)
+
+
+def _chat_problem(path: Path) -> tuple[int | None, str] | None:
+    """(line, message) of what stops the chat template from parsing, or None; remembered while the
+    file is unchanged (export, evaluate and tokens steps ask for the same file)."""
+    st = path.stat()
+    stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+    if _PARSED.get(path, (None,))[0] != stamp:
+        _PARSED[path] = (stamp, _parse_chat(path))
+    return _PARSED[path][1]
+
+
+def _parse_chat(path: Path) -> tuple[int | None, str] | None:
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
+
+    # as the builders render it (targets/chat.py), with the loop controls transformers' renderer adds
+    env = SandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    try:
+        env.from_string(path.read_text(encoding="utf-8"))
+    except jinja2.TemplateSyntaxError as exc:
+        return exc.lineno, f"{type(exc).__name__}: {exc.message}"
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except RecursionError:
+        return None, "expressions or blocks nested too deep to parse"
+    return None
 
 
 def source_files(project: Project, node: Node) -> list[Path]:

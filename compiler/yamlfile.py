@@ -5,10 +5,18 @@ from field path (a tuple of keys and list indices) to its 1-based line, so that
 every later error can point at the line the user wrote. Duplicate keys, which
 PyYAML would silently collapse, are errors here; so are merge keys (`<<:`) and tags
 (`!!python/...`), which would hide where a value came from or what it is.
+
+A manifest is small and hand-written, so what no hand writes is refused before it is
+composed, with one error naming the file: more than MAX_BYTES, lists and mappings nested
+deeper than MAX_DEPTH (the C composer recurses on the C stack, and a deep enough
+`[[[[...` crashes the process), and more than MAX_VALUES values once every alias is
+counted as what it repeats (a 300-byte "billion laughs" of nested aliases otherwise
+expands into billions of values, minutes and gigabytes).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +25,20 @@ import yaml
 
 from .errors import SpecError
 
+MAX_BYTES = 1 << 20       # 1 MiB; the largest manifest Ingot ships is under 4 kB
+MAX_DEPTH = 64            # lists and mappings inside each other; the shipped manifests nest 7 deep
+MAX_VALUES = 100_000      # keys, values and list items, each alias counted as all it repeats
+
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _constructor = yaml.constructor.SafeConstructor()
 _STD = "tag:yaml.org,2002:"
 _PLAIN = {_STD + "map", _STD + "seq"}
+# what the safe constructor makes of each scalar tag; `=` and `<<` as values are plain text
+_SCALARS = {_STD + t: getattr(yaml.constructor.SafeConstructor, f"construct_yaml_{t}")
+            for t in ("null", "bool", "int", "float", "binary", "timestamp")}
+_TEXT = {_STD + "str", _STD + "value", _STD + "merge"}
+_WHAT = {"null": "an empty value", "bool": "true or false", "int": "an integer", "float": "a number",
+         "binary": "base64 data", "timestamp": "a date (YYYY-MM-DD)"}
 
 
 @dataclass
@@ -65,18 +83,129 @@ def fmt_path(path: tuple) -> str:
 
 
 def read(path: Path, rel: str) -> Document:
+    text = _text(path, rel)
     try:
-        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=Loader)
-    except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        raise SpecError.one(rel, line, "", "UTF-8 text", f"the byte {exc.object[exc.start]:#04x}, which is not UTF-8",
-                            "save the file as UTF-8") from None
+        _scan(text, rel)
+        node = yaml.compose(text, Loader=Loader)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow anywhere
+        raise _bad_character(exc, text, rel) from None
     except yaml.YAMLError as exc:
         raise _syntax_error(exc, rel) from None
     doc = Document(rel, None)
     doc.data = _build(node, (), doc) if node is not None else None
     doc.lines.setdefault((), 1)
     return doc
+
+
+def _text(path: Path, rel: str) -> str:
+    """The file as text, read no further than MAX_BYTES + 1 bytes."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise SpecError.one(rel, None, "", "a readable file", f"{exc.strerror or exc}",
+                            "check the file's permissions, or remove it from specs/") from None
+    if len(raw) > MAX_BYTES:
+        raise SpecError.one(rel, None, "", f"a manifest of at most {MAX_BYTES:,} bytes (1 MiB)",
+                            f"{path.stat().st_size:,} bytes",
+                            "a manifest describes data and does not hold it: keep it under 1 MiB, and put "
+                            "records in files under data/ that a dataset's `glob:` reads")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise SpecError.one(rel, line, "", "UTF-8 text", f"the byte {exc.object[exc.start]:#04x}, which is not UTF-8",
+                            "save the file as UTF-8") from None
+
+
+@dataclass
+class _Open:
+    """A list or mapping the scan is inside: the values counted before it, its anchor, its
+    nesting level, and the deepest level reached inside it."""
+
+    before: int
+    anchor: str | None
+    level: int
+    deepest: int
+
+
+def _scan(text: str, rel: str) -> None:
+    """Refuse a file nested deeper than MAX_DEPTH, one of more than MAX_VALUES values, and an
+    alias inside the value it names, before anything is composed or built."""
+    _Scan(rel).run(text)
+
+
+class _Scan:
+    """The parser's events, walked once: a flat stream (no recursion), in which an alias is one
+    event, counted as the values and the nesting of what its anchor names."""
+
+    def __init__(self, rel: str):
+        self.rel, self.count = rel, 0
+        self.stack: list[_Open] = []
+        self.anchors: dict[str, tuple[int, int]] = {}  # anchor -> (values, nesting) of what it names
+
+    def run(self, text: str) -> None:
+        for event in yaml.parse(text, Loader=Loader):
+            if isinstance(event, yaml.CollectionEndEvent):
+                self._close()
+            elif isinstance(event, (yaml.CollectionStartEvent, yaml.AliasEvent, yaml.ScalarEvent)):
+                self._check(event, *self._size(event))
+
+    def _size(self, event: yaml.Event) -> tuple[int, int]:
+        """(values, nesting level reached) of one event."""
+        if isinstance(event, yaml.CollectionStartEvent):
+            level = len(self.stack) + 1
+            self.stack.append(_Open(self.count, event.anchor, level, level))
+            return 1, level
+        if isinstance(event, yaml.AliasEvent):
+            if any(o.anchor == event.anchor for o in self.stack):
+                raise self._error(event, "an alias to a value written before it",
+                                  f"'*{event.anchor}' inside the value '&{event.anchor}' names, which would contain "
+                                  "itself", "write the value out instead of the alias")
+            values, depth = self.anchors.get(event.anchor, (1, 0))  # an unknown one: the composer says so
+            return values, len(self.stack) + depth
+        if event.anchor is not None:
+            self.anchors[event.anchor] = (1, 0)
+        return 1, len(self.stack)
+
+    def _close(self) -> None:
+        done = self.stack.pop()
+        if self.stack:
+            self.stack[-1].deepest = max(self.stack[-1].deepest, done.deepest)
+        if done.anchor is not None:
+            self.anchors[done.anchor] = (self.count - done.before, done.deepest - done.level + 1)
+
+    def _check(self, event: yaml.Event, values: int, reach: int) -> None:
+        self.count += values
+        if self.stack:
+            self.stack[-1].deepest = max(self.stack[-1].deepest, reach)
+        alias = isinstance(event, yaml.AliasEvent)
+        if reach > MAX_DEPTH:
+            raise self._error(event, f"lists and mappings nested at most {MAX_DEPTH} deep",
+                              f"{'an alias that nests them' if alias else 'nesting'} {reach} deep on this line",
+                              f"flatten the structure: no manifest field nests more than a few levels, and "
+                              f"{MAX_DEPTH} is the most Ingot reads")
+        if self.count > MAX_VALUES:
+            how = f", where the alias '*{event.anchor}' repeats {values:,} values" if alias else ""
+            raise self._error(event, f"at most {MAX_VALUES:,} values (keys, values and list items, each alias "
+                                     "counted as every value it repeats)", f"{self.count:,} by this line{how}",
+                              f"write the values out instead of nesting aliases in aliases, and keep a manifest "
+                              f"under {MAX_VALUES:,} values: put records in files under data/ that a dataset's "
+                              "`glob:` reads")
+
+    def _error(self, event: yaml.Event, expected: str, found: str, fix: str) -> SpecError:
+        return SpecError.one(self.rel, event.start_mark.line + 1, "", expected, found, fix)
+
+
+def _bad_character(exc: yaml.reader.ReaderError, text: str, rel: str) -> SpecError:
+    # libyaml counts the position in UTF-8 bytes, PyYAML's own reader in characters
+    before = text.encode("utf-8")[: exc.position] if Loader is not yaml.SafeLoader else text[: exc.position]
+    line = before.count(b"\n" if isinstance(before, bytes) else "\n") + 1
+    code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    return SpecError.one(rel, line, "", "printable text (YAML allows no control character but tab and line breaks)",
+                         f"the character U+{code:04X}",
+                         f'remove it; to mean it, write the escape "\\x{code:02x}" inside double quotes'
+                         if code < 256 else "remove it")
 
 
 def _syntax_error(exc: yaml.YAMLError, rel: str) -> SpecError:
@@ -97,12 +226,30 @@ def _syntax_error(exc: yaml.YAMLError, rel: str) -> SpecError:
 
 
 def _scalar(node: yaml.ScalarNode, doc: Document, path: tuple) -> Any:
-    if node.tag == _STD + "str":
+    if node.tag in _TEXT:
         return node.value
+    construct = _SCALARS.get(node.tag)
+    if construct is None:  # a tag the safe loader refuses, e.g. `!!python/object`
+        raise _tagged(node, doc, path)
     try:
-        return _constructor.construct_object(node, deep=True)
-    except yaml.constructor.ConstructorError:  # a tag the safe loader refuses, e.g. `!!python/object`
-        raise _tagged(node, doc, path) from None
+        return construct(_constructor, node)
+    except (ValueError, KeyError, AttributeError, TypeError, yaml.YAMLError):
+        raise _unreadable(node, doc, path) from None
+
+
+def _unreadable(node: yaml.ScalarNode, doc: Document, path: tuple) -> SpecError:
+    """A scalar the resolver took for a number or date, or one tagged `!!int` and the like,
+    that its constructor cannot read: `2024-13-45`, an integer of 5,000 digits, `!!int x`."""
+    line, what = node.start_mark.line + 1, node.tag.replace(_STD, "")
+    digits = sum(c.isdigit() for c in node.value)
+    if what == "int" and digits > sys.get_int_max_str_digits() > 0:
+        return SpecError.one(doc.file, line, fmt_path(path), f"an integer of at most "
+                             f"{sys.get_int_max_str_digits():,} digits (the most Python reads)",
+                             f"an integer of {digits:,} digits", "write the number meant; no field takes one that "
+                             "large, and each says its bound")
+    shown = node.value if len(node.value) <= 40 else node.value[:40] + "..."
+    return SpecError.one(doc.file, line, fmt_path(path), _WHAT[what], f"'{shown}', which is not one",
+                         f"write {_WHAT[what]}, or quote the value to keep it as text")
 
 
 def _tagged(node: yaml.Node, doc: Document, path: tuple) -> SpecError:

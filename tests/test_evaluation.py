@@ -74,17 +74,17 @@ def test_what_evaluate_and_report_read(make_project):
     write(p)
     plans = graph.plans(project.load(p.root))
     evaluate, report = plans["main.evaluate"], plans["main.report"]
-    assert {f: i["task"] for f, i in evaluate["inputs"].items()} == {
-        "gguf": "main.gguf", "model": "main.student", "tokenizer": "main.tok", "tokens": "main.tok@docs"}
-    assert {f: i["task"] for f, i in report["inputs"].items()} == {
-        "evaluate": "main.evaluate", "export.gguf": "main.gguf", "export.hf": "main.hf", "train": "main.student"}
+    assert evaluate.inputs == {"gguf": "main.gguf", "model": "main.student", "tokenizer": "main.tok",
+                               "tokens": "main.tok@docs"}
+    assert report.inputs == {"evaluate": "main.evaluate", "export.gguf": "main.gguf", "export.hf": "main.hf",
+                             "train": "main.student"}
     # the template and what it includes are sources: editing either changes the report's key only
-    assert sorted(report["sources"]) == ["specs/templates/part.md.jinja", "specs/templates/report.md.jinja"]
-    assert sorted(evaluate["sources"]) == ["specs/templates/chat.jinja"]
-    assert evaluate["builder"] == "evaluate" and report["builder"] == "report"
-    before = {t: plan["key"] for t, plan in plans.items()}
+    assert sorted(report.sources) == ["specs/templates/part.md.jinja", "specs/templates/report.md.jinja"]
+    assert sorted(evaluate.sources) == ["specs/templates/chat.jinja"]
+    assert evaluate.builder == "evaluate" and report.builder == "report"
+    before = {t: plan.base for t, plan in plans.items()}
     p.write("specs/templates/part.md.jinja", "Final loss: {{ train.final_loss }}\n")
-    after = {t: plan["key"] for t, plan in graph.plans(project.load(p.root)).items()}
+    after = {t: plan.base for t, plan in graph.plans(project.load(p.root)).items()}
     assert [t for t in before if before[t] != after[t]] == ["main.report"]
 
 
@@ -92,7 +92,7 @@ def test_evaluate_reads_the_validation_split_of_the_dataset_it_names(make_projec
     p = make_project()
     write(p, pipeline=("    gguf: gguf\n", "    gguf: gguf\n    data: more\n"))
     plans = graph.plans(project.load(p.root))
-    assert plans["main.evaluate"]["inputs"]["tokens"]["task"] == "main.tok@more"
+    assert plans["main.evaluate"].inputs["tokens"] == "main.tok@more"
 
 
 CASES = {
@@ -135,6 +135,11 @@ CASES = {
         "specs/pipelines/main.yaml:34: steps.report.exports[0]: expected an export step of the weights reported on "
         "('student'); found 'hf', which exports 'init'\n"
         "  fix: list the exports of the train step this report is about"),
+    "report-lists-an-export-twice": (  # its files were listed twice
+        dict(pipeline=("[hf, gguf]", "[hf, gguf, main.hf]")),
+        "specs/pipelines/main.yaml:34: steps.report.exports[2]: expected each export once; found 'main.hf', "
+        "listed before\n"
+        "  fix: remove the repeated entry"),
     "report-template-missing": (
         dict(pipeline=("template: specs/templates/report.md.jinja", "template: report.md.jinja")),
         "specs/pipelines/main.yaml:35: steps.report.template: expected an existing file or folder (relative to the "
@@ -184,3 +189,41 @@ def test_a_template_syntax_error_names_its_line_and_builds_nothing(make_project)
         "for the following tags: 'endfor' or 'else'. The innermost block that needs to be closed is 'for'.\n"
         "  fix: fix the template at specs/templates/report.md.jinja:3\n")
     assert not (p.root / "build").exists()
+
+
+def test_evaluate_on_a_dataset_without_validation_split(make_project):
+    p = make_project()
+    write(p, pipeline=("    gguf: gguf\n", "    gguf: gguf\n    data: more\n"))
+    p.write("specs/datasets/more.yaml", FILES["specs/datasets/more.yaml"] + "split: {validation: 0}\n")
+    with pytest.raises(SpecError) as info:
+        project.load(p.root)
+    assert str(info.value) == (
+        "specs/pipelines/main.yaml:30: steps.evaluate.data: expected a dataset with a validation split (the step "
+        "measures perplexity on it); found dataset 'more' with `split.validation: 0` (specs/datasets/more.yaml:6)\n"
+        "  fix: hold out part of dataset 'more', e.g. `split: {validation: 0.05}`")
+
+
+def test_a_template_pulled_in_from_outside_the_project_is_refused(make_project, tmp_path):
+    p = make_project()
+    (tmp_path / "outside.jinja").write_text("{{ 1 }}\n")
+    assert p.root.parent == tmp_path
+    message = load_error(p, template=("'part.md.jinja'", "'../../../outside.jinja'"))
+    assert message == (
+        "specs/pipelines/main.yaml:35: steps.report.template: expected templates inside the project; found "
+        "'specs/templates/report.md.jinja' pulls in '../../../outside.jinja', which resolves to "
+        f"{(tmp_path / 'outside.jinja').resolve()}\n"
+        "  fix: copy the files into the project and give the path from its root (a link out of it is refused)")
+
+
+def test_an_edited_template_is_checked_again(make_project):
+    """The check of a template is remembered (a compile asks twice), until one of its files changes."""
+    p = make_project()
+    write(p)
+    graph.plans(project.load(p.root))
+    p.edit("specs/templates/part.md.jinja", "{{ train.final_loss }}", "{{ train.final_loss | shout }}")
+    with pytest.raises(SpecError) as info:
+        project.load(p.root)
+    assert str(info.value) == (
+        "specs/pipelines/main.yaml:35: steps.report.template: expected a Jinja template that parses; found "
+        "specs/templates/part.md.jinja:1: TemplateAssertionError: No filter named 'shout'.\n"
+        "  fix: fix the template at specs/templates/part.md.jinja:1")

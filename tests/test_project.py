@@ -195,6 +195,20 @@ CASES = {
         "specs/pipelines/main.yaml:2: name: expected a pipeline name other than 'dataset' or 'store'; "
         "found 'dataset'\n"
         "  fix: rename the pipeline: build/dataset/ is Ingot's own folder")),
+    # sizes beyond reason: a bound named in the message, not a hang in the divisor search
+    "hidden-size-beyond-reason": (model("hidden_size: 1000000000000", *ARCH[1:3], "heads: 7", ARCH[4]), (), stderr(
+        "specs/models/tiny.yaml:3: hidden_size: expected a number ≤ 131,072; found 1000000000000\n"
+        "  fix: use a value ≤ 131,072")),
+    # each file is validated on its own: a typo in the model does not hide the pipeline's
+    "problems-in-several-files": ({**model(*ARCH, "hiden_size: 3"),
+                                   **pipeline(TOK.replace("vocab_size: 400", "vocab_size: 400\n  vocab: 4"))}, (),
+                                  stderr(
+        f"specs/models/tiny.yaml:8: hiden_size: expected a known key ({KNOWN_MODEL_KEYS}); found unknown key "
+        "'hiden_size'\n"
+        "  fix: did you mean 'hidden_size'?",
+        f"specs/pipelines/main.yaml:8: steps.tok.vocab: expected a known key ({KNOWN_TOKENIZER_KEYS}); found unknown "
+        "key 'vocab'\n"
+        "  fix: did you mean 'vocab_size'?")),
     "several-problems-at-once": (model("hidden_size: 0", "intermediate_size: x", "layers: 2", "heads: 4",
                                        "vocab_size: 512", "colour: red"), (), stderr(
         "specs/models/tiny.yaml:3: hidden_size: expected a number ≥ 1; found 0\n  fix: use a value ≥ 1",
@@ -305,6 +319,36 @@ IN_PROCESS = {
                              "specs/models/tiny.yaml:6: heads (with profile 'ci'): expected a divisor of "
                              "hidden_size (30); found 4\n"
                              "  fix: use 2, 3 or 5"),
+    "infinite-float": (model(*ARCH, "rope_theta: .inf"),
+                       "specs/models/tiny.yaml:8: rope_theta: expected a finite number; found infinity (.inf, or a "
+                       "number past a float's range)\n"
+                       "  fix: write a number; .inf, .nan and numbers past about 1.8e308 are not"),
+    "float-past-its-range": (model(*ARCH, "rms_norm_eps: 1e999"),
+                             "specs/models/tiny.yaml:8: rms_norm_eps: expected a finite number; found '1e999'\n"
+                             "  fix: write a number; .inf, .nan and numbers past about 1.8e308 are not"),
+    "not-a-number": (model(*ARCH, "rms_norm_eps: .nan"),
+                     "specs/models/tiny.yaml:8: rms_norm_eps: expected a finite number; found not a number (.nan)\n"
+                     "  fix: write a number; .inf, .nan and numbers past about 1.8e308 are not"),
+    "integer-past-a-float": (model(*ARCH, "rope_theta: 1" + "0" * 400),
+                             "specs/models/tiny.yaml:8: rope_theta: expected a number within a float's range (about "
+                             "±1.8e308); found an integer of 401 digits"),
+    # found by the fuzzer: counting the parameters looped over every layer, here for hours
+    "layers-beyond-reason": (model(*ARCH[:2], "layers: 1000000000000", *ARCH[3:], "expect_params: 1"),
+                             "specs/models/tiny.yaml:5: layers: expected a number ≤ 1,024; found 1000000000000\n"
+                             "  fix: use a value ≤ 1,024"),
+    "hundred-digit-vocabulary": (model(*ARCH[:4], "vocab_size: 1" + "0" * 100),
+                                 "specs/models/tiny.yaml:7: vocab_size: expected a number ≤ 4,194,304; found an "
+                                 "integer of 101 digits\n"
+                                 "  fix: use a value ≤ 4,194,304"),
+    "five-thousand-digit-integer": (model("hidden_size: " + "1" * 5000, *ARCH[1:]),
+                                    "specs/models/tiny.yaml:3: hidden_size: expected an integer of at most 4,300 "
+                                    "digits (the most Python reads); found an integer of 5,000 digits\n"
+                                    "  fix: write the number meant; no field takes one that large, and each says its "
+                                    "bound"),
+    # found by the fuzzer: `kind: [model]` was looked up in a dict (TypeError: unhashable type)
+    "kind-is-a-list": ({MODEL: "kind: [model]\nname: tiny\n"},
+                       "specs/models/tiny.yaml:1: kind: expected one of 'dataset', 'model', 'pipeline'; found a list\n"
+                       "  fix: add `kind: dataset`, `kind: model` or `kind: pipeline`"),
     "profile-adds-step-without-kind": ({PIPELINE: valid(PIPELINE) + "      extra:\n        vocab_size: 500\n"},
                                        "specs/pipelines/main.yaml:17: profiles.ci.steps.extra.kind: expected one of "
                                        "'evaluate', 'export', 'init', 'report', 'tokenizer', 'train'; found nothing\n"
@@ -367,3 +411,45 @@ def test_did_you_mean_and_either():
     assert did_you_mean("zzz", ["tok", "init"]) == ""
     assert either(["b", "a", "c"]) == "'a', 'b' or 'c'"
     assert either([8, 2]) == "2 or 8"
+
+
+# ---------------------------------------------------------------- data globs
+
+def test_a_wildcard_glob_never_walks_into_build_or_hidden_folders(make_project):
+    from compiler import sources
+
+    p = make_project()
+    write(p, dataset("'**/*.jsonl'"))
+    p.write("data/more/extra.jsonl", '{"text": "one more document"}\n')
+    p.write("top.jsonl", '{"text": "a document at the top"}\n')
+    for rel in ("build/store/0123abcd/train-00000.jsonl", "build/dataset/docs/validation-00000.jsonl",
+                ".git/x.jsonl", ".venv/lib/y.jsonl", "data/.cache/z.jsonl"):
+        p.write(rel, '{"text": "not a source"}\n')
+    loaded = project.load(p.root)
+    files = sources.dataset_files(loaded.nodes["dataset.docs"], p.root)
+    assert [str(f.relative_to(p.root)) for f in files[0]] == ["data/docs.jsonl", "data/more/extra.jsonl", "top.jsonl"]
+
+
+def test_a_glob_naming_build_itself_still_reads_it(make_project):
+    from compiler import sources
+
+    p = make_project()
+    write(p, dataset("build/import/*.jsonl"))  # the user asked for that folder by name
+    p.write("build/import/a.jsonl", '{"text": "named on purpose"}\n')
+    files = sources.dataset_files(project.load(p.root).nodes["dataset.docs"], p.root)
+    assert [str(f.relative_to(p.root)) for f in files[0]] == ["build/import/a.jsonl"]
+
+
+def test_a_glob_through_a_link_out_of_the_project_is_refused(make_project, tmp_path):
+    p = make_project()
+    write(p, dataset("'linked/*.jsonl'"))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.jsonl").write_text('{"text": "not in the project"}\n')
+    (p.root / "linked").symlink_to(outside)
+    with pytest.raises(SpecError) as info:
+        graph.plans(project.load(p.root))
+    assert str(info.value) == (
+        "specs/datasets/docs.yaml:5: sources[0].glob: expected files inside the project; found "
+        f"'linked/secret.jsonl', which resolves to {outside / 'secret.jsonl'}\n"
+        "  fix: copy the data into the project instead of linking outside it")

@@ -13,7 +13,7 @@ import json
 import textwrap
 
 import pytest
-from conftest import REPO
+from conftest import QA_SPEC, REPO
 
 from compiler import graph, project
 from compiler.errors import SpecError
@@ -179,6 +179,7 @@ def load_error(p, files: dict[str, str], extra: dict[str, str]) -> str:
 
 
 TOK2 = "  tok2:\n    kind: tokenizer\n    dataset: docs\n    vocab_size: 300\n"
+QA_LINE = json.dumps({"instruction": "Explain lists.", "response": "A list holds items in order."}) + "\n"
 
 IN_PROCESS = {
     "stage-seq-len-above-max-positions": (
@@ -251,7 +252,7 @@ IN_PROCESS = {
         student("{step: teacher}", "{path: ../qwen}"), {},
         "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big.path: expected a path relative to the "
         "project root that stays inside it; found '../qwen', a path that leaves the project through '..'\n"
-        "  fix: copy or link the files into the project and give the path from its root"),
+        "  fix: copy the files into the project and give the path from its root (a link out of it is refused)"),
     "teacher-folder-without-config": (
         student("{step: teacher}", "{path: teachers/qwen}"), {"teachers/qwen/model.safetensors": "weights\n"},
         "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big.path: expected a Hugging Face model "
@@ -292,6 +293,69 @@ IN_PROCESS = {
         "specs/pipelines/main.yaml:30: steps.export.types[0]: expected one of 'f32', 'f16', 'bf16', 'q8_0', "
         "'q5_1', 'q5_0', 'q4_1', 'q4_0', 'q6_k', 'q5_k_m', 'q4_k_m', 'q3_k_m' or 'q2_k'; found 'q4_k'\n"
         "  fix: did you mean 'q4_k_m'?"),
+    # the tokenizer builder reads each record's `text`: it failed at build time on instruction/response records
+    "tokenizer-on-instruction-response-dataset": (
+        edit(PIPELINE, "dataset: docs", "dataset: qa"), {"specs/datasets/qa.yaml": QA_SPEC, "qa/qa.jsonl": QA_LINE},
+        "specs/pipelines/main.yaml:6: steps.tok.dataset: expected a dataset of texts (tokenizer step 'main.tok' "
+        "learns its vocabulary from the `text` of each record); found dataset 'qa', whose records are "
+        "instruction/response pairs (specs/datasets/qa.yaml:6)\n"
+        "  fix: train the tokenizer on a dataset of texts, such as the corpus the model is pretrained on; train "
+        "steps can then read the instruction/response dataset with it"),
+    "init-made-for-another-tokenizer": (
+        {PIPELINE: valid(PIPELINE).replace("kind: train\n    model: tiny", "kind: train\n    init: start", 1)
+         + "  start:\n    kind: init\n    model: tiny\n    tokenizer: tok2\n" + TOK2}, {},
+        "specs/pipelines/main.yaml:10: steps.teacher.init: expected weights made for this step's tokenizer "
+        "('main.tok'); found 'start', whose weights were made for tokenizer 'main.tok2'\n"
+        "  fix: set `tokenizer: main.tok2` here, or start from weights made for 'main.tok'"),
+    # the validation loss needs a validation split: the train builder stopped on an empty one
+    "train-on-a-dataset-without-validation": (
+        {DATASET: valid(DATASET) + "split:\n  validation: 0\n"}, {},
+        "specs/pipelines/main.yaml:12: steps.teacher.data: expected a dataset with a validation split (the step "
+        "measures validation loss on it every eval.every steps); found dataset 'docs' with `split.validation: 0` "
+        "(specs/datasets/docs.yaml:7)\n"
+        "  fix: hold out part of dataset 'docs', e.g. `split: {validation: 0.05}`"),
+    "stage-mixture-weight-zero": (  # numpy's choice() refused the weights at build time
+        student("data: docs\n", "stages:\n      - {name: base, steps: 5, datasets: {docs: 0}}\n"), {},
+        "specs/pipelines/main.yaml:19: steps.student.stages[0].datasets.docs: expected a number > 0; found 0\n"
+        "  fix: use a value > 0"),
+    "adam-beta-of-one": (  # torch's AdamW refused it at build time
+        student("seq_len: 64", "seq_len: 64\n    optimizer: {betas: [0.9, 1.0]}"), {},
+        "specs/pipelines/main.yaml:20: steps.student.optimizer.betas[1]: expected a number < 1; found 1.0\n"
+        "  fix: use a value < 1"),
+    # the builder loads each phase's teachers and no other: this one's step would be trained for nothing
+    "teacher-no-phase-names": (
+        student("big: {step: teacher}", "big: {step: teacher}\n        spare: {step: teacher}"), {},
+        "specs/pipelines/main.yaml:24: steps.student.distill.teachers.spare: expected a teacher that some phase "
+        "names; found teacher 'spare', which no phase names\n"
+        "  fix: add 'spare' to the teachers of a phase, or remove it: as written, its weights would be made and "
+        "never read"),
+    # metrics.jsonl and the report tell phases apart by name: two of one name were merged into one
+    "phase-names-repeat": (
+        student("- {name: one, steps: 5, teachers: {big: 1.0}}",
+                "- {steps: 2, teachers: {big: 1.0}}\n        - {name: phase 1, steps: 3, teachers: {big: 1.0}}"), {},
+        "specs/pipelines/main.yaml:26: steps.student.distill.phases[1].name: expected a phase name no other phase "
+        "has (metrics and the report tell phases apart by name); found 'phase 1', the name of phase 1 too\n"
+        "  fix: rename one of them"),
+    "stage-names-repeat": (
+        student("data: docs\n", "stages:\n      - {name: base, steps: 2, datasets: {docs: 1.0}}\n"
+                "      - {name: base, steps: 3, datasets: {docs: 1.0}}\n", "steps: 5, teachers", "steps: 5, teachers"),
+        {},
+        "specs/pipelines/main.yaml:20: steps.student.stages[1].name: expected a stage name no other stage has "
+        "(metrics and the report tell stages apart by name); found 'base', the name of stage 1 too\n"
+        "  fix: rename one of them"),
+    # the export builder rendered the chat template only after training: a syntax error is found now
+    "chat-template-does-not-parse": (
+        edit(PIPELINE, "model: student", "model: student\n    chat_template: specs/templates/bad.jinja"),
+        {"specs/templates/bad.jinja": "{% for m in messages %}\n{{ m.content }}\n"},
+        "specs/pipelines/main.yaml:29: steps.export.chat_template: expected a Jinja chat template that parses; "
+        "found specs/templates/bad.jinja:2: TemplateSyntaxError: Unexpected end of template. Jinja was looking for "
+        "the following tags: 'endfor' or 'else'. The innermost block that needs to be closed is 'for'.\n"
+        "  fix: fix the template at specs/templates/bad.jinja:2"),
+    "steps-beyond-reason": (
+        edit(PIPELINE, "max_steps: 10", "max_steps: 10000000000000"), {},
+        "specs/pipelines/main.yaml:13: steps.teacher.max_steps: expected a number ≤ 1,000,000,000; found "
+        "10000000000000\n"
+        "  fix: use a value ≤ 1,000,000,000"),
 }
 
 
@@ -307,20 +371,23 @@ def test_valid_distillation_pipeline_compiles_with_one_shared_tokens_step(make_p
     write(p, {})
     result = p.doit("list")
     # teacher and student both read docs with tok: one `main.tok@docs`, built once for both
-    assert result.stdout.splitlines() == [
+    assert [line for line in result.stdout.splitlines() if line.startswith(("dataset.", "main."))] == [
         "dataset.docs    dataset: documents from data/*.jsonl; exact dedup, 5% validation -> build/dataset/docs",
-        "explain         say why each step will run, or that it will not: doit explain [STEP ...]",
-        "main.export     export: Hugging Face folder of 'student' -> build/main/export",
-        "main.student    train: distill of model 'tiny', 5 steps -> build/main/student",
-        "main.teacher    train: pretrain of model 'tiny', 10 steps -> build/main/teacher",
-        "main.tok        tokenizer: byte-level BPE of 400 tokens trained on dataset 'docs' -> build/main/tok",
-        "main.tok@docs   tokens: dataset 'docs' as token ids of 'main.tok', packed for training -> build/main/tok@docs",
+        "main.export     export: Hugging Face folder of 'student' -> build/main/export (key pending on main.student, "
+        "main.tok)",
+        "main.student    train: distill of model 'tiny', 5 steps -> build/main/student (key pending on main.teacher, "
+        "main.tok, main.tok@docs)",
+        "main.teacher    train: pretrain of model 'tiny', 10 steps -> build/main/teacher (key pending on main.tok, "
+        "main.tok@docs)",
+        "main.tok        tokenizer: byte-level BPE of 400 tokens trained on dataset 'docs' -> build/main/tok (key "
+        "pending on dataset.docs)",
+        "main.tok@docs   tokens: dataset 'docs' as token ids of 'main.tok', packed for training -> build/main/tok@docs "
+        "(key pending on dataset.docs, main.tok)",
     ]
     plans = graph.plans(project.load(p.root))
-    assert {f: i["task"] for f, i in plans["main.student"]["inputs"].items()} == {
+    assert plans["main.student"].inputs == {
         "teacher.big": "main.teacher", "tokenizer": "main.tok", "tokens.docs": "main.tok@docs"}
-    assert {f: i["task"] for f, i in plans["main.export"]["inputs"].items()} == {
-        "model": "main.student", "tokenizer": "main.tok"}
+    assert plans["main.export"].inputs == {"model": "main.student", "tokenizer": "main.tok"}
 
 FROM_INIT = """
     kind: pipeline
@@ -362,28 +429,30 @@ def test_train_from_an_init_step_inherits_its_model_and_teachers_come_first(make
     p = make_project()
     write(p, {PIPELINE: FROM_INIT})  # the teacher is listed after its student
     plans = graph.plans(project.load(p.root))
-    assert plans["main.student"]["spec"]["model"] == plans["main.teacher"]["spec"]["model"] == TINY_KEYED
-    assert plans["main.student"]["models"]["model"]["name"] == "tiny"
-    assert {f: i["task"] for f, i in plans["main.student"]["inputs"].items()} == {
+    assert plans["main.student"].spec["model"] == plans["main.teacher"].spec["model"] == TINY_KEYED
+    assert plans["main.student"].models["model"]["name"] == "tiny"
+    assert plans["main.student"].inputs == {
         "init": "main.start", "teacher.big": "main.teacher", "tokenizer": "main.tok", "tokens.docs": "main.tok@docs"}
     assert list(plans).index("main.teacher") < list(plans).index("main.student")
 
 
-def keys(root) -> dict[str, str]:
-    return {task: plan["key"] for task, plan in graph.plans(project.load(root)).items()}
+def bases(root) -> dict[str, str]:
+    """What each step's key covers besides its inputs' outputs (compiler/plan.py)."""
+    return {task: plan.base for task, plan in graph.plans(project.load(root)).items()}
 
 
-def test_student_learning_rate_changes_the_keys_of_the_student_and_its_export_only(make_project):
+def test_student_learning_rate_changes_the_student_only(make_project):
+    """The export's key follows the student's outputs, so it moves once the student is rebuilt."""
     p = make_project()
     write(p, {})
-    before = keys(p.root)
+    before = bases(p.root)
     assert sorted(before) == ["dataset.docs", "main.export", "main.student", "main.teacher", "main.tok",
                               "main.tok@docs"]
     p.edit(PIPELINE, "    objective: distill\n", "    optimizer: {lr: 3.0e-4}\n    objective: distill\n")
-    assert keys(p.root) == before  # the default written out is no change
+    assert bases(p.root) == before  # the default written out is no change
     p.edit(PIPELINE, "lr: 3.0e-4", "lr: 1.0e-3")
-    after = keys(p.root)
-    assert sorted(t for t in before if after[t] != before[t]) == ["main.export", "main.student"]
+    after = bases(p.root)
+    assert sorted(t for t in before if after[t] != before[t]) == ["main.student"]
 
 
 def test_curriculum_reads_one_tokens_step_per_dataset_shared_with_other_steps(make_project):
@@ -393,12 +462,11 @@ def test_curriculum_reads_one_tokens_step_per_dataset_shared_with_other_steps(ma
               "      - {name: reasoning, steps: 2, datasets: {docs: 0.5, more: 0.5}, seq_len: 32}\n")
     write(p, {**student("data: docs\n", stages)}, more)
     plans = graph.plans(project.load(p.root))
-    assert sorted(t for t, plan in plans.items() if plan["kind"] == "tokens") == ["main.tok@docs", "main.tok@more"]
-    assert {f: i["task"] for f, i in plans["main.student"]["inputs"].items()} == {
+    assert sorted(t for t, plan in plans.items() if plan.kind == "tokens") == ["main.tok@docs", "main.tok@more"]
+    assert plans["main.student"].inputs == {
         "teacher.big": "main.teacher", "tokenizer": "main.tok", "tokens.docs": "main.tok@docs",
         "tokens.more": "main.tok@more"}
-    assert plans["main.tok@more"]["inputs"] == {"dataset": {"task": "dataset.more", "key": plans["dataset.more"]["key"]},
-                                                "tokenizer": {"task": "main.tok", "key": plans["main.tok"]["key"]}}
+    assert plans["main.tok@more"].inputs == {"dataset": "dataset.more", "tokenizer": "main.tok"}
 
 
 def test_export_chat_template_must_be_a_file(make_project):
@@ -439,12 +507,83 @@ def test_gguf_export_names_its_files_after_the_model_and_keys_that_name(make_pro
     p = make_project()
     write(p, edit(PIPELINE, "model: student", "model: student\n    format: gguf\n    types: [q8_0]"))
     plans = graph.plans(project.load(p.root))
-    assert plans["main.export"]["builder"] == "gguf" and plans["main.student"]["builder"] == "train"
-    assert plans["main.export"]["spec"]["display_name"] == "tiny"
+    assert plans["main.export"].builder == "gguf" and plans["main.student"].builder == "train"
+    assert plans["main.export"].spec["display_name"] == "tiny"
     named = plans  # the default written out: the same key; another name: another key
     write(p, edit(PIPELINE, "model: student", "model: student\n    format: gguf\n    types: [q8_0]\n"
                   "    display_name: tiny"))
-    assert graph.plans(project.load(p.root))["main.export"]["key"] == named["main.export"]["key"]
+    assert graph.plans(project.load(p.root))["main.export"].base == named["main.export"].base
     write(p, edit(PIPELINE, "model: student", "model: student\n    format: gguf\n    types: [q8_0]\n"
                   "    display_name: Tiny 1"))
-    assert graph.plans(project.load(p.root))["main.export"]["key"] != named["main.export"]["key"]
+    assert graph.plans(project.load(p.root))["main.export"].base != named["main.export"].base
+
+
+# ---------------------------------------------------------------- paths that lead out of the project
+
+def link_out(p, tmp_path, rel: str, target: str, text: str) -> str:
+    """`rel` in the project, a symbolic link to `target` (a file or folder made outside it)."""
+    outside = tmp_path / "outside" / target
+    outside.parent.mkdir(parents=True, exist_ok=True)
+    if target.endswith("/"):
+        outside.mkdir()
+        (outside / "config.json").write_text(text)
+    else:
+        outside.write_text(text)
+    (p.root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (p.root / rel).symlink_to(outside)
+    return str(outside.resolve()).rstrip("/")
+
+
+FIX_OUT = "  fix: copy the files into the project and give the path from its root (a link out of it is refused)"
+
+
+def test_a_teacher_folder_linked_from_outside_is_refused(make_project, tmp_path):
+    p = make_project()
+    write(p, student("{step: teacher}", "{path: teachers/big}"))
+    real = link_out(p, tmp_path, "teachers/big", "big/", json.dumps({"vocab_size": 512}))
+    assert load_error(p, student("{step: teacher}", "{path: teachers/big}"), {}) == (
+        "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big.path: expected a path relative to the "
+        f"project root that stays inside it; found 'teachers/big', which resolves to {real} through a symbolic "
+        f"link\n{FIX_OUT}")
+
+
+def test_a_teacher_file_linked_from_outside_is_refused(make_project, tmp_path):
+    p = make_project()
+    files = student("{step: teacher}", "{path: teachers/big}")
+    write(p, files, {"teachers/big/config.json": json.dumps({"vocab_size": 512})})
+    real = link_out(p, tmp_path, "teachers/big/model.safetensors", "weights.safetensors", "weights")
+    assert load_error(p, files, {"teachers/big/config.json": json.dumps({"vocab_size": 512})}) == (
+        "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big.path: expected a folder whose files are "
+        f"inside the project; found 'teachers/big', whose file 'model.safetensors' resolves to {real}\n{FIX_OUT}")
+
+
+def test_a_chat_template_linked_from_outside_is_refused(make_project, tmp_path):
+    p = make_project()
+    files = edit(PIPELINE, "model: student", "model: student\n    chat_template: specs/templates/linked.jinja")
+    write(p, files)
+    real = link_out(p, tmp_path, "specs/templates/linked.jinja", "chat.jinja", "{{ messages }}")
+    assert load_error(p, files, {}) == (
+        "specs/pipelines/main.yaml:29: steps.export.chat_template: expected a path relative to the project root "
+        f"that stays inside it; found 'specs/templates/linked.jinja', which resolves to {real} through a symbolic "
+        f"link\n{FIX_OUT}")
+
+
+def test_a_teacher_config_nested_past_the_json_parser_is_a_spec_error(make_project):
+    files = student("{step: teacher}", "{path: teachers/big}")
+    assert load_error(make_project(), files, {"teachers/big/config.json": "[" * 100_000 + "]" * 100_000}) == (
+        "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big.path: expected a Hugging Face model folder "
+        "with a config.json giving vocab_size; found 'teachers/big', whose config.json gives no integer vocab_size\n"
+        "  fix: point `path:` at the folder that holds config.json and the weights")
+
+
+def test_a_chain_of_steps_past_the_limit_is_refused_not_a_recursion_error(make_project):
+    """300 train steps, each starting from the one before, listed last first: the cycle check and
+    the ordering walk the chain recursively, and raised RecursionError past ~1,000 steps."""
+    steps = ["tok: {kind: tokenizer, dataset: docs, vocab_size: 400}", "s0: {kind: init, model: tiny, tokenizer: tok}"]
+    steps += [f"s{i}: {{kind: train, init: s{i - 1}, tokenizer: tok, data: docs, max_steps: 1}}" for i in range(299, 0, -1)]
+    text = "kind: pipeline\nname: main\nsteps:\n" + "".join(f"  {s}\n" for s in steps)
+    assert load_error(make_project(), {PIPELINE: text}, {}) == (
+        "specs/pipelines/main.yaml:51: steps.s254.init: expected a chain of at most 256 steps, each consuming the one "
+        "before; found 257 steps from 'main.s254' down\n"
+        "  fix: start from a step nearer the beginning: no pipeline needs more than a few stages, and 256 is the most "
+        "Ingot follows")
