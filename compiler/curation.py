@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from .errors import a_step, did_you_mean
-from .project import Node, Project, need_step
+from .nodes import Node, Project, need_step
 from .specs import Filters
 
 # Every label py3langid 0.4.0 identifies: ISO 639-1 where the language has one, else ISO 639-3

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from doit.reporter import ConsoleReporter
 
-from . import commands, explain, graph, project, store
+from . import commands, graph, project, store
 from .errors import SpecError
 from .plan import Graph, Plan
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import quants, templates
 from .errors import SpecError, a_step
-from .project import Node, Project, need_step
+from .nodes import Node, Project, need_step
 from .training import (OUTSIDE_FIX, check_seq_len, has_validation, inside, model_of, template_file, tokens_node,
                        weights_step)
 
@@ -143,3 +143,6 @@ def _stats(files: list) -> tuple | None:
         return tuple((f, (st := os.stat(f)).st_size, st.st_mtime_ns, st.st_ino) for f in files)
     except OSError:
         return None
+
+
+RESOLVE = {"evaluate": evaluate, "report": report}  # kind -> its resolution, run by project.load

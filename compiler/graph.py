@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import sources, training
+from . import evaluation, sources
 from .keys import Code, FileDigests, code_of, keyed
+from .nodes import Node, Project, topo_order
 from .plan import Graph, Plan
-from .project import Node, Project, topo_order
 
 
 def link_for(task: str, profile: str | None) -> str:
@@ -55,7 +55,7 @@ def _plan(project: Project, node: Node, code: Code, files: FileDigests) -> Plan:
     spec = keyed(node.spec)
     spec.update({f: keyed(m) for f, m in node.models.items()})  # a model's fields, not its name
     file_lists = sources.dataset_files(node, project.root) if node.kind == "dataset" else []
-    read = [p for paths in file_lists for p in paths] + training.source_files(project, node)
+    read = [p for paths in file_lists for p in paths] + source_files(project, node)
     device = device_kind(node.spec.device) if node.kind == "train" else None
     step = node.spec if device is None else node.spec.model_copy(update={"device": device})
     return Plan(
@@ -87,3 +87,19 @@ def _torch_has_cuda() -> bool:
         return False
     lib = Path(list(spec.submodule_search_locations)[0]) / "lib"
     return any(lib.glob("libtorch_cuda*.so*"))
+
+
+def source_files(project: Project, node: Node) -> list[Path]:
+    """Files outside the store a step reads: teacher folders, chat and report templates."""
+    if node.kind in ("export", "evaluate") or (node.kind == "tokens" and node.spec.chat_template is not None):
+        return [project.root / node.spec.chat_template]
+    if node.kind == "report":
+        return evaluation.template_files(project, node)
+    if node.kind != "train" or node.spec.distill is None:
+        return []
+    out = []
+    for teacher in node.spec.distill.teachers.values():
+        if teacher.path is not None:
+            folder = project.root / teacher.path
+            out += sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return out

@@ -8,59 +8,21 @@ its inputs resolved. Every user mistake raises `SpecError`; nothing is written.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import params, pydantic_errors
-from .errors import SpecError, SpecWarning, a_step, did_you_mean, either, one_of
-from .specs import KINDS, DatasetSpec, Manifest, ModelSpec, PipelineSpec, Spec
+from . import curation, evaluation, params, pydantic_errors, training
+from .errors import SpecError, a_step, did_you_mean, either, one_of
+from .nodes import Node, Project, need_step, topo_order
+from .specs import KINDS, Manifest, ModelSpec
 from .yamlfile import Document, fmt_path, read
 
 SPECS = "specs"
 SKIP_DIRS = {"templates"}
 RESERVED_PIPELINES = {"dataset", "store"}  # names taken by build/dataset/ and build/store/
-
-
-@dataclass
-class Node:
-    """One buildable artifact: a dataset or a pipeline step."""
-
-    task: str                     # doit task name: `dataset.NAME` or `PIPELINE.STEP`
-    kind: str                     # builder kind: dataset, tokenizer, init, ...
-    spec: Spec
-    doc: Document
-    path: tuple                   # where the spec sits in its document
-    default: bool = True
-    deps: dict[str, str] = field(default_factory=dict)          # field -> task name
-    models: dict[str, ModelSpec] = field(default_factory=dict)  # field -> model spec
-
-    def line(self, *sub: Any) -> int | None:
-        return self.doc.line(self.path + sub)
-
-    def step_task(self, ref: str) -> str:
-        """The task a step reference names: `step` in this node's pipeline, or `pipeline.step`."""
-        return ref if "." in ref else f"{self.task.split('.')[0]}.{ref}"
-
-    def error(self, sub: tuple, expected: str, found: str, fix: str = "") -> SpecError:
-        return SpecError.one(self.doc.file, self.line(*sub), self.doc.field(self.path + sub), expected, found, fix)
-
-    def warning(self, sub: tuple, message: str, fix: str = "") -> SpecWarning:
-        return SpecWarning(self.doc.file, self.line(*sub), self.doc.field(self.path + sub), message, fix)
-
-
-@dataclass
-class Project:
-    root: Path
-    profile: str | None
-    datasets: dict[str, tuple[DatasetSpec, Document]] = field(default_factory=dict)
-    models: dict[str, tuple[ModelSpec, Document]] = field(default_factory=dict)
-    pipelines: dict[str, tuple[PipelineSpec, Document]] = field(default_factory=dict)
-    nodes: dict[str, Node] = field(default_factory=dict)
-    profiles: set[str] = field(default_factory=set)
-    warnings: list[SpecWarning] = field(default_factory=list)  # printed by every compile, build or not
+RESOLVE = {**training.RESOLVE, **evaluation.RESOLVE}  # kind -> its compile-time resolution and checks
 
 
 def load(root: Path, profile: str | None = None) -> Project:
@@ -81,35 +43,19 @@ def load(root: Path, profile: str | None = None) -> Project:
         raise _unknown_profile(profile, project.profiles)
     _make_nodes(project)
     _resolve(project)
-    from . import curation
-
     for node in list(project.nodes.values()):
         if node.kind == "dataset":
             curation.check(project, node)  # filters: regexes, languages, the tokenizer step they count with
-    from . import training
-
     training.teacher_deps(project)  # teachers are inputs too: a loop through them is a cycle
     training.check_chain(project)  # before the recursive walks below follow the chains
     _check_cycles(project)
-    training.resolve(project, topo_order(project))
+    for task in topo_order(project):  # in dependency order: a step's `init` or teacher comes first
+        node = project.nodes[task]
+        if node.kind in RESOLVE:
+            RESOLVE[node.kind](project, node)
     for node in project.nodes.values():
         _check_pairing(project, node)
     return project
-
-
-def topo_order(project: Project) -> list[str]:
-    """Tasks so that every step comes after the steps it consumes (cycles were refused)."""
-    done: dict[str, None] = {}
-
-    def visit(task: str) -> None:
-        if task not in done:
-            for dep in project.nodes[task].deps.values():
-                visit(dep)
-            done[task] = None
-
-    for task in list(project.nodes):
-        visit(task)
-    return list(done)
 
 
 def _unknown_profile(profile: str, declared: set[str]) -> SpecError:
@@ -265,27 +211,6 @@ def _need(node: Node, fname: str, name: str, table: Any, what: str) -> None:
     names = list(table)
     raise node.error((fname,), f"the name of a {what} ({one_of(names) if names else f'none is declared under {SPECS}/'})",
                      f"'{name}'", did_you_mean(name, names) or f"declare a {what} named '{name}', or fix the name")
-
-
-def need_step(project: Project, node: Node, fname: str | tuple, value: str, task: str) -> None:
-    """A step reference: `step` in the same pipeline or `pipeline.step`; choices are listed
-    the way the user would write them, the referring step left out. `fname` is the field, or
-    its path (`("exports", 0)`) when the reference sits in a list."""
-    at = fname if isinstance(fname, tuple) else (fname,)
-    if task in project.nodes:
-        return
-    pipeline, _, step = task.partition(".")
-    if pipeline not in project.pipelines:
-        raise node.error(at, f"`pipeline.step` naming a declared pipeline ({one_of(project.pipelines)})",
-                         f"'{value}', but no pipeline is named '{pipeline}'",
-                         did_you_mean(pipeline, project.pipelines) or f"declare pipeline '{pipeline}', or fix the name")
-    here = node.task.split(".")[0]
-    steps = [s if pipeline == here else f"{pipeline}.{s}" for s in project.pipelines[pipeline][0].steps
-             if f"{pipeline}.{s}" != node.task]
-    where = "this pipeline" if pipeline == here else f"pipeline '{pipeline}'"
-    hint = did_you_mean(value, steps) or did_you_mean(step, steps)
-    raise node.error(at, f"a step of {where} ({one_of(steps) if steps else 'it has no other step'})",
-                     f"'{value}'", hint or f"add a step '{step}' to {where}, or fix the name")
 
 
 def _check_pairing(project: Project, node: Node) -> None:

@@ -16,7 +16,7 @@ import sysconfig
 from pathlib import Path
 
 from .errors import did_you_mean
-from .project import Node
+from .nodes import Node
 from .specs import FilesSource, PydocsSource
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

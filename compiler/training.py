@@ -17,26 +17,10 @@ from pathlib import Path
 
 from . import quants
 from .errors import a_step, did_you_mean, one_of
-from .project import Node, Project
+from .nodes import Node, Project
 from .specs import ModelSpec, TokensStep
 
 WEIGHT_KINDS = ("init", "train")  # steps whose output is model.safetensors + config.json
-
-
-def resolve(project: Project, order: list[str]) -> None:
-    """Resolve train and export steps in dependency order (a step's `init` comes first)."""
-    for task in order:
-        node = project.nodes[task]
-        if node.kind == "tokenizer":
-            _tokenizer(project, node)
-        elif node.kind == "train":
-            _train(project, node)
-        elif node.kind == "export":
-            _export(project, node)
-        elif node.kind in ("evaluate", "report"):
-            from . import evaluation
-
-            getattr(evaluation, node.kind)(project, node)
 
 
 def teacher_deps(project: Project) -> None:
@@ -473,20 +457,4 @@ def _parse_chat(path: Path) -> tuple[int | None, str] | None:
     return None
 
 
-def source_files(project: Project, node: Node) -> list[Path]:
-    """Files outside the store a step reads: teacher folders, chat and report templates."""
-    if node.kind in ("export", "evaluate") or (node.kind == "tokens" and node.spec.chat_template is not None):
-        return [project.root / node.spec.chat_template]
-    if node.kind == "report":
-        from . import evaluation
-
-        return evaluation.template_files(project, node)
-    if node.kind != "train" or node.spec.distill is None:
-        return []
-    out = []
-    for teacher in node.spec.distill.teachers.values():
-        if teacher.path is not None:
-            folder = project.root / teacher.path
-            out += sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    return out
-
+RESOLVE = {"tokenizer": _tokenizer, "train": _train, "export": _export}  # kind -> its resolution, run by project.load
