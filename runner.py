@@ -24,6 +24,7 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 
 from compiler import entries, store
+from compiler.inputs import Input
 from compiler.keys import file_digest
 from compiler.plan import Graph, Plan
 from compiler.specs import STEP_ADAPTER, DatasetSpec, ModelSpec, TokensStep
@@ -51,7 +52,7 @@ def _build(graph: Graph, plan: Plan, key: str) -> TaskFailed | None:
     tmp = store.staging(root, key)
     inputs = graph.inputs(plan.task)
     job = Job(plan.task, _spec(plan), tmp, root=root, work=store.work_dir(root, key), key=key,
-              inputs={name: store.entry(root, i["key"]) for name, i in inputs.items()},
+              inputs={Input.parse(name): store.entry(root, i["key"]) for name, i in inputs.items()},
               models={f: ModelSpec.model_validate(m) for f, m in plan.models.items()},
               files=[[Path(p) for p in paths] for paths in plan.files])
     started = time.time()

@@ -49,13 +49,14 @@ def peak():  # this process's own high-water mark of resident memory, in bytes
     return int(status.split("VmHWM:")[1].split()[0]) * 1024
 """
 INGOT_STEP = CHILD_HEAD + """
+from compiler.inputs import MODEL, TOKENIZER
 from compiler.specs import Export, ModelSpec
 from targets import Job, gguf
 spec = Export(kind="export", model="init", format="gguf", types=[name], display_name="gladius-125m",
               chat_template="chat.jinja")
 out = root / f"step-{name}"; out.mkdir()
 started = time.perf_counter()
-gguf.build(Job("bench.gguf", spec, out, inputs={"model": root / "model", "tokenizer": root / "tokenizer"},
+gguf.build(Job("bench.gguf", spec, out, inputs={MODEL: root / "model", TOKENIZER: root / "tokenizer"},
                root=root, work=root / "work"))
 print(time.perf_counter() - started, peak())
 """
@@ -111,6 +112,7 @@ def prepare(root: Path) -> None:
     """Tokenizer and 125M model entries made by Ingot's builders, and the GGUF metadata."""
     import yaml
 
+    from compiler.inputs import DATASET, TOKENIZER
     from compiler.specs import InitStep, ModelSpec, TokenizerStep
     from targets import Job, init, tokenizer
     from targets.gguf import model_metadata, tokenizer_metadata
@@ -124,9 +126,9 @@ def prepare(root: Path) -> None:
     for sub in ("tokenizer", "model", "work"):
         (root / sub).mkdir()
     tokenizer.build(Job("bench.tokenizer", TokenizerStep(kind="tokenizer", dataset="docs", vocab_size=8192),
-                        root / "tokenizer", inputs={"dataset": data}))
+                        root / "tokenizer", inputs={DATASET: data}))
     init.build(Job("bench.init", InitStep(kind="init", model=model.name, tokenizer="tokenizer"), root / "model",
-                   inputs={"tokenizer": root / "tokenizer"}, models={"model": model}))
+                   inputs={TOKENIZER: root / "tokenizer"}, models={"model": model}))
     shutil.copy2(REPO / "specs/templates/chat.jinja", root / "chat.jinja")
     config = json.loads((root / "model/config.json").read_text())
     spec = type("Spec", (), {"display_name": "gladius-125m", "temperature": 0.8, "top_p": 0.95})

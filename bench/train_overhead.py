@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from compiler.specs import ModelSpec, TokenizerStep, TokensStep, TrainStep  # noqa: E402
+from compiler.inputs import DATASET, TOKENIZER, Input  # noqa: E402
+from compiler.inputs import tokens as tokens_input  # noqa: E402
 from targets import Job  # noqa: E402
 
 MODEL = {"kind": "model", "name": "bench", "hidden_size": 128, "intermediate_size": 384, "layers": 4,
@@ -59,11 +61,11 @@ def prepare(tmp: Path) -> dict[str, Path]:
     (data / "validation-00000.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[-20:]))
     tok_spec = TokenizerStep(kind="tokenizer", dataset="docs", vocab_size=MODEL["vocab_size"])
     (tmp / "tok").mkdir()
-    tokenizer.build(Job("bench.tok", tok_spec, tmp / "tok", inputs={"dataset": data}))
+    tokenizer.build(Job("bench.tok", tok_spec, tmp / "tok", inputs={DATASET: data}))
     (tmp / "tokens").mkdir()
     tokens.build(Job("bench.tok@docs", TokensStep(kind="tokens", dataset="docs", tokenizer="bench.tok"),
-                     tmp / "tokens", inputs={"dataset": data, "tokenizer": tmp / "tok"}))
-    return {"tokenizer": tmp / "tok", "tokens.docs": tmp / "tokens"}
+                     tmp / "tokens", inputs={DATASET: data, TOKENIZER: tmp / "tok"}))
+    return {TOKENIZER: tmp / "tok", tokens_input("docs"): tmp / "tokens"}
 
 
 def train_spec(steps: int) -> TrainStep:
@@ -74,7 +76,7 @@ def train_spec(steps: int) -> TrainStep:
                      checkpoints={"every": never, "keep": 1})
 
 
-def ingot(inputs: dict[str, Path], tmp: Path, steps: int, warmup: int, n: int) -> list[float]:
+def ingot(inputs: dict[Input, Path], tmp: Path, steps: int, warmup: int, n: int) -> list[float]:
     """Ends of Ingot's steps (seconds), from the wall_time of its own metrics.jsonl: from the
     last warmup step to the step before the last (the last one evaluates and checkpoints)."""
     from targets import train
@@ -90,7 +92,7 @@ def ingot(inputs: dict[str, Path], tmp: Path, steps: int, warmup: int, n: int) -
     return [r["wall_time"] for r in rows[warmup - 1:-1]]
 
 
-def bare(inputs: dict[str, Path], steps: int, warmup: int) -> list[float]:
+def bare(inputs: dict[Input, Path], steps: int, warmup: int) -> list[float]:
     """Ends of the steps of a plain torch loop over the same model, batch, optimizer and
     stream, from the last warmup step to the step before the last, as for Ingot."""
     import numpy as np
@@ -102,9 +104,9 @@ def bare(inputs: dict[str, Path], steps: int, warmup: int) -> list[float]:
     from targets.weights import hf_config, init_state
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    meta = json.loads((inputs["tokens.docs"] / "tokens.json").read_text())
-    stream = np.memmap(inputs["tokens.docs"] / "train.bin", dtype=meta["dtype"], mode="r")
-    spec, ids = ModelSpec(**MODEL), special_ids(inputs["tokenizer"])
+    meta = json.loads((inputs[tokens_input("docs")] / "tokens.json").read_text())
+    stream = np.memmap(inputs[tokens_input("docs")] / "train.bin", dtype=meta["dtype"], mode="r")
+    spec, ids = ModelSpec(**MODEL), special_ids(inputs[TOKENIZER])
     torch.manual_seed(SEED)
     model = LlamaForCausalLM(LlamaConfig(**hf_config(spec, ids, "float32")))
     model.load_state_dict({k: torch.from_numpy(v) for k, v in init_state(spec, ids, SEED).items()})
@@ -147,7 +149,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ingot-bench-train-"))
     try:
         inputs = prepare(tmp)
-        meta = json.loads((inputs["tokens.docs"] / "tokens.json").read_text())
+        meta = json.loads((inputs[tokens_input("docs")] / "tokens.json").read_text())
         device = "cuda" if torch.cuda.is_available() else "cpu"
         print(f"model width {MODEL['hidden_size']}, {MODEL['layers']} layers, vocab {MODEL['vocab_size']:,}; "
               f"batch {BATCH} x seq {SEQ}; {args.steps} steps per run ({args.warmup} warmup), "

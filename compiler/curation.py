@@ -1,8 +1,8 @@
 """Compile-time checks of a dataset's curation settings (`filters:`): see check().
 
 Reads: a dataset node's `Filters` and the steps of the project. Writes nothing but
-`node.deps["tokenizer"]`: the tokenizer step `filters.tokenizer` names becomes an input of
-the dataset (its entry reaches the builder as `job.inputs["tokenizer"]`, and the cycle
+`node.deps[TOKENIZER]`: the tokenizer step `filters.tokenizer` names becomes an input of
+the dataset (its entry reaches the builder as `job.inputs[TOKENIZER]`, and the cycle
 check sees the edge). Every mistake raises `SpecError`. py3langid is never imported here
 (it loads a model); LANGUAGES is its list of languages, which a test keeps equal.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from .errors import a_step, did_you_mean
+from .inputs import TOKENIZER
 from .nodes import Node, Project, need_step
 from .specs import Filters
 
@@ -49,7 +50,7 @@ BOUNDS = (("min_chars", "max_chars"), ("min_tokens", "max_tokens"),
 
 
 def check(project: Project, node: Node) -> None:
-    """Validate a dataset node's filters; resolve `filters.tokenizer` into node.deps["tokenizer"]."""
+    """Validate a dataset node's filters; resolve `filters.tokenizer` into node.deps[TOKENIZER]."""
     filters = node.spec.filters
     _bounds(node, filters)
     _tokenizer(project, node, filters)
@@ -89,7 +90,7 @@ def _tokenizer(project: Project, node: Node, filters: Filters) -> None:
         raise node.error(("filters", "tokenizer"), "a tokenizer step",
                          f"'{ref}', {'a dataset' if kind == 'dataset' else a_step(kind)}",
                          "name a step of kind `tokenizer` as `pipeline.step`")
-    node.deps["tokenizer"] = ref
+    node.deps[TOKENIZER] = ref
 
 
 def _languages(node: Node, filters: Filters) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from . import quants, templates
 from .errors import SpecError, a_step
+from .inputs import DATA, EVALUATE, GGUF, MODEL, TOKENIZER, TRAIN, Role, tokens
+from .inputs import export as export_input
 from .nodes import Node, Project, need_step
 from .training import (OUTSIDE_FIX, check_seq_len, has_validation, inside, model_of, template_file, tokens_node,
                        weights_step)
@@ -22,25 +24,25 @@ from .training import (OUTSIDE_FIX, check_seq_len, has_validation, inside, model
 
 def evaluate(project: Project, node: Node) -> None:
     spec = node.spec
-    weights = node.deps["model"]
+    weights = node.deps[MODEL]
     weights_step(project, node, ("model",), weights, spec.model)
     model = node.models["model"] = model_of(project, weights)
     check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
-    tok_task = node.deps["tokenizer"] = project.nodes[weights].deps["tokenizer"]
+    tok_task = node.deps[TOKENIZER] = project.nodes[weights].deps[TOKENIZER]
     template_file(project, node, spec.chat_template)
     data = spec.data if spec.data is not None else _data_of(project, node, weights)
-    node.deps.pop("data", None)
+    node.deps.pop(DATA, None)
     has_validation(project, node, ("data",), data, "the step measures perplexity on it")
     chat = spec.chat_template if project.datasets[data][0].chat() else None
-    node.deps["tokens"] = tokens_node(project, node, tok_task, data, chat)
+    node.deps[tokens(data)] = tokens_node(project, node, tok_task, data, chat)
     if spec.gguf is not None:
-        export = project.nodes[node.deps["gguf"]]
+        export = project.nodes[node.deps[GGUF]]
         if export.kind != "export" or export.spec.format != "gguf":
             found = f"'{spec.gguf}', {a_step(export.kind)}" if export.kind != "export" else \
                 f"'{spec.gguf}', an export with format '{export.spec.format}'"
             raise node.error(("gguf",), "an export step with `format: gguf`", found,
                              "name the step that writes the GGUF files, or leave `gguf` out")
-        if export.deps["model"] != weights:
+        if export.deps[MODEL] != weights:
             raise node.error(("gguf",), f"GGUF files of the weights measured here ('{spec.model}')",
                              f"'{spec.gguf}', which exports '{export.spec.model}'",
                              "evaluate the GGUF export of the same step, so the perplexities compare")
@@ -63,36 +65,36 @@ def _data_of(project: Project, node: Node, weights: str) -> str:
 
 def report(project: Project, node: Node) -> None:
     spec = node.spec
-    train = node.deps["train"]
+    train = node.deps[TRAIN]
     if project.nodes[train].kind != "train":
         raise node.error(("train",), "a train step", f"'{spec.train}', {a_step(project.nodes[train].kind)}",
                          "name the train step to report on")
     node.models["model"] = model_of(project, train)
-    for field, task in project.nodes[train].deps.items():
-        if field.startswith("teacher."):  # their manifests give the teachers' sizes
-            node.deps[field] = task
+    for i, task in project.nodes[train].deps.items():
+        if i.role is Role.TEACHER:  # their manifests give the teachers' sizes
+            node.deps[i] = task
     if spec.evaluate is not None:
-        evaluation = project.nodes[node.deps["evaluate"]]
+        evaluation = project.nodes[node.deps[EVALUATE]]
         if evaluation.kind != "evaluate":
             raise node.error(("evaluate",), "an evaluate step", f"'{spec.evaluate}', {a_step(evaluation.kind)}",
                              "name an evaluate step of the same weights, or leave `evaluate` out")
-        if evaluation.deps["model"] != train:
+        if evaluation.deps[MODEL] != train:
             raise node.error(("evaluate",), f"an evaluate step of the weights reported on ('{spec.train}')",
                              f"'{spec.evaluate}', which measures '{evaluation.spec.model}'",
                              "evaluate the train step this report is about")
     for i, ref in enumerate(spec.exports):
         task = node.step_task(ref)
         need_step(project, node, ("exports", i), ref, task)
-        if task in {t for f, t in node.deps.items() if f.startswith("export.")}:  # `gguf` and `main.gguf` alike
+        if task in {t for i, t in node.deps.items() if i.role is Role.EXPORT}:  # `gguf` and `main.gguf` alike
             raise node.error(("exports", i), "each export once", f"'{ref}', listed before",
                              "remove the repeated entry")
         export = project.nodes[task]
-        if export.kind != "export" or export.deps["model"] != train:
+        if export.kind != "export" or export.deps[MODEL] != train:
             found = f"'{ref}', {a_step(export.kind)}" if export.kind != "export" else \
                 f"'{ref}', which exports '{export.spec.model}'"
             raise node.error(("exports", i), f"an export step of the weights reported on ('{spec.train}')", found,
                              "list the exports of the train step this report is about")
-        node.deps[f"export.{ref}"] = task
+        node.deps[export_input(ref)] = task
     template_files(project, node)
 
 

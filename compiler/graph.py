@@ -63,7 +63,7 @@ def _plan(project: Project, node: Node, code: Code, files: FileDigests) -> Plan:
         link=link_for(node.task, project.profile), profile=project.profile, default=node.default,
         summary=node.spec.summary(), spec=spec, step=step.model_dump(mode="json"),
         models={f: m.model_dump(mode="json") for f, m in node.models.items()},
-        inputs=dict(sorted(node.deps.items())),
+        inputs={str(i): task for i, task in sorted(node.deps.items())},
         sources={sources.label(p, project.root): files(p) for p in read},
         files=tuple(tuple(str(p) for p in paths) for paths in file_lists),
         code=code.as_json(), device=device)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError, SpecWarning, did_you_mean, one_of
+from .inputs import Input, Role
 from .specs import DatasetSpec, ModelSpec, PipelineSpec, Spec
 from .yamlfile import Document
 
@@ -25,7 +26,7 @@ class Node:
     doc: Document
     path: tuple                   # where the spec sits in its document
     default: bool = True
-    deps: dict[str, str] = field(default_factory=dict)          # field -> task name
+    deps: dict[Input, str] = field(default_factory=dict)        # input -> the task that produces it
     models: dict[str, ModelSpec] = field(default_factory=dict)  # field -> model spec
 
     def line(self, *sub: Any) -> int | None:
@@ -34,6 +35,16 @@ class Node:
     def step_task(self, ref: str) -> str:
         """The task a step reference names: `step` in this node's pipeline, or `pipeline.step`."""
         return ref if "." in ref else f"{self.task.split('.')[0]}.{ref}"
+
+    def where(self, i: Input) -> tuple:
+        """The spec field that names input `i`, for an error about it: a teacher's `step`, a
+        dataset's `filters.tokenizer`, or the field of the role's name (none for what the
+        compiler added, such as the tokens of a dataset)."""
+        if i.role is Role.TEACHER:
+            return ("distill", "teachers", i.name, "step")
+        if self.kind == "dataset" and i.role is Role.TOKENIZER:
+            return ("filters", "tokenizer")
+        return (i.role.value,) if not i.name and i.role.value in type(self.spec).model_fields else ()
 
     def error(self, sub: tuple, expected: str, found: str, fix: str = "") -> SpecError:
         return SpecError.one(self.doc.file, self.line(*sub), self.doc.field(self.path + sub), expected, found, fix)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import curation, evaluation, params, pydantic_errors, training
 from .errors import SpecError, a_step, did_you_mean, either, one_of
+from .inputs import TOKENIZER, Input, Role
 from .nodes import Node, Project, need_step, topo_order
 from .specs import KINDS, Manifest, ModelSpec
 from .yamlfile import Document, fmt_path, read
@@ -192,7 +193,7 @@ def _resolve(project: Project) -> None:
                 continue
             if kind == "dataset":
                 _need(node, fname, value, project.datasets, "dataset")
-                node.deps[fname] = f"dataset.{value}"
+                node.deps[Input(Role(fname))] = f"dataset.{value}"
             elif kind == "model":
                 _need(node, fname, value, project.models, "model")
                 node.models[fname] = project.models[value][0]
@@ -202,7 +203,7 @@ def _resolve(project: Project) -> None:
                     raise node.error((fname,), "another step", f"'{value}', the step itself",
                                      "a step cannot consume its own output; name the step it builds on")
                 need_step(project, node, fname, value, task)
-                node.deps[fname] = task
+                node.deps[Input(Role(fname))] = task
 
 
 def _need(node: Node, fname: str, name: str, table: Any, what: str) -> None:
@@ -215,7 +216,7 @@ def _need(node: Node, fname: str, name: str, table: Any, what: str) -> None:
 
 def _check_pairing(project: Project, node: Node) -> None:
     """A model paired with a tokenizer must have room for every token id."""
-    model, tok_task = node.models.get("model"), node.deps.get("tokenizer")
+    model, tok_task = node.models.get("model"), node.deps.get(TOKENIZER)
     if model is None or tok_task is None:
         return
     tok = project.nodes[tok_task]
@@ -241,13 +242,7 @@ def _check_cycles(project: Project) -> None:
         if state.get(task) == 1:
             loop = trail[trail.index(task):] + [task]
             node = project.nodes[trail[-1]]
-            fname = next(f for f, t in node.deps.items() if t == task)
-            if fname.startswith("teacher."):
-                where = ("distill", "teachers", fname.split(".", 1)[1], "step")
-            elif node.kind == "dataset" and fname == "tokenizer":  # the step its token filters count with
-                where = ("filters", "tokenizer")
-            else:
-                where = (fname,)
+            where = node.where(next(i for i, t in node.deps.items() if t == task))
             raise node.error(where, "a step that does not depend on itself", "the cycle " + " -> ".join(loop),
                              "one of these steps must take its input from elsewhere")
         state[task] = 1

@@ -17,6 +17,9 @@ from pathlib import Path
 
 from . import quants
 from .errors import a_step, did_you_mean, one_of
+from .inputs import DATA, DATASET, INIT, MODEL, TOKENIZER
+from .inputs import teacher as teacher_input
+from .inputs import tokens as tokens_input
 from .nodes import Node, Project
 from .specs import ModelSpec, TokensStep
 
@@ -32,7 +35,7 @@ def teacher_deps(project: Project) -> None:
         for name, teacher in (distill.teachers.items() if distill else ()):
             task = node.step_task(teacher.step) if teacher.step else None
             if task in project.nodes and task != node.task:
-                node.deps[f"teacher.{name}"] = task
+                node.deps[teacher_input(name)] = task
 
 
 MAX_CHAIN = 256  # steps each consuming the one before; the graph's recursive walks follow such chains
@@ -63,10 +66,7 @@ def _chain_at(project: Project, task: str, depth: dict[str, int], path: set[str]
     below = {f: depth.get(d, 0) for f, d in node.deps.items() if d not in path}
     depth[task] = 1 + max(below.values(), default=0)
     if depth[task] > MAX_CHAIN:
-        field = max(below, key=below.get)
-        where = ("distill", "teachers", field.split(".", 1)[1], "step") if field.startswith("teacher.") else \
-            (field,) if field in type(node.spec).model_fields else ()
-        raise node.error(where, f"a chain of at most {MAX_CHAIN} steps, each consuming the one before",
+        raise node.error(node.where(max(below, key=below.get)), f"a chain of at most {MAX_CHAIN} steps, each consuming the one before",
                          f"{depth[task]:,} steps from '{task}' down", "start from a step nearer the beginning: "
                          f"no pipeline needs more than a few stages, and {MAX_CHAIN} is the most Ingot follows")
 
@@ -114,9 +114,9 @@ def _train(project: Project, node: Node) -> None:
                          "both" if spec.model else "neither",
                          "keep one of them" if spec.model else "add `model: MODEL` or `init: STEP`")
     if spec.init is not None:
-        weights_step(project, node, ("init",), node.deps["init"], spec.init)
-        _same_tokenizer(project, node, node.deps["init"])
-        node.models["model"] = model_of(project, node.deps["init"])
+        weights_step(project, node, ("init",), node.deps[INIT], spec.init)
+        _same_tokenizer(project, node, node.deps[INIT])
+        node.models["model"] = model_of(project, node.deps[INIT])
     model = node.models["model"]
     check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
     datasets = _datasets(project, node)
@@ -125,11 +125,11 @@ def _train(project: Project, node: Node) -> None:
         where = ("data",) if spec.data is not None else ("stages", 0, "datasets", name)
         has_validation(project, node, where, name, "the step measures validation loss on it every eval.every steps")
     template = _chat_template(project, node, datasets)
-    tok_task = node.deps["tokenizer"]
-    node.deps.pop("data", None)
+    tok_task = node.deps[TOKENIZER]
+    node.deps.pop(DATA, None)
     for name in datasets:
         chat = template if project.datasets[name][0].chat() else None
-        node.deps[f"tokens.{name}"] = tokens_node(project, node, tok_task, name, chat)
+        node.deps[tokens_input(name)] = tokens_node(project, node, tok_task, name, chat)
     _check_length(node)
     _unique_names(node, spec.stages, ("stages",), "stage")
     if spec.objective == "distill" or spec.distill is not None:
@@ -138,7 +138,7 @@ def _train(project: Project, node: Node) -> None:
 
 def _same_tokenizer(project: Project, node: Node, weights: str) -> None:
     """Weights learned with one tokenizer's ids would read another's as noise."""
-    theirs, ours = project.nodes[weights].deps.get("tokenizer"), node.deps["tokenizer"]
+    theirs, ours = project.nodes[weights].deps.get(TOKENIZER), node.deps[TOKENIZER]
     if theirs != ours:
         raise node.error(("init",), f"weights made for this step's tokenizer ('{ours}')",
                          f"'{node.spec.init}', whose weights were made for tokenizer '{theirs}'",
@@ -202,7 +202,7 @@ def tokens_node(project: Project, step: Node, tok_task: str, dataset: str, templ
         tok = project.nodes[tok_task]
         spec = TokensStep(kind="tokens", dataset=dataset, tokenizer=tok_task, chat_template=template)
         node = Node(task, "tokens", spec, tok.doc, tok.path, tok.default)
-        node.deps = {"dataset": f"dataset.{dataset}", "tokenizer": tok_task}
+        node.deps = {DATASET: f"dataset.{dataset}", TOKENIZER: tok_task}
         project.nodes[task] = node
     elif project.nodes[task].spec.chat_template != template:
         # one tokens entry per (tokenizer, dataset): every step reading it renders the same way
@@ -289,12 +289,12 @@ def _step_teacher(project: Project, node: Node, where: tuple, name: str, ref: st
     weights_step(project, node, where + ("step",), task, ref)
     teacher = model_of(project, task)
     _same_vocab(node, where, name, teacher.vocab_size, f"model '{teacher.name}'", student)
-    teacher_tok = project.nodes[task].deps.get("tokenizer")
+    teacher_tok = project.nodes[task].deps.get(TOKENIZER)
     if teacher_tok != tok_task:
         raise node.error(where + ("step",), f"a teacher trained with the student's tokenizer ('{tok_task}')",
                          f"teacher '{name}' with tokenizer '{teacher_tok}'",
                          "train the teacher with the same tokenizer step, or distill from another teacher")
-    node.deps[f"teacher.{name}"] = task
+    node.deps[teacher_input(name)] = task
 
 
 def _path_teacher(project: Project, node: Node, where: tuple, name: str, rel: str, student: ModelSpec) -> None:
@@ -364,9 +364,9 @@ def _find(root: Path, name: str) -> list[str]:
 
 
 def _export(project: Project, node: Node) -> None:
-    weights_step(project, node, ("model",), node.deps["model"], node.spec.model)
-    node.models["model"] = model_of(project, node.deps["model"])
-    node.deps["tokenizer"] = project.nodes[node.deps["model"]].deps["tokenizer"]
+    weights_step(project, node, ("model",), node.deps[MODEL], node.spec.model)
+    node.models["model"] = model_of(project, node.deps[MODEL])
+    node.deps[TOKENIZER] = project.nodes[node.deps[MODEL]].deps[TOKENIZER]
     template_file(project, node, node.spec.chat_template)
     if node.spec.format == "gguf":
         _gguf(project, node)

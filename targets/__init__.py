@@ -19,7 +19,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from compiler.inputs import Input
 
 
 TOKENIZER_JSON = "tokenizer.json"  # of a tokenizer entry
@@ -34,7 +37,7 @@ class Job:
     task: str                     # e.g. `gladius.tokenizer`
     spec: Any                     # the step's validated pydantic spec
     out: Path                     # staging directory to write OUTPUTS into
-    inputs: dict[str, Path] = field(default_factory=dict)  # spec field -> input's store entry
+    inputs: dict[Input, Path] = field(default_factory=dict)  # compiler.inputs.Input -> its store entry
     models: dict[str, Any] = field(default_factory=dict)   # spec field -> ModelSpec
     files: list[list[Path]] = field(default_factory=list)  # per source, the files to read
     root: Path = Path(".")

@@ -3,7 +3,7 @@
 Reads: the files the compiler resolved for each source (`job.files`): the Python
 documentation corpus (`pydoc_data/topics.py` and standard-library sources, parsed with
 `ast`, never imported) and local `.txt` / `.jsonl` files, streamed in batches of BATCH
-records; and, when `filters` counts tokens, the tokenizer entry (`job.inputs["tokenizer"]`).
+records; and, when `filters` counts tokens, the tokenizer entry (`job.inputs[TOKENIZER]`).
 Writes: `train-NNNNN.jsonl` and `validation-NNNNN.jsonl` shards of `{"id", "text", "source"}`
 records, or `{"id", "instruction", "response", "source"}` when the sources map
 instruction/response fields, with `meta` (domain, difficulty, source) where the sources map
@@ -31,6 +31,7 @@ from typing import Iterator
 
 import xxhash
 
+from compiler.inputs import TOKENIZER
 from targets import BuildError, Job, StatusLine, neardup
 from targets.filters import REASONS, DocumentFilter
 
@@ -46,7 +47,7 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 def build(job: Job) -> dict:
     spec = job.spec
-    filters = DocumentFilter(spec.filters, job.inputs.get("tokenizer"))
+    filters = DocumentFilter(spec.filters, job.inputs.get(TOKENIZER))
     near = spec.near_dedup
     index = None
     if near is not None:

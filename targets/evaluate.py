@@ -1,9 +1,9 @@
 """Evaluate builder: what trained weights do on held-out text and how fast they generate.
 
-Reads: `model.safetensors` and `config.json` of the weights entry (`job.inputs["model"]`),
+Reads: `model.safetensors` and `config.json` of the weights entry (`job.inputs[MODEL]`),
 the tokenizer entry, `validation.bin` and `tokens.json` of the tokens entry (the validation
 split of `job.spec.data` as token ids), the chat template, and when the step names a GGUF
-export (`job.inputs["gguf"]`) its `model-TYPE.gguf` files and manifest.
+export (`job.inputs[GGUF]`) its `model-TYPE.gguf` files and manifest.
 
 Writes: `metrics.json` with
 * `data`: the dataset, split, window length, number of windows and of predicted tokens;
@@ -34,6 +34,7 @@ from pathlib import Path
 from compiler import entries
 from compiler.entries import (CheckpointScore, Engine, EvaluationData, EvaluationResults, GenerationRun, Generation,
                               GgufEntry, GgufFile, GgufScore, PromptText, TokensEntry)
+from compiler.inputs import GGUF, MODEL, TOKENIZER, Role, of_role
 from targets import BuildError, Job, load_tokenizer, special_ids
 from targets.chat import chat_renderer
 from targets.layout import gguf_file
@@ -44,16 +45,16 @@ BATCH = 4  # perplexity windows per torch forward
 
 def build(job: Job) -> dict:
     spec = job.spec
-    windows = validation_windows(job.inputs["tokens"], spec.seq_len, spec.windows)
+    windows = validation_windows(tokens_entry(job), spec.seq_len, spec.windows)
     before, started = resident(), time.perf_counter()
-    model, weights_bytes = load_torch(job.inputs["model"])
+    model, weights_bytes = load_torch(job.inputs[MODEL])
     loaded = {"weights_bytes": weights_bytes, "load_seconds": time.perf_counter() - started,
               "rss_delta_bytes": resident() - before}
     n_params = sum(p.numel() for p in model.parameters())
     loss = torch_loss(model, windows)
     predicted = len(windows) * (spec.seq_len - 1)
     job.log(f"checkpoint: loss {loss:.4f}, perplexity {math.exp(loss):,.2f} on {predicted:,} validation tokens")
-    dataset = entries.load(job.inputs["tokens"], TokensEntry).spec["dataset"]
+    dataset = entries.load(tokens_entry(job), TokensEntry).spec["dataset"]
     data = EvaluationData(dataset=dataset, split="validation", seq_len=spec.seq_len, windows=len(windows),
                           tokens=predicted)
     checkpoint = CheckpointScore(loss=loss, perplexity=math.exp(loss), parameters=n_params,
@@ -145,9 +146,15 @@ def open_llama(path: Path, context: int, **options):
                  verbose=False, seed=0, **options)
 
 
+def tokens_entry(job: Job) -> Path:
+    """The tokens entry of the dataset measured (an evaluate step reads one)."""
+    (entry,) = of_role(job.inputs, Role.TOKENS).values()
+    return entry
+
+
 def gguf_files(job: Job) -> list[tuple[str, Path, GgufFile]]:
     """(type, path, facts from the export's manifest) of each file of the GGUF export, in its order."""
-    entry = job.inputs.get("gguf")
+    entry = job.inputs.get(GGUF)
     if entry is None:
         return []
     manifest = entries.load(entry, GgufEntry)
@@ -175,7 +182,7 @@ class Prompts:
 def prompt_set(job: Job) -> Prompts:
     """Each prompt a user turn rendered with the chat template, the assistant's turn opened,
     tokenized as transformers' apply_chat_template would (special tokens as tokens)."""
-    entry = job.inputs["tokenizer"]
+    entry = job.inputs[TOKENIZER]
     render = chat_renderer(job.root / job.spec.chat_template, entry)
     tok = load_tokenizer(entry)
     rendered = [(p.name, tok.encode(render(p.text, "")[0], add_special_tokens=False).ids) for p in job.spec.prompts]

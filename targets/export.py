@@ -1,8 +1,8 @@
 """Export builder: a Hugging Face model folder from an init or train step's weights.
 
-Reads: `model.safetensors` and `config.json` of the weights entry (`job.inputs["model"]`),
+Reads: `model.safetensors` and `config.json` of the weights entry (`job.inputs[MODEL]`),
 `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` of the tokenizer
-entry (`job.inputs["tokenizer"]`), and the Jinja chat template `job.spec.chat_template`
+entry (`job.inputs[TOKENIZER]`), and the Jinja chat template `job.spec.chat_template`
 (relative to the project root). Writes: those six files as they are (the weights as a hard
 link where the file system allows: they are never loaded or rewritten, only their
 safetensors header is checked; `model_max_length` of the tokenizer config lowered to
@@ -17,16 +17,17 @@ import json
 import shutil
 from pathlib import Path
 
-from targets import BuildError, Job, link_or_copy
+from compiler.inputs import MODEL, TOKENIZER
+from targets import Job, link_or_copy
 from targets.hf import ROLES, check_safetensors, check_template, check_tokenizer
 
 WEIGHTS = ("model.safetensors", "config.json")
-TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-OUTPUTS = (*WEIGHTS, "generation_config.json", *TOKENIZER, "chat_template.jinja")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+OUTPUTS = (*WEIGHTS, "generation_config.json", *TOKENIZER_FILES, "chat_template.jinja")
 
 
 def build(job: Job) -> dict:
-    model, tokenizer = job.inputs["model"], job.inputs["tokenizer"]
+    model, tokenizer = job.inputs[MODEL], job.inputs[TOKENIZER]
     config = json.loads((model / "config.json").read_text())
     tensors = check_safetensors(model / "model.safetensors", config)
     check_tokenizer(config, tokenizer)
@@ -35,7 +36,7 @@ def build(job: Job) -> dict:
 
     link_or_copy(model / "model.safetensors", job.out / "model.safetensors")
     shutil.copyfile(model / "config.json", job.out / "config.json")
-    for name in TOKENIZER:
+    for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer / name, job.out / name)
     fit_max_length(job.out / "tokenizer_config.json", config["max_position_embeddings"])
     (job.out / "chat_template.jinja").write_text(template, encoding="utf-8")

@@ -1,6 +1,6 @@
 """GGUF builder: llama.cpp files of an init or train step's weights, one per requested type.
 
-Reads: `model.safetensors` and `config.json` of the weights entry (`job.inputs["model"]`),
+Reads: `model.safetensors` and `config.json` of the weights entry (`job.inputs[MODEL]`),
 `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` of the tokenizer
 entry, and the chat template `job.spec.chat_template` (relative to the project root).
 Writes: `model-TYPE.gguf` for each of `job.spec.gguf_types()`, with llama.cpp's `llama`
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from compiler import quants
+from compiler.inputs import MODEL, TOKENIZER
 from targets import BuildError, Job, read_tokenizer_json, safetensors_header, special_ids
 from targets.hf import check_safetensors, check_template, check_tokenizer
 from targets.layout import gguf_file
@@ -34,7 +35,7 @@ def outputs(spec) -> tuple[str, ...]:
 
 
 def build(job: Job) -> dict:
-    weights, tokenizer = job.inputs["model"], job.inputs["tokenizer"]
+    weights, tokenizer = job.inputs[MODEL], job.inputs[TOKENIZER]
     config = json.loads((weights / "config.json").read_text())
     check_safetensors(weights / "model.safetensors", config)
     check_tokenizer(config, tokenizer)

@@ -15,6 +15,7 @@ import json
 import shutil
 
 from compiler import params
+from compiler.inputs import TOKENIZER
 from targets import Job, special_ids
 from targets.weights import hf_config, init_state
 
@@ -23,7 +24,7 @@ OUTPUTS = ("model.safetensors", "config.json")
 
 def build(job: Job) -> dict:
     spec, model = job.spec, job.models["model"]
-    ids = special_ids(job.inputs["tokenizer"])
+    ids = special_ids(job.inputs[TOKENIZER])
     config = hf_config(model, ids, spec.dtype)
     state = init_state(model, ids, spec.seed)
     (job.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

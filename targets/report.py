@@ -1,6 +1,6 @@
 """Report builder: a training report rendered from the artifacts a report step names.
 
-Reads: the train entry (`job.inputs["train"]`): its manifest.json (spec, metrics,
+Reads: the train entry (`job.inputs[TRAIN]`): its manifest.json (spec, metrics,
 environment, timings), metrics.jsonl, config.json and the header of model.safetensors;
 each step teacher's entry (`teacher.NAME`, the header of its model.safetensors) or a
 `path:` teacher's folder (its *.safetensors headers); the evaluate entry's metrics.json
@@ -31,6 +31,7 @@ from pathlib import Path
 
 from compiler import entries, params, templates
 from compiler.entries import Environment, ExportEntry, GgufMetrics, TrainEntry, TrainMetrics, TrainRow
+from compiler.inputs import EVALUATE, TRAIN, export, teacher
 from targets import BuildError, Job, safetensors_header
 
 OUTPUTS = ("report.md", "report.html", "loss.png", "lr.png")
@@ -45,7 +46,7 @@ NOT_RECORDED = "not recorded"
 
 
 def build(job: Job) -> dict:
-    train = job.inputs["train"]
+    train = job.inputs[TRAIN]
     rows = entries.read_train_rows(train)
     if not rows:
         raise BuildError(f"{train / entries.TRAIN_ROWS}: the train entry's metrics.jsonl has no rows; nothing to "
@@ -69,7 +70,7 @@ def build(job: Job) -> dict:
 
 def report_context(job: Job, rows: list[TrainRow]) -> dict:
     """Everything the template may show, as plain data (dicts, lists, strings, numbers)."""
-    train_dir = job.inputs["train"]
+    train_dir = job.inputs[TRAIN]
     manifest = entries.load(train_dir, TrainEntry)
     spec, model = manifest.spec, job.models["model"]
     config = json.loads((train_dir / "config.json").read_text())
@@ -77,12 +78,12 @@ def report_context(job: Job, rows: list[TrainRow]) -> dict:
     train = train_context(manifest, rows, job.spec.loss_rows)
     hashes = Sha256()
     exports = [export_context(job, ref, hashes) for ref in job.spec.exports]
-    evaluation = evaluation_context(job.inputs["evaluate"]) if "evaluate" in job.inputs else None
+    evaluation = evaluation_context(job.inputs[EVALUATE]) if EVALUATE in job.inputs else None
     weights = train_dir / "model.safetensors"
     artifacts = [{"step": manifest.task, "file": "model.safetensors", "bytes": weights.stat().st_size,
                   "sha256": hashes(weights)}]
     artifacts += [{"step": e["task"], **f} for e in exports for f in e["files"]]
-    sources = [{"role": field, "task": m.task, "key": m.key}
+    sources = [{"role": str(field), "task": m.task, "key": m.key}
                for field, m in ((f, entries.load(folder)) for f, folder in sorted(job.inputs.items()))]
     return {
         "report": {"id": job.key[:12], "key": job.key, "task": job.task, "template": job.spec.template,
@@ -269,8 +270,8 @@ def distill_context(job: Job, spec: dict, phases: list[dict]) -> dict:
 def teacher_parameters(job: Job, name: str, source: dict) -> tuple[int | None, str]:
     """(exact parameter count or None when not known, where the teacher comes from): summed over
     the tensor shapes in the safetensors headers, which are read and nothing else."""
-    if f"teacher.{name}" in job.inputs:
-        entry = job.inputs[f"teacher.{name}"]
+    if teacher(name) in job.inputs:
+        entry = job.inputs[teacher(name)]
         return _header_count([entry / "model.safetensors"]), f"step {entries.load(entry).task}"
     if source.get("path") is not None:
         files = sorted((Path(job.root) / source["path"]).glob("*.safetensors"))
@@ -299,7 +300,7 @@ def evaluation_context(folder: Path) -> dict:
 
 
 def export_context(job: Job, ref: str, hashes: "Sha256") -> dict:
-    folder = job.inputs[f"export.{ref}"]
+    folder = job.inputs[export(ref)]
     manifest = entries.load(folder, ExportEntry)
     files = [{"file": name, "bytes": (folder / name).stat().st_size, "sha256": hashes(folder / name)}
              for name in sorted(manifest.outputs)]

@@ -1,6 +1,6 @@
 """Tokenizer builder: train a byte-level BPE on a dataset's train split.
 
-Reads: the `train-*.jsonl` shards of the dataset entry (`job.inputs["dataset"]`).
+Reads: the `train-*.jsonl` shards of the dataset entry (`job.inputs[DATASET]`).
 Writes: `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`,
 which `transformers.AutoTokenizer` loads as a `PreTrainedTokenizerFast`.
 """
@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from compiler.inputs import DATASET
 from targets import BuildError, Job
 
 OUTPUTS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -36,7 +37,7 @@ def build(job: Job) -> dict:
     trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, min_frequency=spec.min_frequency,
                                   special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    texts = list(_train_texts(job.inputs["dataset"]))
+    texts = list(_train_texts(job.inputs[DATASET]))
     if not texts:
         raise BuildError(f"dataset '{spec.dataset}' has no training documents to learn a vocabulary from")
     job.log(f"training BPE to {spec.vocab_size:,} tokens on {len(texts):,} documents")

@@ -1,8 +1,8 @@
 """Tokens builder: a dataset's documents as one flat stream of token ids per split.
 
 Reads: the `train-*.jsonl` / `validation-*.jsonl` shards of the dataset entry
-(`job.inputs["dataset"]`, in the dataset's own order) and `tokenizer.json` /
-`special_tokens_map.json` of the tokenizer entry (`job.inputs["tokenizer"]`).
+(`job.inputs[DATASET]`, in the dataset's own order) and `tokenizer.json` /
+`special_tokens_map.json` of the tokenizer entry (`job.inputs[TOKENIZER]`).
 Writes: `train.bin` and `validation.bin`, each every document's ids followed by the
 eos id, as raw little-endian uint16 (a vocabulary of at most 65,536 tokens) or
 uint32, which `np.memmap(path, dtype)` reads back; and `tokens.json` with the dtype,
@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from compiler.inputs import DATASET, TOKENIZER
 from targets import BuildError, Job, load_tokenizer, special_ids, special_tokens
 from targets.chat import chat_renderer
 
@@ -36,14 +37,14 @@ def dtype_for(vocab_size: int) -> str:
 
 
 def build(job: Job) -> dict:
-    tok, ids = stream_tokenizer(job.inputs["tokenizer"])
+    tok, ids = stream_tokenizer(job.inputs[TOKENIZER])
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = dtype_for(vocab)
     chat = job.spec.chat_template is not None
-    render = chat_renderer(job.root / job.spec.chat_template, job.inputs["tokenizer"]) if chat else None
+    render = chat_renderer(job.root / job.spec.chat_template, job.inputs[TOKENIZER]) if chat else None
     splits = {}
     for split in SPLITS:
-        shards = sorted(job.inputs["dataset"].glob(f"{split}-*.jsonl"))
+        shards = sorted(job.inputs[DATASET].glob(f"{split}-*.jsonl"))
         if chat:
             splits[split] = write_chat_split(tok, ids["eos"], dtype, shards, job.out / f"{split}.bin", render)
         else:

@@ -28,6 +28,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from compiler.inputs import TOKENIZER, teacher
+from compiler.inputs import tokens as tokens_input
 from targets import TOKENIZER_JSON, BuildError, Job, link_or_copy, load_tokenizer, losses
 from targets.trainloop import (IGNORE, LoopState, Progress, TokenData, adamw, build_model, checkpoints,
                                clear_partial, device_for, inputs_and_labels, load_checkpoint, lr_at, prune,
@@ -278,10 +280,10 @@ class Trainer:
             self.progress.close()  # end the progress line before other output
         bar = hf_logging.is_progress_bar_enabled()
         try:
-            if f"teacher.{name}" in self.job.inputs:
+            if teacher(name) in self.job.inputs:
                 what = f"step '{source.step}'"
                 hf_logging.disable_progress_bar()  # a local load is instant: no bar
-                model = LlamaForCausalLM.from_pretrained(self.job.inputs[f"teacher.{name}"], dtype=dtype)
+                model = LlamaForCausalLM.from_pretrained(self.job.inputs[teacher(name)], dtype=dtype)
             elif source.path is not None:
                 what = f"folder '{source.path}'"
                 same_tokenizer(self.job, self.job.root / source.path, name, what)
@@ -361,7 +363,7 @@ def _summary(rows: list[dict], field: str) -> list[dict]:
 def epoch_steps(job: Job) -> int:
     """Optimizer steps of `epochs` passes over the train split of the step's one dataset."""
     spec = job.spec
-    meta = json.loads((job.inputs[f"tokens.{spec.data}"] / "tokens.json").read_text())
+    meta = json.loads((job.inputs[tokens_input(spec.data)] / "tokens.json").read_text())
     per_step = spec.batch_size * spec.grad_accum * spec.seq_len
     return max(1, math.ceil(spec.epochs * meta["splits"]["train"]["tokens"] / per_step))
 
@@ -374,7 +376,7 @@ def same_tokenizer(job: Job, folder: Path, name: str, what: str) -> None:
         job.log(f"teacher '{name}' ({what}) has no tokenizer.json: only its vocabulary size could be checked")
         return
     theirs = load_tokenizer(folder).get_vocab()
-    ours = load_tokenizer(job.inputs["tokenizer"]).get_vocab()
+    ours = load_tokenizer(job.inputs[TOKENIZER]).get_vocab()
     if theirs != ours:
         differ = sum(1 for t, i in ours.items() if theirs.get(t) != i)
         raise BuildError(f"teacher '{name}' ({what}) has another tokenizer than the student: {len(theirs):,} tokens "

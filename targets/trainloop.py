@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
+from compiler.inputs import INIT, TOKENIZER, Input, Role, of_role
 from targets import BuildError, Job, StatusLine
 
 CHECKPOINT = re.compile(r"^step-(\d{6,})$")
@@ -89,13 +90,10 @@ def lr_at(spec, i: int, total: int) -> float:
 class TokenData:
     """The train and validation streams of every dataset a step reads, memory-mapped."""
 
-    def __init__(self, inputs: dict[str, Path], vocab_size: int):
+    def __init__(self, inputs: dict[Input, Path], vocab_size: int):
         self.train, self.validation = {}, {}
         self.masks = {"train": {}, "validation": {}}  # datasets of instruction/response records only
-        for field, folder in inputs.items():
-            if not field.startswith("tokens."):
-                continue
-            name = field.removeprefix("tokens.")
+        for name, folder in of_role(inputs, Role.TOKENS).items():
             meta = json.loads((folder / "tokens.json").read_text())
             if meta["vocab_size"] > vocab_size:
                 raise BuildError(f"dataset '{name}' was tokenized with a vocabulary of {meta['vocab_size']:,} "
@@ -211,11 +209,11 @@ def build_model(job: Job, device):
     from targets.weights import hf_config, init_state
 
     spec = job.models["model"]
-    ids = special_ids(job.inputs["tokenizer"])
+    ids = special_ids(job.inputs[TOKENIZER])
     config = hf_config(spec, ids, "float32")
     model = LlamaForCausalLM(LlamaConfig(**config))
-    if "init" in job.inputs:
-        saved = load_file(str(job.inputs["init"] / "model.safetensors"))
+    if INIT in job.inputs:
+        saved = load_file(str(job.inputs[INIT] / "model.safetensors"))
         load_weights(model, saved, f"the weights of '{job.spec.init}'")
     else:
         state = init_state(spec, ids, job.spec.seed)

@@ -12,6 +12,7 @@ import pytest
 
 from compiler import curation, graph, project
 from compiler.errors import SpecError
+from compiler.inputs import TOKENIZER
 from conftest import TINY_SPECS
 
 WEB = "specs/datasets/web.yaml"
@@ -64,7 +65,7 @@ def test_the_filters_tokenizer_is_an_input_of_the_dataset(make_project):
     p = make_project()
     write(p)
     loaded = project.load(p.root)
-    assert loaded.nodes["dataset.web"].deps == {"tokenizer": "main.tok"}
+    assert loaded.nodes["dataset.web"].deps == {TOKENIZER: "main.tok"}
     assert loaded.nodes["dataset.docs"].deps == {}
     plans = graph.plans(loaded)
     assert plans["dataset.web"].inputs == {"tokenizer": "main.tok"}

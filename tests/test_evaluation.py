@@ -75,7 +75,7 @@ def test_what_evaluate_and_report_read(make_project):
     plans = graph.plans(project.load(p.root))
     evaluate, report = plans["main.evaluate"], plans["main.report"]
     assert evaluate.inputs == {"gguf": "main.gguf", "model": "main.student", "tokenizer": "main.tok",
-                               "tokens": "main.tok@docs"}
+                               "tokens.docs": "main.tok@docs"}
     assert report.inputs == {"evaluate": "main.evaluate", "export.gguf": "main.gguf", "export.hf": "main.hf",
                              "train": "main.student"}
     # the template and what it includes are sources: editing either changes the report's key only
@@ -92,7 +92,8 @@ def test_evaluate_reads_the_validation_split_of_the_dataset_it_names(make_projec
     p = make_project()
     write(p, pipeline=("    gguf: gguf\n", "    gguf: gguf\n    data: more\n"))
     plans = graph.plans(project.load(p.root))
-    assert plans["main.evaluate"].inputs["tokens"] == "main.tok@more"
+    assert plans["main.evaluate"].inputs == {"gguf": "main.gguf", "model": "main.student", "tokenizer": "main.tok",
+                                             "tokens.more": "main.tok@more"}
 
 
 CASES = {

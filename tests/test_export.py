@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from compiler.specs import Export
+from compiler.inputs import MODEL, TOKENIZER
 from conftest import REPO, code_project, TINY_SPECS, Project, ran, tiny_corpus
 from targets import BuildError, Job
 from targets import export as export_builder
@@ -196,7 +197,7 @@ def export(tmp_path: Path, main: Path, model: Path | None = None, template: str 
     out = Path(tempfile.mkdtemp(dir=tmp_path))
     spec = Export(kind="export", model="init", chat_template=rel)
     return out, export_builder.build(Job("main.hf", spec, out, root=tmp_path,
-                                         inputs={"model": model or main / "init", "tokenizer": main / "tok"}))
+                                         inputs={MODEL: model or main / "init", TOKENIZER: main / "tok"}))
 
 
 def weights_copy(tmp_path: Path, main: Path) -> Path:

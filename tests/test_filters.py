@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 
 from compiler.specs import Filters, TokenizerStep
+from compiler.inputs import DATASET
 from conftest import tiny_corpus
 from targets import Job, filters
 from targets import tokenizer as tokenizer_builder
@@ -45,7 +46,7 @@ def tokenizer(tmp_path_factory):
     (data / "train-00000.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus()))
     spec = TokenizerStep.model_validate({"kind": "tokenizer", "dataset": "docs", "vocab_size": 400,
                                          "add_bos_token": True})
-    tokenizer_builder.build(Job("main.tok", spec, out, inputs={"dataset": data}))
+    tokenizer_builder.build(Job("main.tok", spec, out, inputs={DATASET: data}))
     return out
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from compiler import params, project
 from compiler.specs import InitStep
+from compiler.inputs import TOKENIZER
 from conftest import code_project, TINY_SPECS, Project, ran, tiny_corpus
 from targets import Job
 from targets import init as init_builder
@@ -124,7 +125,7 @@ def test_seed_is_what_decides_the_weights(projects, main, tmp_path):
         outs[seed] = tmp_path / f"seed{seed}"
         outs[seed].mkdir()
         spec = InitStep.model_validate({"kind": "init", "model": "tiny", "tokenizer": "tok", "seed": seed})
-        init_builder.build(Job("main.init", spec, outs[seed], inputs={"tokenizer": main / "tok"},
+        init_builder.build(Job("main.init", spec, outs[seed], inputs={TOKENIZER: main / "tok"},
                                models={"model": model}))
     assert (outs[0] / "model.safetensors").read_bytes() == (main / "init" / "model.safetensors").read_bytes()
     assert (outs[1] / "model.safetensors").read_bytes() != (outs[0] / "model.safetensors").read_bytes()
@@ -200,7 +201,7 @@ def test_bfloat16_weights(main, tmp_path):
 
     model_spec = project.load(main.parents[1]).models["tiny"][0]
     spec = InitStep.model_validate({"kind": "init", "model": "tiny", "tokenizer": "tok", "dtype": "bfloat16"})
-    init_builder.build(Job("main.init", spec, tmp_path, inputs={"tokenizer": main / "tok"},
+    init_builder.build(Job("main.init", spec, tmp_path, inputs={TOKENIZER: main / "tok"},
                            models={"model": model_spec}))
     _, head = header(tmp_path / "model.safetensors")
     head.pop("__metadata__")

@@ -22,6 +22,7 @@ from compiler import entries, params, store
 from compiler.entries import ExportEntry, TokensEntry, TrainEntry, TrainRow
 from compiler.specs import ModelSpec, ReportStep
 from compiler.templates import size
+from compiler.inputs import TRAIN, Input
 from conftest import REPO, Project, code_project, ran, tiny_corpus
 from targets import BuildError, Job
 from targets import report as report_builder
@@ -119,8 +120,8 @@ def report_job(p: Project, out: Path, inputs: dict[str, str] | None = None, mode
     built = manifest(p, "report")
     keyed = {k: v for k, v in built["spec"].items() if k in ReportStep.model_fields}  # the key holds the model too
     spec = ReportStep.model_validate({**keyed, **fields})
-    found = {f: store.entry(p.root, i["key"]) for f, i in built["inputs"].items()} if inputs is None else \
-        {f: entry(p, step) for f, step in inputs.items()}
+    found = {Input.parse(f): store.entry(p.root, i["key"]) for f, i in built["inputs"].items()} \
+        if inputs is None else {Input.parse(f): entry(p, step) for f, step in inputs.items()}
     out.mkdir(parents=True)
     return Job("main.report", spec, out, inputs=found, models={"model": model_spec(model)}, root=p.root,
                key=built["key"])
@@ -459,7 +460,7 @@ def test_a_pretraining_run_without_evaluation_still_renders(project, tmp_path):
     (old / "manifest.json").write_text(json.dumps(m))
     job = report_job(project, tmp_path / "out", inputs={"train": "teacher"}, model="teacher", train="teacher",
                      evaluate=None, exports=())
-    job.inputs["train"] = old
+    job.inputs[TRAIN] = old
     report_builder.build(job)
     md = (tmp_path / "out" / "report.md").read_text()
     rows = metrics_rows(project, "teacher")

@@ -157,5 +157,6 @@ def test_manifest_records_input_outputs_code_modules_and_libraries(tiny_project)
     tok = store.read_manifest(tiny_project.root, "build/main/tok")
     assert manifest.inputs == {"tokenizer": InputRef(task="main.tok", key=tok.key,
                                                      outputs=store.outputs_digest(tok.outputs))}
-    assert set(manifest.code.modules) == {"targets", "targets.init", "targets.weights", "compiler.params"}
+    assert set(manifest.code.modules) == {"targets", "targets.init", "targets.weights", "compiler.params",
+                                          "compiler.inputs"}
     assert set(manifest.code.libraries) == {"numpy", "safetensors", "tokenizers", "torch"}

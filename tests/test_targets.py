@@ -59,3 +59,16 @@ def test_a_builder_runs_no_other_builder_and_not_the_spec_module(name):
     others = {f"targets.{b}" for b in BUILDERS if b != name}
     assert not others & set(modules), f"targets.{name} imports the builders {sorted(others & set(modules))}"
     assert f"targets.{name}" in modules and "targets" in modules
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_inputs_are_read_by_their_typed_names(name):
+    """`job.inputs["tokenizer"]` would be a KeyError after everything upstream was built; the
+    builders index their inputs with compiler.inputs' names, which fail on import when renamed."""
+    tree = ast.parse((REPO / "targets" / f"{name}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) and node.value.attr == "inputs":
+            assert not isinstance(node.slice, (ast.Constant, ast.JoinedStr)), f"targets/{name}.py:{node.lineno}"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "inputs":
+            assert not isinstance(node.args[0], (ast.Constant, ast.JoinedStr)), f"targets/{name}.py:{node.lineno}"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import code_project, TINY_SPECS, Project, ran, tiny_corpus
+from compiler.inputs import DATASET
 from targets import BuildError, Job
 from targets import tokenizer as tokenizer_builder
 
@@ -137,7 +138,7 @@ def test_one_token_for_several_roles(built, tmp_path):
         "kind": "tokenizer", "dataset": "docs", "vocab_size": 300,
         "special_tokens": {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|endoftext|>"}})
     dataset = built.parent / "dataset" / "docs"
-    metrics = tokenizer_builder.build(Job("main.tok", spec, tmp_path, inputs={"dataset": dataset}))
+    metrics = tokenizer_builder.build(Job("main.tok", spec, tmp_path, inputs={DATASET: dataset}))
     assert metrics["special_token_ids"] == {"<|endoftext|>": 0, "<unk>": 1}
     tok = AutoTokenizer.from_pretrained(tmp_path)
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) == (0, 0, 0, 1)
@@ -157,5 +158,5 @@ def test_empty_train_split_is_a_build_error(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(BuildError) as exc:
-        tokenizer_builder.build(Job("main.tok", spec, out, inputs={"dataset": data}))
+        tokenizer_builder.build(Job("main.tok", spec, out, inputs={DATASET: data}))
     assert str(exc.value) == "dataset 'docs' has no training documents to learn a vocabulary from"

@@ -12,6 +12,7 @@ from compiler.specs import TokensStep
 from compiler import graph, project
 from conftest import TINY_SPECS, Project, add_qa, code_project, ran, tiny_corpus
 from targets import BuildError, Job
+from compiler.inputs import DATASET, TOKENIZER
 from targets import tokens as tokens_builder
 
 pytestmark = pytest.mark.slow  # `doit` builds a dataset and a tokenizer in a fresh interpreter
@@ -29,7 +30,7 @@ OUTPUTS = ("inputs.json",)
 
 
 def build(job):
-    (job.out / "inputs.json").write_text(json.dumps({k: v.name for k, v in job.inputs.items()}))
+    (job.out / "inputs.json").write_text(json.dumps({str(k): v.name for k, v in job.inputs.items()}))
 '''
 
 
@@ -137,7 +138,7 @@ def build(tmp_path: Path, dataset: Path, tokenizer: Path, name: str = "out") -> 
     out = tmp_path / name
     out.mkdir()
     spec = TokensStep(kind="tokens", dataset="docs", tokenizer="main.tok")
-    return out, tokens_builder.build(Job("main.tok@docs", spec, out, inputs={"dataset": dataset, "tokenizer": tokenizer}))
+    return out, tokens_builder.build(Job("main.tok@docs", spec, out, inputs={DATASET: dataset, TOKENIZER: tokenizer}))
 
 
 def test_a_large_vocabulary_is_written_as_uint32(tmp_path, monkeypatch):
@@ -281,7 +282,7 @@ def test_a_prompt_that_is_no_token_prefix_is_a_build_error(tmp_path):
     (tmp_path / "data" / "validation-00000.jsonl").write_text("")
     (tmp_path / "out").mkdir()
     spec = TokensStep(kind="tokens", dataset="qa", tokenizer="main.tok", chat_template="chat.jinja")
-    job = Job("main.tok@qa", spec, tmp_path / "out", inputs={"dataset": tmp_path / "data", "tokenizer": tmp_path / "tok"},
+    job = Job("main.tok@qa", spec, tmp_path / "out", inputs={DATASET: tmp_path / "data", TOKENIZER: tmp_path / "tok"},
               root=tmp_path)
     with pytest.raises(BuildError) as exc:
         tokens_builder.build(job)

@@ -23,6 +23,7 @@ import yaml
 import runner
 from compiler import graph, params, project, store
 from compiler.errors import SpecError
+from compiler.inputs import TOKENIZER, tokens
 from conftest import TINY_SPECS, Project, add_qa, code_project, tiny_corpus
 from targets import losses, trainloop
 
@@ -209,7 +210,7 @@ def tokens_folder(folder: Path, streams: dict[str, np.ndarray], vocab: int = 60_
 def test_training_windows_are_a_pure_function_of_seed_step_and_micro_batch(tmp_path):
     a = tokens_folder(tmp_path / "a", {"train": np.arange(5000), "validation": np.arange(300)})
     b = tokens_folder(tmp_path / "b", {"train": np.arange(40000, 42000), "validation": np.arange(300)})
-    data = trainloop.TokenData({"tokens.a": a, "tokens.b": b, "tokenizer": tmp_path}, 60_000)
+    data = trainloop.TokenData({tokens("a"): a, tokens("b"): b, TOKENIZER: tmp_path}, 60_000)
     mix = {"a": 3.0, "b": 1.0}
     batch = data.train_batch(7, 12, 1, mix, 400, 16)
     assert batch.shape == (400, 17) and batch.dtype == np.int64
@@ -217,7 +218,7 @@ def test_training_windows_are_a_pure_function_of_seed_step_and_micro_batch(tmp_p
     from_b = batch[:, 0] >= 40000
     assert 0.15 < from_b.mean() < 0.35  # weight 1 of 4
     assert batch[~from_b].max() < 5000 and batch[from_b].max() < 42000
-    assert np.array_equal(batch, trainloop.TokenData({"tokens.a": a, "tokens.b": b}, 60_000)
+    assert np.array_equal(batch, trainloop.TokenData({tokens("a"): a, tokens("b"): b}, 60_000)
                           .train_batch(7, 12, 1, mix, 400, 16))
     others = [data.train_batch(*args, mix, 400, 16) for args in ((8, 12, 1), (7, 13, 1), (7, 12, 0))]
     assert not any(np.array_equal(batch, o) for o in others)
@@ -225,7 +226,7 @@ def test_training_windows_are_a_pure_function_of_seed_step_and_micro_batch(tmp_p
 
 def test_validation_batches_are_fixed_and_spread_over_the_split(tmp_path):
     a = tokens_folder(tmp_path / "a", {"train": np.arange(100), "validation": np.arange(1000)})
-    data = trainloop.TokenData({"tokens.a": a}, 60_000)
+    data = trainloop.TokenData({tokens("a"): a}, 60_000)
     batches = data.validation_batches({"a": 1.0}, 3, 4, 9)
     assert [b.shape for b in batches] == [(4, 10)] * 3
     starts = np.concatenate(batches)[:, 0]
@@ -238,7 +239,7 @@ def test_tokens_of_a_bigger_vocabulary_are_refused(tmp_path):
 
     a = tokens_folder(tmp_path / "a", {"train": np.arange(100), "validation": np.arange(100)}, vocab=1000)
     with pytest.raises(BuildError) as exc:
-        trainloop.TokenData({"tokens.a": a}, 512)
+        trainloop.TokenData({tokens("a"): a}, 512)
     assert str(exc.value) == ("dataset 'a' was tokenized with a vocabulary of 1,000 tokens, "
                               "more than the model's 512 embedding rows")
 
@@ -247,7 +248,7 @@ def test_a_split_too_short_for_one_window_is_refused(tmp_path):
     from targets import BuildError
 
     a = tokens_folder(tmp_path / "a", {"train": np.arange(100), "validation": np.arange(20)})
-    data = trainloop.TokenData({"tokens.a": a}, 60_000)
+    data = trainloop.TokenData({tokens("a"): a}, 60_000)
     data.check({"a": 1.0}, 99, "train", "training")
     with pytest.raises(BuildError) as exc:
         data.check({"a": 1.0}, 32, "validation", "the validation loss")
@@ -638,7 +639,7 @@ def test_sft_learns_the_responses_only(proj):
     assert all(math.isfinite(r["val_loss"]) for r in log if r["val_loss"] is not None)
 
     model = load(proj.root / "build" / "main" / "init").eval()  # seed 0, as `model: tiny` starts
-    data = trainloop.TokenData({"tokens.qa": proj.root / "build" / "main" / "tok@qa"}, 512)
+    data = trainloop.TokenData({tokens("qa"): proj.root / "build" / "main" / "tok@qa"}, 512)
     total = count = full = 0.0
     for micro in range(2):
         ids, mask = data.train_batch(0, 0, micro, {"qa": 1.0}, 4, 32, mask=True)
@@ -690,7 +691,7 @@ def test_distill_in_two_phases_from_a_step_and_a_folder(proj, pre, capsys):
     ids = json.loads((pre / "config.json").read_text())
     state = init_state(model_spec, {"pad": ids["pad_token_id"]}, 1)
     student.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    data = trainloop.TokenData({"tokens.docs": proj.root / "build" / "main" / "tok@docs"}, 512)
+    data = trainloop.TokenData({tokens("docs"): proj.root / "build" / "main" / "tok@docs"}, 512)
     batch = torch.from_numpy(data.train_batch(1, 0, 0, {"docs": 1.0}, 4, 32))
     with torch.no_grad():
         teacher = load(pre)(batch[:, :-1]).logits
