@@ -119,17 +119,15 @@ def _overlay(doc: Document, name: str, overlay: Any) -> Document:
 
     def merge(into: dict, over: dict, path: tuple) -> None:
         for k, v in over.items():
-            merged.lines[path + (k,)] = doc.lines[base + path + (k,)]
             if isinstance(v, dict) and isinstance(into.get(k), dict):
                 merge(into[k], v, path + (k,))
             else:
                 into[k] = copy.deepcopy(v)
                 merged.overlaid.add(path + (k,))  # errors here are named `profiles.NAME...`
-                for p, line in doc.lines.items():  # lines of nested values of the overlay
-                    if p[: len(base) + len(path) + 1] == base + path + (k,):
-                        merged.lines[p[len(base):]] = line
 
     merge(merged.data, overlay, ())
+    # every value the overlay writes keeps its own line: one pass over the lines, not one per key
+    merged.lines.update({p[len(base):]: line for p, line in doc.lines.items() if p[:len(base)] == base})
     return merged
 
 
