@@ -36,10 +36,15 @@ def digest(data: bytes) -> str:
 
 
 def keyed(value: Any) -> Any:
-    """A spec as plain JSON data with every field marked UNKEYED left out, recursively."""
+    """A spec as plain JSON data with every field marked UNKEYED left out, recursively; a list
+    marked UNORDERED (a set written as a list) in a canonical order."""
     fields = _keyed_fields(type(value))
     if fields is not None:
-        return {name: keyed(getattr(value, name)) for name in fields}
+        out = {name: keyed(getattr(value, name)) for name, _ in fields}
+        for name, unordered in fields:
+            if unordered and isinstance(out[name], list):
+                out[name] = sorted(out[name], key=canonical)
+        return out
     if isinstance(value, (list, tuple)):
         return [keyed(v) for v in value]
     if isinstance(value, dict):
@@ -48,13 +53,13 @@ def keyed(value: Any) -> Any:
 
 
 @functools.cache
-def _keyed_fields(cls: type) -> tuple[str, ...] | None:
-    """The keyed fields of a pydantic model class, in order; None for any other type.
-    Cached per class: a thousand steps share a handful of classes."""
+def _keyed_fields(cls: type) -> tuple[tuple[str, bool], ...] | None:
+    """(name, unordered) of the keyed fields of a pydantic model class, in order; None for any
+    other type. Cached per class: a thousand steps share a handful of classes."""
     if not issubclass(cls, BaseModel):
         return None
-    return tuple(name for name, info in cls.model_fields.items()
-                 if (info.json_schema_extra or {}).get("keyed", True))
+    return tuple((name, bool((info.json_schema_extra or {}).get("unordered")))
+                 for name, info in cls.model_fields.items() if (info.json_schema_extra or {}).get("keyed", True))
 
 
 def file_digest(path: Path) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 STEP_REF_PATTERN = r"^([a-z0-9][a-z0-9_-]*\.)?[a-z0-9][a-z0-9_-]*$"
 UNKEYED = {"keyed": False}
+UNORDERED = {"unordered": True}  # a set written as a list: its order enters no key
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 
@@ -492,10 +493,11 @@ class Export(Step):
     format: Literal["hf", "gguf"] = "hf"
     """`hf`: model.safetensors, config.json, generation_config.json and the tokenizer files.
     `gguf`: one `model-TYPE.gguf` per entry of `types`, tokenizer and chat template embedded."""
-    types: tuple[GgufTypeName, ...] | None = None
+    types: tuple[GgufTypeName, ...] | None = Field(None, json_schema_extra=UNORDERED)
     """`gguf` only: tensor types to write, one file each. f32, f16, bf16 and the legacy quants
     (q8_0, q5_1, q5_0, q4_1, q4_0) are written by gguf-py; the K-quants (q6_k, q5_k_m, q4_k_m,
-    q3_k_m, q2_k) by llama.cpp's quantizer (the llama-cpp-python extra). Default: f16."""
+    q3_k_m, q2_k) by llama.cpp's quantizer (the llama-cpp-python extra). Default: f16. Their
+    order changes no file, so it is not part of the key."""
     display_name: str | None = None
     """`gguf` only: `general.name`, the name llama.cpp shows; default: the model manifest's name."""
     strict: bool = False

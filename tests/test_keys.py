@@ -133,3 +133,11 @@ def code_of_modules(root, builder, files):
     from compiler.keys import code_of
 
     return code_of(root, f"targets.{builder}", files).modules
+
+
+def test_a_set_written_as_a_list_is_keyed_in_one_order():
+    from compiler.specs import Export
+
+    a = Export.model_validate({"kind": "export", "model": "s", "format": "gguf", "types": ["q8_0", "f16"]})
+    b = Export.model_validate({"kind": "export", "model": "s", "format": "gguf", "types": ["f16", "q8_0"]})
+    assert a.types != b.types and keyed(a) == keyed(b) and keyed(a)["types"] == ["f16", "q8_0"]
