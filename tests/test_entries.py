@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from compiler import entries, store
-from compiler.entries import EntryError, EntryManifest, GgufEntry, TokensEntry, TrainEntry
+from compiler.entries import EntryError, GgufEntry, TokensEntry, TrainEntry
 from conftest import REPO
 
 
