@@ -135,6 +135,9 @@ def test_only_what_runs_rekeys_and_identical_outputs_cut_off(distill_project):
     # The GGUF writer's code: only the GGUF step (no longer the HF export, which it used to import).
     p.edit("targets/gguf.py", "CHUNK_BYTES = 4 << 20", "CHUNK_BYTES = 2 << 20")
     assert ran(p.doit()) == ["main.gguf"]
+    # The order of the GGUF types is no part of the key: the same files come out.
+    p.edit("specs/pipelines/main.yaml", "types: [q8_0, q4_0]", "types: [q4_0, q8_0]")
+    assert ran(p.doit()) == []
     # The HF exporter's code: only the HF export.
     p.edit("targets/export.py", "def build(job: Job) -> dict:\n", "def build(job: Job) -> dict:\n    edited = True\n")
     assert ran(p.doit()) == ["main.hf"]
@@ -142,3 +145,28 @@ def test_only_what_runs_rekeys_and_identical_outputs_cut_off(distill_project):
     p.edit("specs/datasets/docs.yaml", "split:", "shard_docs: 20000\nsplit:")
     assert ran(p.doit()) == ["dataset.docs"]
     assert ran(p.doit()) == []
+
+
+@pytest.mark.slow
+def test_verify_finds_a_flipped_byte_in_every_output_of_every_step(distill_project):
+    """One byte flipped in any output file of any entry (dataset shards, tokenizer, tokens,
+    checkpoints and weights, HF folder, GGUF) is reported, naming the file; restored, it is not."""
+    from compiler import store
+
+    p = distill_project
+    p.doit()
+    files = 0
+    for key, manifest in store.entries(p.root).items():
+        for name, facts in manifest.outputs.items():
+            path = store.entry(p.root, key) / name
+            data = bytearray(path.read_bytes())
+            original = bytes(data)
+            data[(len(data) * 7) // 13] ^= 0x20
+            path.write_bytes(bytes(data))
+            problems = store.verify(p.root, key)
+            assert len(problems) == 1 and problems[0].startswith(f"{name}: xxh3 "), (manifest.task, name, problems)
+            path.write_bytes(original)
+            assert store.verify(p.root, key) == []
+            files += 1
+    assert files > 20
+    assert "verify: 7 sound, 0 corrupt, 0 missing, 0 pending" in p.doit("verify").stdout
