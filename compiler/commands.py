@@ -1,7 +1,7 @@
 """The commands beside building: `doit explain`, `doit verify` and `doit gc`, as doit tasks.
 
-`verify [STEP ...] [--repair]` re-hashes the entries of the named steps (every step of this
-compile when none is named) against their manifests; `--repair` moves a corrupt entry aside
+`verify [STEP ...] [--repair]` re-hashes the entries of the named steps (those a plain `doit`
+builds when none is named) against their manifests; `--repair` moves a corrupt entry aside
 so the next `doit` rebuilds it. `gc [--keep N] [--dry-run]` removes entries that no current
 step of any profile references, keeping the N most recent entries of each step (the one it
 references counts), stale staging and work folders, and entries moved aside by verify.
@@ -25,7 +25,7 @@ def tasks(g: Graph, defaults: list[str]) -> list[dict]:
          "actions": [(explain.report, [g, defaults])], "pos_arg": "steps", "uptodate": [False]},
         {"basename": "verify", "doc": "re-hash store entries against their manifests: doit verify [STEP ...] "
                                       "[--repair]",
-         "actions": [(verify, [g])], "pos_arg": "steps", "uptodate": [False], "verbosity": 2,
+         "actions": [(verify, [g, defaults])], "pos_arg": "steps", "uptodate": [False], "verbosity": 2,
          "params": [{"name": "repair", "long": "repair", "type": bool, "default": False,
                      "help": "move corrupt entries aside, so the next `doit` rebuilds them"}]},
         {"basename": "gc", "doc": "remove store entries no step references: doit gc [--keep N] [--dry-run]",
@@ -39,15 +39,15 @@ def tasks(g: Graph, defaults: list[str]) -> list[dict]:
 
 # ---------------------------------------------------------------- verify
 
-def verify(g: Graph, steps: list[str], repair: bool) -> TaskFailed | None:
-    """Print one line per step: sound, corrupt (what is wrong), missing, or pending (a producer
-    is not built, so there is no key to look up). Fails (doit exits 1) when an entry is corrupt
-    and not repaired."""
+def verify(g: Graph, defaults: list[str], steps: list[str], repair: bool) -> TaskFailed | None:
+    """Print one line per step (the named ones, or those a plain `doit` builds): sound, corrupt
+    (what is wrong), missing, or pending (a producer is not built, so there is no key to look
+    up). Fails (doit exits 1) when an entry is corrupt and not repaired."""
     unknown = [name for name in steps if name not in g.plans]
     if unknown:
         return TaskFailed(f"verify: unknown step(s) {', '.join(unknown)}; `doit list` shows them all")
     counts = {"sound": 0, "corrupt": 0, "missing": 0, "pending": 0}
-    for task in steps or list(g.plans):
+    for task in steps or [t for t in g.plans if t in set(defaults)]:
         key = g.key(task)
         if key is None:
             counts["pending"] += 1
