@@ -25,7 +25,7 @@ from doit.exceptions import TaskFailed
 
 from compiler import entries, store
 from compiler.inputs import Input
-from compiler.keys import file_digest
+from compiler.keys import file_digest, library_version
 from compiler.plan import Graph, Plan
 from compiler.specs import STEP_ADAPTER, DatasetSpec, ModelSpec, TokensStep
 
@@ -109,16 +109,11 @@ def _environment() -> dict:
 @functools.cache
 def _machine() -> tuple:
     """What does not change while this process runs (looked up once: package metadata is slow)."""
-    from importlib import metadata
-
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
            "cpu": _cpu_model(), "cpus": os.cpu_count(),
            "ram_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
-    for package in ("torch", "transformers", "tokenizers", "gguf", "llama_cpp_python"):
-        try:
-            env[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            env[package] = None
+    env.update((package, library_version(package))
+               for package in ("torch", "transformers", "tokenizers", "gguf", "llama_cpp_python"))
     return tuple(env.items())
 
 

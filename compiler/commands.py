@@ -88,6 +88,7 @@ def gc(root: str, keep: int, dry_run: bool) -> bool:
         print(f"gc: the manifests do not compile, so nothing is removed:\n{exc}")
         return False
     doomed = collect(Path(root), referenced, steps, keep)
+    kept = len(set(store.keys(root)) - {path.name for path, _ in doomed if path.parent.name == "store"})
     freed = 0
     for path, why in doomed:
         size = store.size(path)
@@ -95,8 +96,7 @@ def gc(root: str, keep: int, dry_run: bool) -> bool:
         print(f"{'would remove' if dry_run else 'removed'} {Path(path).relative_to(root)} ({_mb(size)}, {why})")
         if not dry_run:
             shutil.rmtree(path, ignore_errors=True)
-    print(f"gc: {'would free' if dry_run else 'freed'} {_mb(freed)} in {len(doomed)} folder(s); "
-          f"kept {len(store.entries(root)) if not dry_run else len(store.entries(root)) - _entries(doomed)} entries")
+    print(f"gc: {'would free' if dry_run else 'freed'} {_mb(freed)} in {len(doomed)} folder(s); kept {kept} entries")
     return True
 
 
@@ -138,22 +138,11 @@ def collect(root: Path, referenced: set[str], steps: set[tuple[str, str | None]]
                 kept += 1
                 continue
             doomed.append((store.entry(root, key), f"an older entry of {step[0]}"))
-    work = root / store.STORE / ".work"
-    for folder in sorted(work.iterdir()) if work.is_dir() else ():
-        if folder.name not in referenced and not store._locked(root, folder.name):
-            doomed.append((folder, "resume state of a key no step references"))
-    tmp = root / store.STORE / ".tmp"
-    for folder in sorted(tmp.iterdir()) if tmp.is_dir() else ():
-        key, _, pid = folder.name.rpartition(".")
-        if not (pid.isdigit() and store._alive(int(pid))) and not store._locked(root, key):
-            doomed.append((folder, "staging of a build that was killed"))
+    doomed += [(folder, "resume state of a key no step references") for folder in store.stale_work(root, referenced)]
+    doomed += [(folder, "staging of a build that was killed") for folder in store.stale_staging(root)]
     corrupt = root / store.STORE / ".corrupt"
     doomed += [(folder, "moved aside by verify") for folder in sorted(corrupt.iterdir())] if corrupt.is_dir() else []
     return doomed
-
-
-def _entries(doomed: list[tuple[Path, str]]) -> int:
-    return sum(1 for path, _ in doomed if path.parent.name == "store")
 
 
 def _mb(n: int) -> str:

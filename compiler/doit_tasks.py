@@ -99,9 +99,13 @@ def build(step: str):
 
 def up_to_date(step: str) -> bool:
     """doit's up-to-date check, made when the step's turn comes (its producers are built by
-    then): its key resolved from the store, and a complete entry for it."""
+    then): its key resolved from the store, and a complete entry for it (the graph reads each
+    manifest once: its consumers' keys take the same output digest); the link follows."""
+    if GRAPH.output_digest(step) is None:
+        return False
     plan = GRAPH[step]
-    return store.up_to_date(plan.root, GRAPH.key(step), plan.link)
+    store.keep_pointed(plan.root, plan.link, GRAPH.key(step))
+    return True
 
 
 # doit calls inspect.signature() on an uptodate callable for every step on every run (it looks

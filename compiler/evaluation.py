@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 
 from . import quants, templates
 from .errors import SpecError, a_step
@@ -102,7 +101,7 @@ def template_files(project: Project, node: Node) -> list:
     """The report's template and every template it pulls in, checked: the files to digest."""
     path = inside(node, ("template",), node.spec.template, project.root)
     try:
-        files = _checked(path)
+        files = templates.check(path)
     except templates.TemplateProblem as exc:
         rel = str(exc.file).removeprefix(str(project.root) + "/")
         where = f"{rel}:{exc.line}" if exc.line else rel
@@ -124,27 +123,6 @@ def template_files(project: Project, node: Node) -> list:
 def _template_error(node: Node, expected: str, found: str, fix: str) -> SpecError:
     return SpecError.one(node.doc.file, node.line("template"), node.doc.field(node.path + ("template",)),
                          expected, found, fix)
-
-
-_CHECKED: dict[Path, tuple[tuple, list]] = {}  # template -> (stats of its files, its files)
-
-
-def _checked(path: Path) -> list:
-    """templates.check, remembered while none of the files it read changes: a report template
-    takes most of a compile to parse, and a compile asks twice (resolving, then digesting)."""
-    hit = _CHECKED.get(path)
-    if hit is not None and hit[0] is not None and hit[0] == _stats(hit[1]):
-        return list(hit[1])
-    files = templates.check(path)
-    _CHECKED[path] = (_stats(files), files)
-    return list(files)
-
-
-def _stats(files: list) -> tuple | None:
-    try:
-        return tuple((f, (st := os.stat(f)).st_size, st.st_mtime_ns, st.st_ino) for f in files)
-    except OSError:
-        return None
 
 
 RESOLVE = {"evaluate": evaluate, "report": report}  # kind -> its resolution, run by project.load

@@ -30,7 +30,7 @@ def report(graph: Graph, defaults: list[str], steps: list[str]) -> bool | None:
 
 def explain(graph: Graph, task: str) -> list[str]:
     plan, key, head = graph[task], graph.key(task), f"{task}:"
-    if key is not None and store.is_complete(plan.root, key):
+    if graph.output_digest(task) is not None:
         return [f"{head} up to date (store entry {key[:12]})"]
     last = store.read_manifest(plan.root, plan.link)
     pending = graph.pending_on(task)
@@ -60,24 +60,26 @@ def explain(graph: Graph, task: str) -> list[str]:
 def _own_changes(plan: Plan, last: EntryManifest) -> list[str]:
     """What moved in the step's own part of the key since its last entry."""
     reasons = [f"  spec {path}: {old} -> {new}" for path, old, new in diff(last.spec, plan.spec)]
-    for name in sorted(set(last.sources) | set(plan.sources)):
-        old, new = last.sources.get(name), plan.sources.get(name)
-        if old != new:
-            what = "added" if old is None else "removed" if new is None else "changed"
-            reasons.append(f"  source {name}: {what}")
-    old_code = last.code
-    for module in sorted(set(old_code.modules) | set(plan.code["modules"])):
-        old, new = old_code.modules.get(module), plan.code["modules"].get(module)
-        if old != new:
-            what = "now imported" if old is None else "no longer imported" if new is None else "changed"
-            reasons.append(f"  code {module.replace('.', '/')}.py: {what}")
-    for lib in sorted(set(old_code.libraries) | set(plan.code["libraries"])):
-        old, new = old_code.libraries.get(lib, _MISSING), plan.code["libraries"].get(lib, _MISSING)
-        if old != new:
-            reasons.append(f"  library {lib}: {_show(old)} -> {_show(new)}")
+    reasons += [f"  source {name}: {_what(old, new, 'added', 'removed')}"
+                for name, old, new in _changed(last.sources, plan.sources)]
+    reasons += [f"  code {module.replace('.', '/')}.py: {_what(old, new, 'now imported', 'no longer imported')}"
+                for module, old, new in _changed(last.code.modules, plan.code["modules"])]
+    reasons += [f"  library {lib}: {_show(old)} -> {_show(new)}"
+                for lib, old, new in _changed(last.code.libraries, plan.code["libraries"])]
     if last.device != plan.device:
         reasons.append(f"  device: {_show(last.device)} -> {_show(plan.device)}")
     return reasons
+
+
+def _changed(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """(name, old, new) of every name whose value differs between two flat mappings (_MISSING
+    where a side lacks it), in name order."""
+    return [(k, old.get(k, _MISSING), new.get(k, _MISSING)) for k in sorted(set(old) | set(new))
+            if old.get(k, _MISSING) != new.get(k, _MISSING)]
+
+
+def _what(old, new, added: str, removed: str) -> str:
+    return added if old is _MISSING else removed if new is _MISSING else "changed"
 
 
 def diff(old, new, path: str = "") -> list[tuple[str, str, str]]:

@@ -231,11 +231,6 @@ def code_of(root: Path, module: str, files: "FileDigests") -> Code:
     return Code(modules, {lib: library_version(lib) for lib in sorted(libraries)})
 
 
-def code_digest(root: Path, module: str, files: "FileDigests") -> str:
-    """One digest of `code_of`: what a builder's key takes from its code."""
-    return digest(canonical(code_of(root, module, files).as_json()))
-
-
 @functools.cache
 def library_version(distribution: str) -> str | None:
     """The installed version of a distribution (None when absent), from its metadata: the

@@ -90,17 +90,15 @@ def point(root: Path | str, link: str, key: str) -> None:
     os.replace(tmp, path)
 
 
-def up_to_date(root: str, key: str | None, link: str) -> bool:
-    """Whether the entry for `key` is complete; if so, the friendly link is made to point at it."""
-    if key is None or not is_complete(root, key):
-        return False
+def keep_pointed(root: str, link: str, key: str) -> None:
+    """`point`, for every up-to-date step on every `doit`: when the link is right already (the
+    usual case) this costs one readlink."""
     try:
         if os.readlink(f"{root}/{link}") == f"{_store_from(root, link.rpartition('/')[0])}/{key}":
-            return True
+            return
     except OSError:  # no link yet, or not a link
         pass
     point(Path(root), link, key)
-    return True
 
 
 @functools.cache
@@ -126,9 +124,7 @@ def unlink(root: str, link: str) -> None:
 # ---------------------------------------------------------------- building an entry
 
 def _lock_path(root: Path | str, key: str) -> Path:
-    path = Path(root) / STORE / ".locks" / f"{key}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(root) / STORE / ".locks" / f"{key}.lock"
 
 
 @contextlib.contextmanager
@@ -136,7 +132,9 @@ def lock(root: Path | str, key: str, task: str = "") -> Iterator[None]:
     """Hold the key's lock while building it: one builder per key, across processes and runs
     (two terminals, a CI matrix on one runner, the default and a profile sharing a key). The
     lock is the kernel's (flock), so a killed holder releases it."""
-    with open(_lock_path(root, key), "a") as f:
+    path = _lock_path(root, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -150,7 +148,7 @@ def lock(root: Path | str, key: str, task: str = "") -> Iterator[None]:
 
 def _locked(root: Path | str, key: str) -> bool:
     """Whether some process holds the key's lock now (it is building that key)."""
-    path = Path(root) / STORE / ".locks" / f"{key}.lock"
+    path = _lock_path(root, key)
     if not path.exists():
         return False
     with open(path, "a") as f:
@@ -213,17 +211,29 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def clear_stale(root: Path) -> list[Path]:
-    """Remove staging directories left by builds that were killed (their process is gone and
-    nobody holds their key's lock); returns what it removed."""
+def clear_stale(root: Path) -> None:
+    """Remove staging directories left by builds that were killed."""
+    for tmp in stale_staging(root):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stale_staging(root: Path | str) -> list[Path]:
+    """Staging directories of builds that were killed: their process is gone and nobody holds
+    their key's lock."""
     tmp_root = Path(root) / STORE / ".tmp"
-    removed = []
+    out = []
     for tmp in sorted(tmp_root.iterdir()) if tmp_root.is_dir() else ():
         key, _, pid = tmp.name.rpartition(".")
-        if pid.isdigit() and not _alive(int(pid)) and not _locked(root, key):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
-    return removed
+        if not (pid.isdigit() and _alive(int(pid))) and not _locked(root, key):
+            out.append(tmp)
+    return out
+
+
+def stale_work(root: Path | str, keep: set[str]) -> list[Path]:
+    """Work (resume) directories of keys not in `keep` that nobody is building now."""
+    work = Path(root) / STORE / ".work"
+    return [folder for folder in (sorted(work.iterdir()) if work.is_dir() else ())
+            if folder.name not in keep and not _locked(root, folder.name)]
 
 
 def _alive(pid: int) -> bool:
@@ -259,8 +269,8 @@ def verify(root: Path | str, key: str) -> list[str]:
             problems.append(f"{name}: missing")
         elif path.stat().st_size != o.size:
             problems.append(f"{name}: {path.stat().st_size:,} bytes, the manifest says {o.size:,}")
-        elif file_digest(path) != o.xxh3_128:
-            problems.append(f"{name}: xxh3 {file_digest(path)[:12]}, the manifest says {o.xxh3_128[:12]}")
+        elif (found := file_digest(path)) != o.xxh3_128:
+            problems.append(f"{name}: xxh3 {found[:12]}, the manifest says {o.xxh3_128[:12]}")
     listed = set(outputs) | {MANIFEST}
     extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     problems += [f"{name}: not in the manifest" for name in extra if name not in listed]
@@ -276,14 +286,15 @@ def move_aside(root: Path | str, key: str) -> Path:
     return target
 
 
+def keys(root: Path | str) -> list[str]:
+    """The key of every entry folder in the store (its manifest unread)."""
+    base = Path(root) / STORE
+    return [f.name for f in sorted(base.iterdir()) if f.name not in HIDDEN and f.is_dir()] if base.is_dir() else []
+
+
 def entries(root: Path | str) -> dict[str, EntryManifest | None]:
     """Every entry folder in the store: key -> its manifest (None when it has none)."""
-    base = Path(root) / STORE
-    out = {}
-    for folder in sorted(base.iterdir()) if base.is_dir() else ():
-        if folder.name not in HIDDEN and folder.is_dir():
-            out[folder.name] = read_entry(root, folder.name)
-    return out
+    return {key: read_entry(root, key) for key in keys(root)}
 
 
 def size(path: Path) -> int:

@@ -10,7 +10,9 @@ report builder renders with the same environment. Jinja only: the compiler impor
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Callable
 
 
 def thousands(value) -> str:
@@ -62,9 +64,57 @@ class TemplateProblem(Exception):
         super().__init__(f"{file}:{line}: {message}" if line else f"{file}: {message}")
 
 
+_REMEMBERED: dict[tuple, tuple] = {}  # (check, path) -> (stamps of the files read, files read, result)
+
+
+def _remembered(check: Callable[[Path], tuple[list[Path], object]], path: Path):
+    """check(path) -> (files read, result), remembered while none of those files changes: a
+    compile asks for the same template more than once (resolving, then digesting; several steps
+    sharing one chat template), and `doit gc` compiles once per profile."""
+    hit = _REMEMBERED.get((check, path))
+    if hit is not None and hit[0] is not None and hit[0] == _stamps(hit[1]):
+        return hit[2]
+    files, result = check(path)
+    _REMEMBERED[(check, path)] = (_stamps(files), files, result)
+    return result
+
+
+def _stamps(files: list[Path]) -> tuple | None:
+    try:
+        return tuple((f, (st := os.stat(f)).st_size, st.st_mtime_ns, st.st_ino) for f in files)
+    except OSError:
+        return None
+
+
 def check(path: Path) -> list[Path]:
     """Parse and compile the template at `path` and every template it includes, imports or
     extends (looked up beside it); return all their paths, `path` first."""
+    return list(_remembered(_check, path))
+
+
+def chat_problem(path: Path) -> tuple[int | None, str] | None:
+    """(line, message) of what stops a chat template from parsing as the builders render it
+    (targets/chat.py, with the loop controls transformers' renderer adds), or None."""
+    return _remembered(_chat, path)
+
+
+def _chat(path: Path) -> tuple[list[Path], tuple[int | None, str] | None]:
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    try:
+        env.from_string(path.read_text(encoding="utf-8"))
+    except jinja2.TemplateSyntaxError as exc:
+        return [path], (exc.lineno, f"{type(exc).__name__}: {exc.message}")
+    except UnicodeDecodeError as exc:
+        return [path], (None, f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+    except RecursionError:
+        return [path], (None, "expressions or blocks nested too deep to parse")
+    return [path], None
+
+
+def _check(path: Path) -> tuple[list[Path], list[Path]]:
     import jinja2
     from jinja2 import meta
 
@@ -87,4 +137,4 @@ def check(path: Path) -> list[Path]:
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateProblem(str(file), exc.lineno, f"{type(exc).__name__}: {exc.message}") from None
         todo += [n for n in meta.find_referenced_templates(tree) if n is not None]
-    return seen
+    return seen, seen

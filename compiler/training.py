@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from . import quants
+from . import quants, templates
 from .errors import a_step, did_you_mean, one_of
 from .inputs import DATA, DATASET, INIT, MODEL, TOKENIZER
 from .inputs import teacher as teacher_input
@@ -419,42 +419,12 @@ def template_file(project: Project, node: Node, rel: str) -> None:
     if not path.is_file():
         raise node.error(("chat_template",), "a Jinja template file", f"'{rel}', a folder",
                          "name the template file, e.g. specs/templates/chat.jinja")
-    problem = _chat_problem(path)
+    problem = templates.chat_problem(path)
     if problem is not None:
         line, message = problem
         where = f"{rel}:{line}" if line else rel
         raise node.error(("chat_template",), "a Jinja chat template that parses", f"{where}: {message}",
                          f"fix the template at {where}")
-
-
-_PARSED: dict[Path, tuple[tuple, tuple | None]] = {}  # template -> (its stat, what parsing it said)
-
-
-def _chat_problem(path: Path) -> tuple[int | None, str] | None:
-    """(line, message) of what stops the chat template from parsing, or None; remembered while the
-    file is unchanged (export, evaluate and tokens steps ask for the same file)."""
-    st = path.stat()
-    stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
-    if _PARSED.get(path, (None,))[0] != stamp:
-        _PARSED[path] = (stamp, _parse_chat(path))
-    return _PARSED[path][1]
-
-
-def _parse_chat(path: Path) -> tuple[int | None, str] | None:
-    import jinja2
-    from jinja2.sandbox import SandboxedEnvironment
-
-    # as the builders render it (targets/chat.py), with the loop controls transformers' renderer adds
-    env = SandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    try:
-        env.from_string(path.read_text(encoding="utf-8"))
-    except jinja2.TemplateSyntaxError as exc:
-        return exc.lineno, f"{type(exc).__name__}: {exc.message}"
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
-    except RecursionError:
-        return None, "expressions or blocks nested too deep to parse"
-    return None
 
 
 RESOLVE = {"tokenizer": _tokenizer, "train": _train, "export": _export}  # kind -> its resolution, run by project.load

@@ -29,7 +29,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from compiler.inputs import TOKENIZER, teacher
-from compiler.inputs import tokens as tokens_input
 from targets import TOKENIZER_JSON, BuildError, Job, link_or_copy, load_tokenizer, losses
 from targets.trainloop import (IGNORE, LoopState, Progress, TokenData, adamw, build_model, checkpoints,
                                clear_partial, device_for, inputs_and_labels, load_checkpoint, lr_at, prune,
@@ -55,7 +54,9 @@ class Trainer:
             raise RuntimeError(f"{job.task}: a train step needs a work directory for its checkpoints")
         self.job, self.spec = job, job.spec
         spec = self.spec
-        self.total = spec.total_steps() or epoch_steps(job)
+        self.model_spec = job.models["model"]
+        self.data = TokenData(job.inputs, self.model_spec.vocab_size)
+        self.total = spec.total_steps() or epoch_steps(spec, len(self.data.train[spec.data]))
         self.device = device_for(spec.device)
         if spec.dtype == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise BuildError("dtype bfloat16 needs a GPU that supports it; this one does not: use float32")
@@ -63,8 +64,6 @@ class Trainer:
         self.phases = segments(spec.distill.phases if spec.distill else (), self.total, "phase")
         self.mixes = [dict(s.datasets) for s in spec.stages] or [{spec.data: 1.0}]
         self.lengths = [s.seq_len or spec.seq_len for s in spec.stages] or [spec.seq_len]
-        self.model_spec = job.models["model"]
-        self.data = TokenData(job.inputs, self.model_spec.vocab_size)
         for n, (mix, length) in enumerate(zip(self.mixes, self.lengths)):
             self.data.check(mix, length, "train", f"stage '{self.stages[n].name}'" if spec.stages else "training")
         self.data.check(self.mixes[0], self.lengths[0], "validation", "the validation loss")
@@ -360,12 +359,10 @@ def _summary(rows: list[dict], field: str) -> list[dict]:
     return list(out.values())
 
 
-def epoch_steps(job: Job) -> int:
-    """Optimizer steps of `epochs` passes over the train split of the step's one dataset."""
-    spec = job.spec
-    meta = json.loads((job.inputs[tokens_input(spec.data)] / "tokens.json").read_text())
+def epoch_steps(spec, train_tokens: int) -> int:
+    """Optimizer steps of `epochs` passes over the `train_tokens` of the step's one dataset."""
     per_step = spec.batch_size * spec.grad_accum * spec.seq_len
-    return max(1, math.ceil(spec.epochs * meta["splits"]["train"]["tokens"] / per_step))
+    return max(1, math.ceil(spec.epochs * train_tokens / per_step))
 
 
 def same_tokenizer(job: Job, folder: Path, name: str, what: str) -> None:

@@ -7,7 +7,7 @@ import os
 import xxhash
 from conftest import REPO
 
-from compiler.keys import FileDigests, canonical, code_digest, digest, keyed
+from compiler.keys import FileDigests, canonical, code_of, digest, keyed
 from compiler.specs import ModelSpec
 
 
@@ -60,7 +60,7 @@ def test_code_digest_follows_project_imports(tmp_path):
 
     def digests():
         files = FileDigests(root)
-        return {k: code_digest(root, f"targets.{k}", files) for k in ("dataset", "tokenizer", "init")}
+        return {k: code_of(root, f"targets.{k}", files) for k in ("dataset", "tokenizer", "init")}
 
     before = digests()
     (root / "targets/tokenizer.py").write_text((root / "targets/tokenizer.py").read_text() + "\nEDITED = 1\n")
@@ -79,20 +79,20 @@ def test_code_digest_follows_project_imports(tmp_path):
 def test_comments_docstrings_and_formatting_do_not_count(tmp_path):
     root = _copy_code(tmp_path)
     path = root / "targets/tokenizer.py"
-    before = code_digest(root, "targets.tokenizer", FileDigests(root))
+    before = code_of(root, "targets.tokenizer", FileDigests(root))
     text = path.read_text()
     edited = text.replace('"""Tokenizer builder', '"""The tokenizer builder', 1).replace("\n\n\n", "\n\n\n# a comment\n", 1)
     edited = edited.replace("def build(job: Job) -> dict:\n", 'def build(job: Job) -> dict:\n    """Build it."""\n', 1)
     edited = edited.replace("OUTPUTS = (", "OUTPUTS  =  (", 1)
     assert edited.count('"""Build it."""') == 1 and "# a comment" in edited and edited != text
     path.write_text(edited)
-    assert code_digest(root, "targets.tokenizer", FileDigests(root)) == before
+    assert code_of(root, "targets.tokenizer", FileDigests(root)) == before
     path.write_text(edited.replace("OUTPUTS  =  (", "OUTPUTS = ('x',", 1))
-    assert code_digest(root, "targets.tokenizer", FileDigests(root)) != before
+    assert code_of(root, "targets.tokenizer", FileDigests(root)) != before
 
 
 def test_tracked_libraries_enter_the_digest_of_the_builders_that_import_them(tmp_path):
-    from compiler.keys import code_of, library_version
+    from compiler.keys import library_version
 
     root = _copy_code(tmp_path)
     files = FileDigests(root)
@@ -120,18 +120,16 @@ def test_digest_is_xxh3_128():
 def test_imports_for_type_hints_only_are_not_code_inputs(tmp_path):
     root = _copy_code(tmp_path)
     files = FileDigests(root)
-    before = code_digest(root, "targets.init", files)
+    before = code_of(root, "targets.init", files)
     # compiler/params.py imports compiler.specs under TYPE_CHECKING only: the init builder's
     # weights do not depend on the specs module.
     (root / "compiler/specs.py").write_text((root / "compiler/specs.py").read_text() + "\nEDITED = 1\n")
-    assert code_digest(root, "targets.init", FileDigests(root)) == before
+    assert code_of(root, "targets.init", FileDigests(root)) == before
     (root / "compiler/params.py").write_text((root / "compiler/params.py").read_text() + "\nEDITED = 1\n")
-    assert code_digest(root, "targets.init", FileDigests(root)) != before
+    assert code_of(root, "targets.init", FileDigests(root)) != before
 
 
 def code_of_modules(root, builder, files):
-    from compiler.keys import code_of
-
     return code_of(root, f"targets.{builder}", files).modules
 
 
