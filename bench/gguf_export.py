@@ -115,7 +115,8 @@ def prepare(root: Path) -> None:
     from compiler.inputs import DATASET, TOKENIZER
     from compiler.specs import InitStep, ModelSpec, TokenizerStep
     from targets import Job, init, tokenizer
-    from targets.gguf import model_metadata, tokenizer_metadata
+    from targets.gguf import model_metadata
+    from targets.vocab import tokenizer_metadata
 
     from pydoc_data.topics import topics
 

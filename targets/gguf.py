@@ -20,12 +20,11 @@ from pathlib import Path
 
 from compiler import quants
 from compiler.inputs import MODEL, TOKENIZER
-from targets import BuildError, Job, read_tokenizer_json, safetensors_header, special_ids
+from targets import BuildError, Job, safetensors_header
 from targets.hf import check_safetensors, check_template, check_tokenizer
 from targets.layout import gguf_file
+from targets.vocab import tokenizer_metadata
 
-# token types of gguf's TokenType: what llama.cpp makes of each vocabulary entry
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # safetensors dtype -> numpy, as stored
 CHUNK_BYTES = 4 << 20  # float32 rows converted at a time
 
@@ -92,49 +91,6 @@ def model_metadata(config: dict, spec) -> dict:
     }
     if head_dim * heads != hidden:
         out.update({"llama.attention.key_length": head_dim, "llama.attention.value_length": head_dim})
-    return out
-
-
-def pre_tokenizer(tokenizer_json: dict) -> str:
-    """llama.cpp's name for the tokenizer's pre-tokenization, from its actual configuration;
-    a configuration llama.cpp has no name for is an error, never a guess."""
-    pre, normalizer = tokenizer_json.get("pre_tokenizer"), tokenizer_json.get("normalizer")
-    model = tokenizer_json.get("model", {}).get("type")
-    if (model == "BPE" and normalizer is None and isinstance(pre, dict) and pre.get("type") == "ByteLevel"
-            and pre.get("use_regex", True) and not pre.get("add_prefix_space", False)):
-        return "gpt-2"  # GPT-2's split regex over bytes-as-unicode, no prefix space
-    raise BuildError(f"no llama.cpp pre-tokenizer matches this tokenizer (model {model}, normalizer "
-                     f"{json.dumps(normalizer)}, pre_tokenizer {json.dumps(pre)}); Ingot embeds byte-level "
-                     "BPE tokenizers without a prefix space and without a normalizer (llama.cpp's 'gpt-2')")
-
-
-def tokenizer_metadata(tokenizer: Path, vocab_size: int, template: str) -> dict:
-    """`tokenizer.ggml.*` keys: the vocabulary padded to the model's embedding rows (padding ids
-    are unused tokens), merges, special ids and the chat template."""
-    spec = read_tokenizer_json(tokenizer)
-    config = json.loads((tokenizer / "tokenizer_config.json").read_text(encoding="utf-8"))
-    tokens: list[str | None] = [None] * vocab_size
-    types = [UNUSED] * vocab_size
-    for text, i in spec["model"]["vocab"].items():
-        tokens[i], types[i] = text, NORMAL
-    for added in spec.get("added_tokens", []):
-        tokens[added["id"]] = added["content"]
-        types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
-    for i, text in enumerate(tokens):
-        if text is None:
-            tokens[i] = f"[PAD{i}]"
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
-    out = {
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre_tokenizer(spec),
-        "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges,
-        "tokenizer.ggml.add_bos_token": bool(config.get("add_bos_token", False)),
-        "tokenizer.ggml.add_eos_token": bool(config.get("add_eos_token", False)),
-        "tokenizer.chat_template": template,
-    }
-    keys = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}
-    for role, i in special_ids(tokenizer).items():
-        if i is not None and role in keys:
-            out[f"tokenizer.ggml.{keys[role]}"] = i
     return out
 
 

@@ -180,7 +180,7 @@ def test_metadata_says_what_llama_cpp_needs(built):
 
 def test_a_pre_tokenizer_llama_cpp_has_no_name_for_is_an_error():
     from targets import BuildError
-    from targets.gguf import pre_tokenizer
+    from targets.vocab import pre_tokenizer
 
     spec = {"model": {"type": "BPE"}, "normalizer": None,
             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}}
