@@ -189,9 +189,13 @@ def test_a_pre_tokenizer_llama_cpp_has_no_name_for_is_an_error():
     with pytest.raises(BuildError) as info:
         pre_tokenizer(spec)
     assert str(info.value) == (
-        'no llama.cpp pre-tokenizer matches this tokenizer (model BPE, normalizer null, pre_tokenizer {"type": '
-        '"ByteLevel", "add_prefix_space": true, "use_regex": true}); Ingot embeds byte-level BPE tokenizers '
-        "without a prefix space and without a normalizer (llama.cpp's 'gpt-2')")
+        'no llama.cpp tokenizer matches this tokenizer (model BPE, normalizer null, pre_tokenizer {"type": '
+        '"ByteLevel", "add_prefix_space": true, "use_regex": true}); Ingot embeds byte-level BPE split by GPT-2\'s '
+        "regex (ByteLevel with use_regex, no prefix space) without a normalizer (llama.cpp's 'gpt-2'); byte-level "
+        "BPE split by Llama 3's regex without a normalizer ('llama-bpe' with ignore_merges, 'smaug-bpe' without); "
+        "byte-level BPE split by Qwen2's regex, NFC or no normalizer ('qwen2'); SentencePiece-style BPE with byte "
+        "fallback, its spaces made '▁' by a Prepend + Replace normalizer or a Metaspace pre-tokenizer without split "
+        "(llama.cpp's 'llama')")
 
 
 def test_manifest_records_every_tensor_and_the_files_facts(built):
