@@ -257,6 +257,17 @@ class GgufScore(_Data):
     perplexity: float
     perplexity_ratio: float
     """This file's perplexity over the checkpoint's."""
+    kld_mean: float
+    """Mean over predicted tokens of KL(checkpoint || this file) of the next-token distributions,
+    in nats: what llama-perplexity --kl-divergence calls "Mean KLD"."""
+    kld_median: float
+    kld_p99: float
+    """99th percentile of the per-token KL divergence (linear interpolation, as llama.cpp's)."""
+    kld_max: float
+    top1_same: int
+    """Predicted tokens where this file's most likely next token is the checkpoint's."""
+    top1_agreement: float
+    """top1_same over the tokens predicted: llama-perplexity's "Same top p"."""
 
 
 class PromptText(_Data):

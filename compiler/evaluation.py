@@ -2,9 +2,10 @@
 
 An evaluate step reads the weights of an init or train step, the validation tokens of a
 dataset (a `tokens` node shared with training, added here when no train step made it),
-and optionally the GGUF files of an export of the same weights. A report step reads a
-train step, its teachers, an evaluate step and export steps of the same weights, and a
-Jinja template that is parsed and compiled now, so a broken template builds nothing.
+and optionally the GGUF files of an export of the same weights, with limits on their KL
+divergence (`max_kld`) that name only types the export writes. A report step reads a train
+step, its teachers, an evaluate step and export steps of the same weights, and a Jinja
+template that is parsed and compiled now, so a broken template builds nothing.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from . import quants, templates
+from . import pretrained, quants, templates
 from .errors import SpecError, a_step
-from .inputs import DATA, EVALUATE, GGUF, MODEL, TOKENIZER, TRAIN, Role, tokens
+from .inputs import DATA, EVALUATE, GGUF, MODEL, OWN_TEMPLATE, TOKENIZER, TRAIN, Role, tokens
 from .inputs import export as export_input
 from .nodes import Node, Project, need_step
-from .training import (OUTSIDE_FIX, check_seq_len, has_validation, inside, model_of, template_file, tokens_node,
+from .paths import OUTSIDE_FIX, inside
+from .training import (check_seq_len, default_template, has_validation, model_of, template_file, tokens_node,
                        weights_step)
 
 
@@ -27,8 +29,10 @@ def evaluate(project: Project, node: Node) -> None:
     weights_step(project, node, ("model",), weights, spec.model)
     model = node.models["model"] = model_of(project, weights)
     check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
-    tok_task = node.deps[TOKENIZER] = project.nodes[weights].deps[TOKENIZER]
-    template_file(project, node, spec.chat_template)
+    tok_task = node.deps[TOKENIZER] = pretrained.tokenizer_of(project, weights)
+    node.spec = spec = default_template(project, node, tok_task)
+    if spec.chat_template != OWN_TEMPLATE:
+        template_file(project, node, spec.chat_template)
     data = spec.data if spec.data is not None else _data_of(project, node, weights)
     node.deps.pop(DATA, None)
     has_validation(project, node, ("data",), data, "the step measures perplexity on it")
@@ -36,10 +40,11 @@ def evaluate(project: Project, node: Node) -> None:
     node.deps[tokens(data)] = tokens_node(project, node, tok_task, data, chat)
     if spec.gguf is not None:
         export = project.nodes[node.deps[GGUF]]
-        if export.kind != "export" or export.spec.format != "gguf":
-            found = f"'{spec.gguf}', {a_step(export.kind)}" if export.kind != "export" else \
-                f"'{spec.gguf}', an export with format '{export.spec.format}'"
-            raise node.error(("gguf",), "an export step with `format: gguf`", found,
+        if export.kind != "export" or export.spec.format != "gguf" or export.spec.adapter:
+            found = (f"'{spec.gguf}', {a_step(export.kind)}" if export.kind != "export" else
+                     f"'{spec.gguf}', an export of a LoRA adapter (`adapter: true`), not of a model"
+                     if export.spec.adapter else f"'{spec.gguf}', an export with format '{export.spec.format}'")
+            raise node.error(("gguf",), "an export step with `format: gguf` that writes a model", found,
                              "name the step that writes the GGUF files, or leave `gguf` out")
         if export.deps[MODEL] != weights:
             raise node.error(("gguf",), f"GGUF files of the weights measured here ('{spec.model}')",
@@ -50,6 +55,22 @@ def evaluate(project: Project, node: Node) -> None:
                              f"'{spec.gguf}', and llama_cpp is not installed",
                              f"install the extra: {quants.LLAMA_INSTALL} (it compiles llama.cpp, about 15 "
                              "minutes on 2 cores), or leave `gguf` out")
+    if spec.max_kld is not None:
+        _max_kld(project, node)
+
+
+def _max_kld(project: Project, node: Node) -> None:
+    """`max_kld` limits files the step measures: those of its `gguf` export."""
+    spec = node.spec
+    if spec.gguf is None:
+        raise node.error(("max_kld",), "`gguf:`, the export whose files `max_kld` limits",
+                         "`max_kld` and no `gguf`", "add `gguf: STEP` (an export with `format: gguf`), or leave "
+                         "`max_kld` out")
+    types = project.nodes[node.deps[GGUF]].spec.gguf_types()
+    for name in spec.max_kld:
+        if name not in types:
+            raise node.error(("max_kld", name), f"a type among the files of '{spec.gguf}' ({', '.join(types)})",
+                             f"'{name}'", f"add {name} to `types` of '{spec.gguf}', or remove it from `max_kld`")
 
 
 def _data_of(project: Project, node: Node, weights: str) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import evaluation, sources
+from . import evaluation, pretrained, sources
+from .inputs import OWN_TEMPLATE
 from .keys import Code, FileDigests, code_of, keyed
 from .nodes import Node, Project, topo_order
 from .plan import Graph, Plan
@@ -55,7 +56,8 @@ def _plan(project: Project, node: Node, code: Code, files: FileDigests) -> Plan:
     spec = keyed(node.spec)
     spec.update({f: keyed(m) for f, m in node.models.items()})  # a model's fields, not its name
     file_lists = sources.dataset_files(node, project.root) if node.kind == "dataset" else []
-    read = [p for paths in file_lists for p in paths] + source_files(project, node)
+    read = {sources.label(p, project.root): p for paths in file_lists for p in paths}
+    read.update(source_files(project, node))
     device = device_kind(node.spec.device) if node.kind == "train" else None
     step = node.spec if device is None else node.spec.model_copy(update={"device": device})
     return Plan(
@@ -64,7 +66,7 @@ def _plan(project: Project, node: Node, code: Code, files: FileDigests) -> Plan:
         summary=node.spec.summary(), spec=spec, step=step.model_dump(mode="json"),
         models={f: m.model_dump(mode="json") for f, m in node.models.items()},
         inputs={str(i): task for i, task in sorted(node.deps.items())},
-        sources={sources.label(p, project.root): files(p) for p in read},
+        sources={label: files(p) for label, p in read.items()},
         files=tuple(tuple(str(p) for p in paths) for paths in file_lists),
         code=code.as_json(), device=device)
 
@@ -89,10 +91,20 @@ def _torch_has_cuda() -> bool:
     return any(lib.glob("libtorch_cuda*.so*"))
 
 
-def source_files(project: Project, node: Node) -> list[Path]:
-    """Files outside the store a step reads: teacher folders, chat and report templates."""
-    if node.kind in ("export", "evaluate") or (node.kind == "tokens" and node.spec.chat_template is not None):
-        return [project.root / node.spec.chat_template]
+def source_files(project: Project, node: Node) -> dict[str, Path]:
+    """Label -> file outside the store a step reads: teacher folders, chat and report templates
+    (labelled by their path from the project root), and the files of an existing model or
+    tokenizer folder (labelled by their name inside it: moving the folder keys nothing)."""
+    if node.kind == "pretrained" or (node.kind == "tokenizer" and not node.spec.trained()):
+        return pretrained.source_files(project, node)
+    files = _root_files(project, node)
+    return {sources.label(p, project.root): p for p in files}
+
+
+def _root_files(project: Project, node: Node) -> list[Path]:
+    template = getattr(node.spec, "chat_template", None) if node.kind in ("export", "evaluate", "tokens") else None
+    if template is not None and template != OWN_TEMPLATE:
+        return [project.root / template]
     if node.kind == "report":
         return evaluation.template_files(project, node)
     if node.kind != "train" or node.spec.distill is None:

@@ -53,6 +53,9 @@ DATASET, TOKENIZER, INIT, MODEL = Input(Role.DATASET), Input(Role.TOKENIZER), In
 GGUF, TRAIN, EVALUATE, DATA = Input(Role.GGUF), Input(Role.TRAIN), Input(Role.EVALUATE), Input(Role.DATA)
 
 
+OWN_TEMPLATE = "@tokenizer"  # a step's `chat_template`: the tokenizer entry's own chat_template.jinja
+
+
 def tokens(dataset: str) -> Input:
     return Input(Role.TOKENS, dataset)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import curation, evaluation, params, pydantic_errors, training
+from . import curation, evaluation, params, pretrained, pydantic_errors, training
 from .errors import SpecError, a_step, did_you_mean, either, one_of
 from .inputs import TOKENIZER, Input, Role
 from .nodes import Node, Project, need_step, topo_order
@@ -153,10 +153,15 @@ def _check_model(m: ModelSpec, doc: Document) -> None:
     def fail(f: str, expected: str, found: str, fix: str) -> SpecError:
         return SpecError.one(doc.file, doc.line((f,)), doc.field((f,)), expected, found, fix)
 
-    # Llama (and transformers' LlamaConfig) needs heads | hidden_size even when head_dim is set.
-    if m.hidden_size % m.heads:
+    # transformers' LlamaConfig needs heads | hidden_size even when head_dim is set; Qwen2's and
+    # Mistral's need only a head_dim, given when hidden_size / heads is not a whole number.
+    if m.hidden_size % m.heads and m.architecture == "llama":
         raise fail("heads", f"a divisor of hidden_size ({m.hidden_size})", str(m.heads),
                    f"use {either(_nearest_divisors(m.hidden_size, m.heads))}")
+    if m.head_dim is None:
+        raise fail("heads", f"a divisor of hidden_size ({m.hidden_size}), or a `head_dim`", str(m.heads),
+                   f"use {either(_nearest_divisors(m.hidden_size, m.heads))}, or set `head_dim` (the width of "
+                   f"one head, e.g. {max(1, m.hidden_size // m.heads)})")
     if m.heads % m.kv_heads:
         raise fail("kv_heads", f"a divisor of heads ({m.heads})", str(m.kv_heads),
                    f"use {either(_nearest_divisors(m.heads, m.kv_heads))}")
@@ -218,17 +223,18 @@ def _check_pairing(project: Project, node: Node) -> None:
     if model is None or tok_task is None:
         return
     tok = project.nodes[tok_task]
-    if tok.kind != "tokenizer":  # the builder would look for a tokenizer.json that is not there
-        raise node.error(("tokenizer",), "a tokenizer step",
-                         f"'{getattr(node.spec, 'tokenizer')}', {a_step(tok.kind)}", "name a step of kind `tokenizer`")
-    if getattr(tok.spec, "vocab_size", 0) > model.vocab_size:
+    if tok.kind not in ("tokenizer", "pretrained"):  # the builder would look for a tokenizer.json that is not there
+        raise node.error(("tokenizer",), "a tokenizer or pretrained step",
+                         f"'{getattr(node.spec, 'tokenizer')}', {a_step(tok.kind)}",
+                         "name a step of kind `tokenizer`, or a `pretrained` one (its tokenizer)")
+    size = pretrained.tokenizer_size(project, tok_task)
+    if size is not None and size > model.vocab_size:
         name = model.name
-        doc = project.models[name][1]  # the fix goes in the model's file, so say where that is
-        raise node.error(("model",), f"a model whose vocab_size is at least the tokenizer's ({tok.spec.vocab_size:,}, "
-                                     f"step '{tok_task}')",
+        at = f" ({project.models[name][1].file}:{project.models[name][1].line(('vocab_size',))})" if name in project.models else ""
+        lower = "lower the tokenizer's vocab_size" if tok.kind == "tokenizer" and tok.spec.trained() else "use its own tokenizer"
+        raise node.error(("model",), f"a model whose vocab_size is at least the tokenizer's ({size:,}, step '{tok_task}')",
                          f"model '{name}' with vocab_size {model.vocab_size:,}",
-                         f"raise vocab_size of model '{name}' ({doc.file}:{doc.line(('vocab_size',))}) to "
-                         f"{tok.spec.vocab_size:,} or more, or lower the tokenizer's vocab_size")
+                         f"raise vocab_size of model '{name}'{at} to {size:,} or more, or {lower}")
 
 
 def _check_cycles(project: Project) -> None:

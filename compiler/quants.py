@@ -52,27 +52,30 @@ LEGACY_FALLBACK = "f16"  # a 32-block type whose rows do not fit (convert_hf_to_
 K_FALLBACK = ("q5_0 where its mix picks q4_k, q5_1 for q5_k, q8_0 for q6_k and for the output "
               "layer, q4_0 for q3_k and q2_k, and f16 where a row is not a multiple of 32")
 
-# Hugging Face Llama weight -> GGUF tensor name (gguf.get_tensor_name_map(LLAMA) agrees: tested)
+# Hugging Face module -> GGUF tensor name, the same for every architecture Ingot builds
+# (gguf.get_tensor_name_map of LLAMA and of QWEN2 agree: tested)
 GGUF_NAMES = {
     "model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output",
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
 }
-LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
 def gguf_name(hf_name: str) -> str:
-    """`model.layers.3.mlp.down_proj.weight` -> `blk.3.ffn_down.weight`."""
+    """`model.layers.3.mlp.down_proj.weight` -> `blk.3.ffn_down.weight`,
+    `model.layers.3.self_attn.q_proj.bias` -> `blk.3.attn_q.bias`."""
     layer = LAYER.match(hf_name)
     if layer:
-        return f"blk.{layer.group(1)}.{GGUF_NAMES[layer.group(2)]}.weight"
+        return f"blk.{layer.group(1)}.{GGUF_NAMES[layer.group(2)]}.{layer.group(3)}"
     return f"{GGUF_NAMES[hf_name.removesuffix('.weight')]}.weight"
 
 
 def planned_type(shape: tuple[int, ...], gtype: GgufType) -> str:
     """The ggml type a tensor of this (Hugging Face, rows-last) shape is written in: 1-D tensors
-    stay F32; a matrix whose rows are not a multiple of the type's block falls back."""
+    (norms, biases) stay F32, whatever the type, as llama.cpp keeps them; a matrix whose rows are
+    not a multiple of the type's block falls back."""
     if len(shape) < 2:
         return "F32"
     if shape[-1] % gtype.block == 0:
@@ -81,7 +84,8 @@ def planned_type(shape: tuple[int, ...], gtype: GgufType) -> str:
 
 
 def misfits(model: ModelSpec, gtype: GgufType) -> list[str]:
-    """GGUF names of the matrices that cannot take `gtype`; empty when every matrix can."""
+    """GGUF names of the matrices that cannot take `gtype`; empty when every matrix can (1-D
+    tensors are F32 in every file, so never among them)."""
     return [gguf_name(name) for name, shape in params.tensors(model).items()
             if planned_type(shape, gtype) not in (gtype.ggml, "F32")]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 STEP_REF_PATTERN = r"^([a-z0-9][a-z0-9_-]*\.)?[a-z0-9][a-z0-9_-]*$"
@@ -27,6 +27,9 @@ MAX_POSITIONS = 1 << 24        # 16,777,216 tokens: sequence lengths and context
 MAX_BATCH = 1 << 16            # 65,536 sequences per micro-batch, micro-batches per step
 MAX_SEED = 2**32 - 1           # what every seed API the builders call accepts (numpy's legacy one the narrowest)
 Weight = Annotated[float, Field(gt=0)]
+
+
+DEFAULT_TEMPLATE = "specs/templates/chat.jinja"  # the chat template of a tokenizer Ingot trained
 
 
 def ref(kind: Literal["dataset", "model", "step"], default: Any = ...) -> Any:
@@ -69,6 +72,14 @@ class PydocsSource(Spec):
     modules: tuple[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")], ...] = DEFAULT_MODULES
     """Standard-library modules whose docstrings (module, classes, functions) become documents;
     a package includes its submodules. Read from source with `ast`, never imported."""
+    records: Literal["texts", "pairs"] = "texts"
+    """`texts`: each topic and docstring is a document. `pairs`: each is an instruction/response
+    record instead, the instruction asking about what it documents ("Explain the Python topic
+    'assert'.", "What does `def json.dumps(obj, ...)` do?") and the response its text; a small
+    instruction dataset for supervised fine-tuning that needs no download."""
+
+    def pairs(self) -> bool:
+        return self.records == "pairs"
 
 
 class FieldMap(Spec):
@@ -105,6 +116,9 @@ class FilesSource(Spec):
     a `.jsonl` file one document per line."""
     fields: FieldMap = FieldMap()
     """Where each JSONL record keeps its text."""
+
+    def pairs(self) -> bool:
+        return self.fields.chat()
 
 
 Source = Annotated[Union[PydocsSource, FilesSource], Field(discriminator="type")]
@@ -196,7 +210,7 @@ class DatasetSpec(Manifest):
 
     @model_validator(mode="after")
     def _one_shape(self) -> "DatasetSpec":
-        shapes = {isinstance(s, FilesSource) and s.fields.chat() for s in self.sources}
+        shapes = {s.pairs() for s in self.sources}
         if len(shapes) > 1:
             raise ValueError("every source gives texts, or every one gives instruction/response records "
                              "(`fields: {instruction: ..., response: ...}`); this dataset mixes both")
@@ -204,8 +218,7 @@ class DatasetSpec(Manifest):
 
     def chat(self) -> bool:
         """Whether the records are instruction/response pairs (for `objective: sft`) rather than texts."""
-        source = self.sources[0]
-        return isinstance(source, FilesSource) and source.fields.chat()
+        return self.sources[0].pairs()
 
     def summary(self) -> str:
         kinds = ", ".join(s.glob if isinstance(s, FilesSource) else "python docs" for s in self.sources)
@@ -215,11 +228,54 @@ class DatasetSpec(Manifest):
 
 # ---------------------------------------------------------------- models
 
+class RopeScaling(Spec):
+    type: Literal["linear", "llama3"]
+    """`linear`: every RoPE frequency divided by `factor` (position interpolation). `llama3`:
+    Llama 3.1's scheme: wavelengths longer than `original_max_positions / low_freq_factor`
+    divided by `factor`, shorter than `original_max_positions / high_freq_factor` kept, those
+    between interpolated."""
+    factor: float = Field(gt=0, le=1024)
+    """How much longer a context the scaled RoPE covers (8 for Llama 3.1)."""
+    low_freq_factor: float = Field(1.0, gt=0)
+    """`llama3` only: `original_max_positions` divided by this is the wavelength above which a
+    frequency is fully scaled (1 for Llama 3.1)."""
+    high_freq_factor: float = Field(4.0, gt=0)
+    """`llama3` only: `original_max_positions` divided by this is the wavelength below which a
+    frequency is kept (4 for Llama 3.1)."""
+    original_max_positions: int | None = Field(None, ge=1, le=MAX_POSITIONS)
+    """`llama3` only, and required there: the context length the model was pretrained with before
+    scaling (8192 for Llama 3.1)."""
+
+    @field_validator("high_freq_factor")
+    @classmethod
+    def _above_low(cls, high: float, info: ValidationInfo) -> float:
+        low = info.data.get("low_freq_factor")
+        if info.data.get("type") == "llama3" and low is not None and high <= low:
+            raise ValueError(f"a `high_freq_factor` above `low_freq_factor` ({low:g}): llama3 scaling interpolates "
+                             "between the two (Llama 3.1: 1 and 4)")
+        return high
+
+    @model_validator(mode="after")
+    def _llama3_fields(self) -> "RopeScaling":
+        extra = [f for f in ("low_freq_factor", "high_freq_factor", "original_max_positions")
+                 if f in self.model_fields_set]
+        if self.type == "linear" and extra:
+            raise ValueError(f"give {' and '.join(f'`{f}`' for f in extra)} only with `type: llama3` (linear "
+                             f"scaling divides every frequency by `factor`; remove {'them' if extra[1:] else 'it'}, "
+                             "or set `type: llama3`)")
+        if self.type == "llama3" and self.original_max_positions is None:
+            raise ValueError("give `original_max_positions` with `type: llama3` (the context length the model was "
+                             "pretrained with before scaling: 8192 for Llama 3.1)")
+        return self
+
+
 class ModelSpec(Manifest):
     kind: Literal["model"]
     """A model architecture."""
-    architecture: Literal["llama"] = "llama"
-    """Model family; Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention) for now."""
+    architecture: Literal["llama", "qwen2", "mistral"] = "llama"
+    """Model family, as transformers names it: `llama` (RMSNorm, RoPE, SwiGLU, grouped-query
+    attention), `qwen2` (the same with biases on the query, key and value projections) or
+    `mistral` (Llama's layout, with an optional sliding attention window)."""
     hidden_size: int = Field(ge=1, le=131_072)
     """Width of the residual stream."""
     intermediate_size: int = Field(ge=1, le=1_048_576)
@@ -238,12 +294,28 @@ class ModelSpec(Manifest):
     """Longest sequence the model is built for (RoPE positions)."""
     rope_theta: float = Field(10_000.0, gt=0, le=10**12)
     """RoPE base frequency."""
+    rope_scaling: RopeScaling | None = None
+    """RoPE scaling for a context longer than pretraining saw (`linear`, or Llama 3.1's `llama3`);
+    plain RoPE when absent."""
+    sliding_window: int | None = Field(None, ge=1, le=MAX_POSITIONS)
+    """`mistral` only: each token attends to at most this many positions (itself included), as
+    Mistral 7B v0.1 (4096); every earlier position when absent, as Mistral v0.2 and later. llama.cpp
+    does not apply a window to Mistral, so a GGUF export of a windowed model is refused."""
     rms_norm_eps: float = Field(1e-6, gt=0, le=1)
     """Epsilon of every RMSNorm."""
     tie_embeddings: bool = False
     """Share the input embedding with the LM head."""
     expect_params: int | None = Field(None, ge=1, le=10**16, json_schema_extra=UNKEYED)
     """When given, compiling fails unless the derived parameter count equals it."""
+
+    @field_validator("sliding_window")
+    @classmethod
+    def _window_of_mistral(cls, window: int | None, info: ValidationInfo) -> int | None:
+        arch = info.data.get("architecture")
+        if window is not None and arch is not None and arch != "mistral":
+            raise ValueError(f"no `sliding_window` for architecture {arch}, which attends to every earlier position "
+                             "(only `mistral` has a window: remove `sliding_window`, or set `architecture: mistral`)")
+        return window
 
     @model_validator(mode="after")
     def _derive(self) -> "ModelSpec":
@@ -273,24 +345,95 @@ class SpecialTokens(Spec):
     """Padding token."""
 
 
-class TokenizerStep(Step):
+HUB_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
+REVISION = r"^[0-9a-f]{40}$"
+
+
+class Existing(Step):
+    """Where an existing Hugging Face folder comes from: a folder of the project, or the hub."""
+
+    path: str | None = Field(None, json_schema_extra=UNKEYED)
+    """A folder inside the project (relative to its root). The contents of its files key the
+    step, not its place: moving the folder within the project rebuilds nothing."""
+    hub: str | None = Field(None, pattern=HUB_ID)
+    """Or: a Hugging Face hub id (`Qwen/Qwen2.5-1.5B-Instruct`), downloaded through huggingface_hub
+    into its cache (`HF_HUB_OFFLINE=1` reads the cache only)."""
+    revision: str | None = Field(None, pattern=REVISION)
+    """With `hub`: the commit hash (40 hex digits) to download. Required: a branch such as `main`
+    moves, and the step's key could not say what was built."""
+
+    def origin(self) -> str:
+        return f"hub {self.hub}@{self.revision[:12]}" if self.hub else f"folder {self.path}"
+
+    def _one_origin(self, others: tuple[str, ...] = ()) -> None:
+        given = [f for f in (*others, "path", "hub") if getattr(self, f) is not None]
+        if len(given) != 1:
+            names = ", ".join(f"`{f}`" for f in (*others, "path"))
+            raise ValueError(f"give exactly one of {names} or `hub` (found {len(given)})")
+        if self.hub is not None and self.revision is None:
+            raise ValueError(f"a pinned `revision:` with `hub: {self.hub}`: the commit hash (40 hex digits) of "
+                             "the files to use, as the hub's 'Files and versions' page shows it; a branch moves, "
+                             "so the step's key could not say what was built")
+        if self.hub is None and self.revision is not None:
+            raise ValueError("`revision` only with `hub`")
+
+
+class TokenizerStep(Existing):
     kind: Literal["tokenizer"]
-    """Train a byte-level BPE tokenizer on a dataset's train split."""
-    dataset: str = ref("dataset")
+    """Train a byte-level BPE tokenizer on a dataset's train split, or take an existing one
+    (`path` or `hub`: its tokenizer.json, configuration and chat template)."""
+    dataset: str | None = ref("dataset", None)
     """Name of the dataset manifest to train on."""
-    vocab_size: int = Field(ge=260, le=1_000_000)
-    """Vocabulary size including the 256 byte symbols and the special tokens."""
+    vocab_size: int | None = Field(None, ge=260, le=1_000_000)
+    """Vocabulary size including the 256 byte symbols and the special tokens (training only)."""
     min_frequency: int = Field(2, ge=1, le=1_000_000_000)
     """A pair must occur this often to be merged."""
     special_tokens: SpecialTokens = SpecialTokens()
-    """Special tokens, given the first ids in this order: bos, eos, unk, pad."""
+    """Special tokens, given the first ids in this order: bos, eos, unk, pad (training only)."""
     add_bos_token: bool = False
-    """Whether encoding prepends the bos token."""
+    """Whether encoding prepends the bos token (training only)."""
     max_length: int = Field(2048, ge=1, le=MAX_POSITIONS)
-    """`model_max_length` written to `tokenizer_config.json`."""
+    """`model_max_length` written to `tokenizer_config.json` (training only)."""
+
+    @model_validator(mode="after")
+    def _source(self) -> "TokenizerStep":
+        self._one_origin(("dataset",))
+        trained = self.dataset is not None
+        if trained and self.vocab_size is None:
+            raise ValueError("a `vocab_size:` for the tokenizer trained on the dataset")
+        if not trained:
+            given = sorted(f for f in ("vocab_size", "min_frequency", "special_tokens", "add_bos_token", "max_length")
+                           if getattr(self, f) != type(self).model_fields[f].default)
+            if given:
+                raise ValueError(f"no {', '.join(f'`{f}`' for f in given)} for a tokenizer taken from "
+                                 f"`{'path' if self.path is not None else 'hub'}` (they shape a trained one)")
+        return self
+
+    def trained(self) -> bool:
+        return self.dataset is not None
 
     def summary(self) -> str:
+        if not self.trained():
+            return f"the tokenizer of {self.origin()}"
         return f"byte-level BPE of {self.vocab_size:,} tokens trained on dataset '{self.dataset}'"
+
+
+class PretrainedStep(Existing):
+    kind: Literal["pretrained"]
+    """An existing Hugging Face model: its weights, config.json and tokenizer, to fine-tune
+    (`init:`), distill from, evaluate or export, and whose tokenizer a step can use (`tokenizer:`).
+    Only safetensors, JSON and tokenizer files are read; remote code never runs."""
+    model: str | None = Field(None, pattern=NAME_PATTERN, json_schema_extra={"ref": "model", "keyed": False})
+    """The architecture you expect, as a model manifest: lets a `hub` model compile before its
+    config.json is in the cache, and makes the compiler check config.json against it."""
+
+    @model_validator(mode="after")
+    def _source(self) -> "PretrainedStep":
+        self._one_origin()
+        return self
+
+    def summary(self) -> str:
+        return f"the pretrained model of {self.origin()}"
 
 
 class InitStep(Step):
@@ -321,7 +464,8 @@ class TokensStep(Step):
     """The tokenizer step (as `pipeline.step`)."""
     chat_template: str | None = None
     """For an instruction/response dataset: the Jinja chat template (relative to the project
-    root) each record is rendered with; a response mask is written beside the ids. None for texts."""
+    root, or `@tokenizer`: the tokenizer entry's own) each record is rendered with; a response
+    mask is written beside the ids. None for texts."""
 
     def summary(self) -> str:
         return f"dataset '{self.dataset}' as token ids of '{self.tokenizer}', packed for training"
@@ -415,6 +559,24 @@ class Stage(Spec):
     """Sequence length of this stage; the step's `seq_len` when absent."""
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class Lora(Spec):
+    r: int = Field(ge=1, le=65_536)
+    """Rank of every adapter: each target `W` (out × in) gets `B` (out × r, starting at zero) and
+    `A` (r × in, drawn from the step's seed), and learns `W + (alpha / r) · B · A`."""
+    alpha: float = Field(16.0, gt=0)
+    """Scale of the adapters' update, as `alpha / r` (PEFT's `lora_alpha`)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on each adapter's input while training (PEFT's `lora_dropout`); 0 for none."""
+    targets: tuple[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], ...] = Field(
+        LORA_TARGETS, min_length=1, json_schema_extra=UNORDERED)
+    """Linear layers of every decoder layer that get an adapter, by module name (llama, qwen2
+    and mistral: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj). A set: its
+    order is not part of the key."""
+
+
 class TrainStep(Step):
     kind: Literal["train"]
     """Train a model: pretrain, supervised fine-tuning or distillation."""
@@ -432,10 +594,12 @@ class TrainStep(Step):
     """What to learn: next tokens (`pretrain`), responses only (`sft`), or teachers (`distill`)."""
     distill: Distill | None = None
     """Teachers, temperature, alpha and phases; required by `objective: distill`."""
-    chat_template: str = Field("specs/templates/chat.jinja", json_schema_extra=UNKEYED)
+    chat_template: str | None = Field(None, json_schema_extra=UNKEYED)
     """Jinja chat template (relative to the project root) that renders the records of
     instruction/response datasets before tokenizing; its path and contents enter the key of
-    the tokens it makes, and through them this step's."""
+    the tokens it makes, and through them this step's. Default: the tokenizer's own template
+    (`@tokenizer`) when the tokenizer is a pretrained or loaded one, else
+    specs/templates/chat.jinja."""
     max_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     """Optimizer steps; may be left out when stages or phases give the length."""
     epochs: float | None = Field(None, gt=0, le=1_000_000)
@@ -465,6 +629,15 @@ class TrainStep(Step):
     """Training precision: float32, or bfloat16 autocast where the device supports it."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto` is CUDA when present, else the CPU."""
+    lora: Lora | None = None
+    """Fine-tune through LoRA adapters (peft) instead of every weight: the weights of `init` stay
+    frozen and only the adapters train. The step writes the merged model (model.safetensors,
+    so every other step reads it as any trained model) and the adapter (adapter_model.safetensors,
+    adapter_config.json). Needs `init:`."""
+    quantize_base: Literal["nf4"] | None = None
+    """QLoRA: hold the frozen base in 4-bit NF4 (bitsandbytes; double quantization, bfloat16
+    compute) while the adapters train. Needs `lora:` and a CUDA GPU; the merged model is the
+    unquantized base plus the adapters."""
 
     def summary(self) -> str:
         start = f"model '{self.model}'" if self.model else f"'{self.init}'"
@@ -493,6 +666,12 @@ class Export(Step):
     format: Literal["hf", "gguf"] = "hf"
     """`hf`: model.safetensors, config.json, generation_config.json and the tokenizer files.
     `gguf`: one `model-TYPE.gguf` per entry of `types`, tokenizer and chat template embedded."""
+    adapter: bool = False
+    """Write the LoRA adapter of `model` (a train step with `lora:`) instead of the merged model:
+    with `hf`, a PEFT folder (adapter_config.json, adapter_model.safetensors and the tokenizer
+    files) that `PeftModel.from_pretrained` loads over the base; with `gguf`, one llama.cpp LoRA
+    adapter `adapter-TYPE.gguf` per type (f32, f16, bf16 or q8_0), applied over a GGUF file of
+    the base."""
     types: tuple[GgufTypeName, ...] | None = Field(None, json_schema_extra=UNORDERED)
     """`gguf` only: tensor types to write, one file each. f32, f16, bf16 and the legacy quants
     (q8_0, q5_1, q5_0, q4_1, q4_0) are written by gguf-py; the K-quants (q6_k, q5_k_m, q4_k_m,
@@ -503,9 +682,10 @@ class Export(Step):
     strict: bool = False
     """`gguf` only: refuse (at compile time) a type that some matrix cannot take, instead of
     warning and letting that matrix fall back to another type."""
-    chat_template: str = "specs/templates/chat.jinja"
+    chat_template: str | None = None
     """Jinja chat template (relative to the project root): chat_template.jinja, or the GGUF
-    `tokenizer.chat_template`."""
+    `tokenizer.chat_template`; `@tokenizer` for the tokenizer's own. Default: the tokenizer's own
+    when it is a pretrained or loaded one, else specs/templates/chat.jinja."""
     max_new_tokens: int = Field(128, ge=1, le=MAX_POSITIONS)
     """`generation_config.json`: default number of tokens to generate."""
     temperature: float = Field(0.8, ge=0)
@@ -521,9 +701,10 @@ class Export(Step):
         return "gguf" if self.format == "gguf" else "export"
 
     def summary(self) -> str:
+        what = "LoRA adapter" if self.adapter else "GGUF files"
         if self.format == "gguf":
-            return f"GGUF files ({', '.join(self.gguf_types())}) of '{self.model}'"
-        return f"Hugging Face folder of '{self.model}'"
+            return f"{what} ({', '.join(self.gguf_types())}) of '{self.model}'"
+        return f"{'PEFT adapter' if self.adapter else 'Hugging Face'} folder of '{self.model}'"
 
 
 class Prompt(Spec):
@@ -551,7 +732,13 @@ class EvaluateStep(Step):
     """The train or init step whose weights to measure."""
     gguf: str | None = ref("step", None)
     """An export step with `format: gguf` of the same weights: each of its files is measured on
-    the same tokens through llama.cpp (needs the llama.cpp extra)."""
+    the same tokens through llama.cpp (needs the llama.cpp extra): perplexity, KL divergence
+    from the checkpoint's next-token distribution, and how often both pick the same top token."""
+    max_kld: dict[GgufTypeName, Annotated[float, Field(gt=0)]] | None = None
+    """A gate: GGUF type -> the largest mean KL divergence (nats per token) from the checkpoint
+    it may have, e.g. `{q4_k_m: 0.05, q8_0: 0.002}`; each type must be a file of `gguf`. A type
+    above its limit fails the step, naming every such type. Not an input to the measurement,
+    but it decides whether the step succeeds, so it is part of the key."""
     data: str | None = ref("dataset", None)
     """Dataset whose validation split is measured; default: the train step's `data`."""
     seq_len: int = Field(128, ge=2, le=MAX_POSITIONS)
@@ -562,8 +749,10 @@ class EvaluateStep(Step):
     """Prompt set of the generation benchmark."""
     max_new_tokens: int = Field(32, ge=1, le=MAX_POSITIONS)
     """Greedy generation stops after this many tokens, or at eos."""
-    chat_template: str = "specs/templates/chat.jinja"
-    """Jinja chat template (relative to the project root) the prompts are rendered with."""
+    chat_template: str | None = None
+    """Jinja chat template (relative to the project root) the prompts are rendered with; `@tokenizer`
+    for the tokenizer's own. Default: the tokenizer's own when it is a pretrained or loaded one,
+    else specs/templates/chat.jinja."""
 
     def summary(self) -> str:
         gguf = f" and GGUF files of '{self.gguf}'" if self.gguf else ""
@@ -589,7 +778,7 @@ class ReportStep(Step):
         return f"training report of '{self.train}' from {self.template}"
 
 
-AnyStep = Annotated[Union[TokenizerStep, InitStep, TrainStep, Export, EvaluateStep, ReportStep],
+AnyStep = Annotated[Union[TokenizerStep, PretrainedStep, InitStep, TrainStep, Export, EvaluateStep, ReportStep],
                     Field(discriminator="kind")]
 
 

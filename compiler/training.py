@@ -9,21 +9,19 @@ a run: vocabularies, sequence lengths, unknown teachers, stages and datasets.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import json
-import os
-from pathlib import Path
 
-from . import quants, templates
+from . import pretrained, quants, templates
 from .errors import a_step, did_you_mean, one_of
-from .inputs import DATA, DATASET, INIT, MODEL, TOKENIZER
+from .inputs import DATA, DATASET, INIT, MODEL, OWN_TEMPLATE, TOKENIZER
 from .inputs import teacher as teacher_input
 from .inputs import tokens as tokens_input
 from .nodes import Node, Project
-from .specs import ModelSpec, TokensStep
+from .paths import OUTSIDE_FIX, inside
+from .specs import DEFAULT_TEMPLATE, ModelSpec, TokensStep
 
-WEIGHT_KINDS = ("init", "train")  # steps whose output is model.safetensors + config.json
+WEIGHT_KINDS = ("init", "train", "pretrained")  # steps whose output is model.safetensors + config.json
 
 
 def teacher_deps(project: Project) -> None:
@@ -79,17 +77,21 @@ def model_of(project: Project, task: str) -> ModelSpec:
 def weights_step(project: Project, node: Node, where: tuple, task: str, value: str) -> None:
     kind = project.nodes[task].kind
     if kind not in WEIGHT_KINDS:
-        raise node.error(where, "an init or train step (a step that makes model weights)",
-                         f"'{value}', {a_step(kind)}", "name a step of kind `init` or `train`")
+        raise node.error(where, "an init, train or pretrained step (a step that makes model weights)",
+                         f"'{value}', {a_step(kind)}", "name a step of kind `init`, `train` or `pretrained`")
 
 
 def _tokenizer(project: Project, node: Node) -> None:
     """The tokenizer builder learns its vocabulary from each record's `text`, which the records
     of an instruction/response dataset do not have."""
+    if not node.spec.trained():
+        pretrained.resolve_loaded_tokenizer(project, node)
+        return
     name = node.spec.dataset
     dataset, doc = project.datasets[name]
     if dataset.chat():
-        at = f"{doc.file}:{doc.line(('sources', 0, 'fields'))}"
+        field = "fields" if dataset.sources[0].type == "files" else "records"
+        at = f"{doc.file}:{doc.line(('sources', 0, field))}"
         raise node.error(("dataset",), f"a dataset of texts (tokenizer step '{node.task}' learns its vocabulary "
                                        "from the `text` of each record)",
                          f"dataset '{name}', whose records are instruction/response pairs ({at})",
@@ -118,6 +120,7 @@ def _train(project: Project, node: Node) -> None:
         _same_tokenizer(project, node, node.deps[INIT])
         node.models["model"] = model_of(project, node.deps[INIT])
     model = node.models["model"]
+    _lora(node, model)
     check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
     datasets = _datasets(project, node)
     first = [spec.data] if spec.data is not None else list(spec.stages[0].datasets)
@@ -136,9 +139,47 @@ def _train(project: Project, node: Node) -> None:
         _distill(project, node, model, tok_task)
 
 
+# the linear layers of every decoder layer, by module name: what LoRA can put adapters on
+LORA_MODULES = {arch: ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+                for arch in ("llama", "qwen2", "mistral")}
+
+
+def _lora(node: Node, model: ModelSpec) -> None:
+    """LoRA fine-tunes existing weights through adapters on named linear layers; QLoRA is LoRA
+    over a 4-bit base, so it needs `lora:` too."""
+    spec = node.spec
+    if spec.quantize_base is not None and spec.lora is None:
+        raise node.error(("quantize_base",), "`lora:` beside `quantize_base` (QLoRA trains adapters over a 4-bit "
+                                             "base, which stays frozen)",
+                         f"quantize_base: {spec.quantize_base} without `lora:`",
+                         "add `lora: {r: 16}`, or remove `quantize_base` to train every weight")
+    if spec.lora is None:
+        return
+    if spec.init is None:
+        raise node.error(("lora",), "`init:` with `lora:` (LoRA fine-tunes existing weights: only the adapters "
+                                    "train, so the random weights of a fresh model would stay random)",
+                         f"`model: {spec.model}`, a fresh start",
+                         f"start from trained weights with `init: STEP` in place of `model: {spec.model}`, or "
+                         "remove `lora:` to train every weight")
+    modules = LORA_MODULES.get(model.architecture)
+    if modules is None:
+        raise node.error(("lora",), f"a model of an architecture whose layers LoRA knows ({one_of(LORA_MODULES)})",
+                         f"model '{model.name}' of architecture '{model.architecture}'",
+                         "remove `lora:` to train every weight")
+    seen: set[str] = set()
+    for i, name in enumerate(spec.lora.targets):
+        where = ("lora", "targets", i)
+        if name not in modules:
+            raise node.error(where, f"a linear layer of every {model.architecture} decoder layer ({one_of(modules)})",
+                             f"'{name}'", did_you_mean(name, modules) or "name one of them")
+        if name in seen:
+            raise node.error(where, "each module once", f"'{name}' a second time", "remove the repeated entry")
+        seen.add(name)
+
+
 def _same_tokenizer(project: Project, node: Node, weights: str) -> None:
     """Weights learned with one tokenizer's ids would read another's as noise."""
-    theirs, ours = project.nodes[weights].deps.get(TOKENIZER), node.deps[TOKENIZER]
+    theirs, ours = pretrained.tokenizer_of(project, weights), node.deps[TOKENIZER]
     if theirs != ours:
         raise node.error(("init",), f"weights made for this step's tokenizer ('{ours}')",
                          f"'{node.spec.init}', whose weights were made for tokenizer '{theirs}'",
@@ -192,8 +233,20 @@ def _chat_template(project: Project, node: Node, datasets: list[str]) -> str | N
                                  f"in dataset '{name}', or use `objective: pretrain`")
     if not any(project.datasets[name][0].chat() for name in datasets):
         return None
-    template_file(project, node, spec.chat_template)
+    node.spec = spec = default_template(project, node, node.deps[TOKENIZER])
+    if spec.chat_template != OWN_TEMPLATE:
+        template_file(project, node, spec.chat_template)
     return spec.chat_template
+
+
+def default_template(project: Project, node: Node, tok_task: str):
+    """The step's spec with its chat template resolved: the one it names, else the tokenizer's own
+    (`@tokenizer`) when the tokenizer comes with one (a pretrained or loaded one), else Ingot's
+    specs/templates/chat.jinja."""
+    if node.spec.chat_template is not None:
+        return node.spec
+    own = pretrained.own_tokenizer(project, tok_task)
+    return node.spec.model_copy(update={"chat_template": OWN_TEMPLATE if own else DEFAULT_TEMPLATE})
 
 
 def tokens_node(project: Project, step: Node, tok_task: str, dataset: str, template: str | None) -> str:
@@ -289,7 +342,7 @@ def _step_teacher(project: Project, node: Node, where: tuple, name: str, ref: st
     weights_step(project, node, where + ("step",), task, ref)
     teacher = model_of(project, task)
     _same_vocab(node, where, name, teacher.vocab_size, f"model '{teacher.name}'", student)
-    teacher_tok = project.nodes[task].deps.get(TOKENIZER)
+    teacher_tok = pretrained.tokenizer_of(project, task)
     if teacher_tok != tok_task:
         raise node.error(where + ("step",), f"a teacher trained with the student's tokenizer ('{tok_task}')",
                          f"teacher '{name}' with tokenizer '{teacher_tok}'",
@@ -323,53 +376,18 @@ def _same_vocab(node: Node, where: tuple, name: str, vocab: int, source: str, st
                          "distill from a teacher that shares the student's tokenizer and vocabulary")
 
 
-OUTSIDE_FIX = "copy the files into the project and give the path from its root (a link out of it is refused)"
-
-
-def inside(node: Node, where: tuple, rel: str, root: Path) -> Path:
-    """`rel` resolved against the project root; an error if it is absolute, leaves the project,
-    or resolves (through a symbolic link) to somewhere outside it."""
-    if os.path.isabs(rel) or ".." in Path(rel).parts:
-        how = "an absolute path" if os.path.isabs(rel) else "a path that leaves the project through '..'"
-        raise node.error(where, "a path relative to the project root that stays inside it", f"'{rel}', {how}",
-                         OUTSIDE_FIX)
-    path = root / rel
-    if not _exists(path):
-        same_name = difflib.get_close_matches(rel, _find(root, Path(rel).name), n=1, cutoff=0)
-        hint = f"did you mean '{same_name[0]}'? Paths are" if same_name else "check the path; it is"
-        raise node.error(where, "an existing file or folder (relative to the project root)", f"'{rel}', which does not exist",
-                         f"{hint} relative to the project root")
-    if not path.resolve().is_relative_to(root):
-        raise node.error(where, "a path relative to the project root that stays inside it",
-                         f"'{rel}', which resolves to {path.resolve()} through a symbolic link", OUTSIDE_FIX)
-    return path
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except (OSError, ValueError):  # a name too long for the file system, a NUL character
-        return False
-
-
-def _find(root: Path, name: str) -> list[str]:
-    """Paths (from the root) of what is called `name` in the project: the likely meant one
-    when a path was given from the wrong folder. Skips build/ and hidden folders."""
-    out = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and not (folder == str(root) and d == "build")]
-        if name in files or name in dirs:
-            out.append(str((Path(folder) / name).relative_to(root)))
-    return out
-
-
 def _export(project: Project, node: Node) -> None:
     weights_step(project, node, ("model",), node.deps[MODEL], node.spec.model)
     node.models["model"] = model_of(project, node.deps[MODEL])
-    node.deps[TOKENIZER] = project.nodes[node.deps[MODEL]].deps[TOKENIZER]
-    template_file(project, node, node.spec.chat_template)
+    node.deps[TOKENIZER] = pretrained.tokenizer_of(project, node.deps[MODEL])
+    node.spec = default_template(project, node, node.deps[TOKENIZER])
+    if node.spec.chat_template != OWN_TEMPLATE:
+        template_file(project, node, node.spec.chat_template)
+    if node.spec.adapter:
+        _adapter(project, node)
     if node.spec.format == "gguf":
-        _gguf(project, node)
+        if not node.spec.adapter:  # an adapter's matrices (rank r) are not the model's
+            _gguf(project, node)
         if node.spec.display_name is None:  # resolved here, so the name in the files is in the key
             node.spec = node.spec.model_copy(update={"display_name": node.models["model"].name})
     else:
@@ -381,16 +399,68 @@ def _export(project: Project, node: Node) -> None:
                                  f"set `format: gguf` to write GGUF files, or remove `{name}`")
 
 
-def _gguf(project: Project, node: Node) -> None:
-    """Types a GGUF export can write on this machine, and what each does to the model's matrices:
-    a warning per type some matrix cannot take, or under `strict` an error."""
-    model = node.models["model"]
+ADAPTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # what llama.cpp's convert_lora_to_gguf.py writes
+
+
+def _adapter(project: Project, node: Node) -> None:
+    """`adapter: true` exports the adapter of a LoRA train step, in a GGUF type llama.cpp's
+    LoRA adapters come in."""
+    source = project.nodes[node.deps[MODEL]]
+    if source.kind != "train" or source.spec.lora is None:
+        found = f"{a_step(source.kind)}" if source.kind != "train" else "a train step without `lora:`"
+        raise node.error(("adapter",), "a LoRA train step as `model:` (one with `lora:`, whose adapter "
+                                       "`adapter: true` exports)", f"model '{node.spec.model}', {found}",
+                         "point `model:` at a train step with `lora:`, or remove `adapter: true` to export the "
+                         "whole model")
+    if node.spec.format != "gguf":
+        return
+    for where, name in _each_type(node):
+        if name not in ADAPTER_TYPES:
+            raise node.error(where, f"a type of GGUF LoRA adapters ({one_of(ADAPTER_TYPES)})", f"'{name}'",
+                             "quantize the base model's GGUF file instead: llama.cpp applies an adapter of "
+                             "these types over a base of any type")
+
+
+def _each_type(node: Node):
+    """(where, type) of each GGUF type the export writes, each named once."""
     seen: set[str] = set()
     for i, name in enumerate(node.spec.gguf_types()):
         where = ("types", i) if node.spec.types else ("format",)
         if name in seen:
             raise node.error(where, "each type once", f"'{name}' a second time", "remove the repeated entry")
         seen.add(name)
+        yield where, name
+
+
+def _llama_cpp_computes(project: Project, node: Node, model: ModelSpec) -> None:
+    """What llama.cpp would compute otherwise than transformers: it runs Mistral as `llama`, with
+    no attention window; applies llama3's RoPE factors (rope_freqs) in its `llama` graph only;
+    and builds Qwen2's query projection as wide as hidden_size. Such a file would give other
+    logits than the weights, or not load."""
+    s = model.rope_scaling
+    if model.sliding_window is not None:
+        what, field, remove = f"sliding_window {model.sliding_window}", "sliding_window", "`sliding_window`"
+    elif model.architecture == "qwen2" and s is not None and s.type == "llama3":
+        what, field, remove = "qwen2 with llama3 RoPE scaling", "rope_scaling", "the llama3 `rope_scaling`"
+    elif model.architecture == "qwen2" and model.heads * model.head_dim != model.hidden_size:
+        what, field = f"qwen2 with heads × head_dim = {model.heads * model.head_dim:,}", "head_dim"
+        remove = f"a head_dim other than hidden_size / heads ({model.hidden_size / model.heads:g})"
+    else:
+        return
+    doc = project.models[model.name][1] if model.name in project.models else None
+    at = f" ({doc.file}:{doc.line((field,))})" if doc else ""
+    raise node.error(("format",), "a model llama.cpp runs as transformers does (it gives Mistral no attention "
+                                  "window, llama3 RoPE scaling to Llama and Mistral only, and Qwen2 heads × head_dim "
+                                  "= hidden_size)", f"model '{model.name}' with {what}{at}",
+                     f"export `format: hf` instead, or train a model without {remove}")
+
+
+def _gguf(project: Project, node: Node) -> None:
+    """Types a GGUF export can write on this machine, and what each does to the model's matrices:
+    a warning per type some matrix cannot take, or under `strict` an error."""
+    model = node.models["model"]
+    _llama_cpp_computes(project, node, model)
+    for where, name in _each_type(node):
         gtype = quants.TYPES[name]
         if gtype.writer == "llama.cpp" and importlib.util.find_spec("llama_cpp") is None:
             legacy = ", ".join(t for t, g in quants.TYPES.items() if g.writer == "gguf-py")
@@ -427,4 +497,4 @@ def template_file(project: Project, node: Node, rel: str) -> None:
                          f"fix the template at {where}")
 
 
-RESOLVE = {"tokenizer": _tokenizer, "train": _train, "export": _export}  # kind -> its resolution, run by project.load
+RESOLVE = {"tokenizer": _tokenizer, "train": _train, "export": _export, **pretrained.RESOLVE}  # kind -> its resolution, run by project.load

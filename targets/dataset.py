@@ -241,9 +241,9 @@ def read_source(source, paths: list[Path], skipped: Counter | None = None) -> It
     is counted there by kind and left out."""
     for path in paths:
         if source.type == "pydocs":
-            for text, origin in (_topics(path) if path.name == "topics.py" and path.parent.name == "pydoc_data"
-                                 else _docstrings(path)):
-                yield text, origin, {}
+            topics = path.name == "topics.py" and path.parent.name == "pydoc_data"
+            for text, origin in (_topics(path) if topics else _docstrings(path)):
+                yield (_pair(text, origin) if source.pairs() else text), origin, {}
         elif path.suffix == ".txt":
             try:
                 yield _read_text(path), path.name, {}
@@ -371,6 +371,14 @@ def _docstrings(path: Path) -> Iterator[tuple[str, str]]:
                 yield f"{head}\n\n{doc}", f"doc:{name}"
             if isinstance(node, ast.ClassDef):
                 stack.extend((name, child) for child in node.body)
+
+
+def _pair(text: str, origin: str) -> tuple[str, str]:
+    """An instruction about what a topic or docstring documents, and its text as the response."""
+    if origin.startswith("pydoc:"):
+        return f"Explain the Python topic '{origin.removeprefix('pydoc:')}'.", text.strip()
+    head, _, body = text.partition("\n\n")
+    return f"What does `{head.removeprefix('Module ')}` do?", body.strip()
 
 
 def _module_name(path: Path) -> str:

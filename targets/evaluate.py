@@ -11,12 +11,23 @@ Writes: `metrics.json` with
   windows of `seq_len` tokens cut from the start of the validation split;
 * `gguf`: per GGUF type, the same on the same windows through llama.cpp (float32 KV cache,
   so only the weights' type differs), with file size, bits per weight and the perplexity
-  ratio to the checkpoint;
+  ratio to the checkpoint; and how far its next-token distribution Q is from the
+  checkpoint's P at every predicted token: KL(P || Q) in nats (float64, from the
+  log-softmax of both logits; mean, median, 99th percentile, maximum) and the share of
+  tokens where both rank the same token first. These are the definitions of
+  `llama-perplexity --kl-divergence` ("Mean KLD", "99.0% KLD", "Same top p"), but not its
+  sample: it scores only the second half of each chunk (after a BOS where the vocabulary
+  adds one), against base log-probabilities stored in 16 bits (and drops those below
+  e^-16); here every predicted token of every window counts, as the perplexities do;
 * `generation`: per engine (the torch checkpoint, llama.cpp per GGUF type), greedy
   generation of up to `max_new_tokens` for each prompt of `job.spec.prompts`, rendered with
   the chat template: input and output tokens, latency, time to the first token, tokens/s
   (output tokens over the whole latency), their averages and peak, and the memory the
   weights take (their bytes, and the resident memory loading them added).
+When `max_kld` is set, a type whose mean KL divergence is above its limit fails the step
+(a BuildError naming every such type, raised once all types are measured and before the
+generation benchmark), so nothing is written to the store.
+
 Timings are measured, so they differ between builds; everything else is a function of
 the inputs. metrics.json and what is read of other entries are typed in `compiler.entries`
 (`EvaluationResults`, which the report reads; the tokens entry's `TokensInfo`; the GGUF
@@ -36,11 +47,10 @@ from compiler.entries import (CheckpointScore, Engine, EvaluationData, Evaluatio
                               GgufEntry, GgufFile, GgufScore, PromptText, TokensEntry)
 from compiler.inputs import GGUF, MODEL, TOKENIZER, Role, of_role
 from targets import BuildError, Job, load_tokenizer, special_ids
-from targets.chat import chat_renderer
+from targets.chat import chat_renderer, template_path
 from targets.layout import gguf_file
 
 OUTPUTS = ("metrics.json",)
-BATCH = 4  # perplexity windows per torch forward
 
 
 def build(job: Job) -> dict:
@@ -59,16 +69,15 @@ def build(job: Job) -> dict:
                           tokens=predicted)
     checkpoint = CheckpointScore(loss=loss, perplexity=math.exp(loss), parameters=n_params,
                                  weights_bytes=weights_bytes)
+    files, scores = gguf_files(job), {}
+    for name, path, facts in files:  # one GGUF model in memory at a time, beside the checkpoint
+        scores[name] = gguf_score(path, facts, loss, *compare(model, path, windows))
+        job.log(log_line(scores[name]))
+    gate(spec.max_kld or {}, scores, predicted)  # before the benchmark: a failing step stops early
     prompts = prompt_set(job)
     engines = {"torch": torch_generation(job, model, prompts, loaded)}
     del model
-    scores = {}
-    for name, path, facts in gguf_files(job):
-        g_loss = llama_loss(path, windows)
-        scores[name] = GgufScore(file=path.name, bytes=facts.bytes, bits_per_weight=facts.bits_per_weight,
-                                 loss=g_loss, perplexity=math.exp(g_loss), perplexity_ratio=math.exp(g_loss - loss))
-        job.log(f"{path.name}: loss {g_loss:.4f}, perplexity {math.exp(g_loss):,.2f} "
-                f"({math.exp(g_loss - loss):.4f}x the checkpoint's)")
+    for name, path, _ in files:
         engines[f"gguf-{name}"] = llama_generation(job, name, path, prompts)
     generation = Generation(max_new_tokens=spec.max_new_tokens,
                             prompts=[PromptText(name=p.name, text=p.text) for p in spec.prompts], engines=engines)
@@ -76,6 +85,7 @@ def build(job: Job) -> dict:
     (job.out / entries.EVALUATION).write_text(results.to_json())
     return {"loss": loss, "perplexity": math.exp(loss),
             "gguf_perplexity": {t: g.perplexity for t, g in scores.items()},
+            "gguf_kld_mean": {t: g.kld_mean for t, g in scores.items()},
             "tokens_per_s": {e: g.avg_tokens_per_s for e, g in engines.items()}}
 
 
@@ -96,7 +106,7 @@ def validation_windows(tokens: Path, seq_len: int, most: int) -> list[list[int]]
 
 
 def load_torch(folder: Path):
-    """The checkpoint as a float32 LlamaForCausalLM in eval mode, and its weights' bytes."""
+    """The checkpoint as a float32 causal language model in eval mode, and its weights' bytes."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -108,35 +118,88 @@ def load_torch(folder: Path):
 
 def torch_loss(model, windows: list[list[int]]) -> float:
     """Mean cross-entropy (nats) of every next token after the first of each window."""
+    total = sum(next_token_nll(log_probs, window) for window, (log_probs, _) in
+                zip(windows, float_log_probs(model, windows)))
+    return total / sum(len(w) - 1 for w in windows)
+
+
+def float_log_probs(model, windows: list[list[int]]):
+    """Per window, the checkpoint's next-token log-probabilities (float64, [seq_len - 1, vocab])
+    and its top token at each position but the last. One window at a time: a batch of windows'
+    logits over a vocabulary of 151,936 is gigabytes."""
     import torch
 
-    total, count = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(windows), BATCH):
-            ids = torch.tensor(windows[i:i + BATCH])
-            logits = model(ids).logits[:, :-1].double()
-            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                    reduction="sum")
-            total, count = total + nll.item(), count + ids[:, 1:].numel()
-    return total / count
+        for window in windows:
+            logits = model(torch.tensor([window])).logits[0, :-1]
+            yield torch.log_softmax(logits.double(), dim=-1).numpy(), logits.argmax(dim=-1).numpy()
 
 
-def llama_loss(path: Path, windows: list[list[int]]) -> float:
-    """The same mean cross-entropy through llama.cpp: each window evaluated from an empty cache."""
+def llama_log_probs(llm, window: list[int]):
+    """The same through llama.cpp, the window evaluated from an empty cache."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(window)
+    logits = np.asarray(llm.scores[:len(window) - 1])
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True)), logits.argmax(axis=-1)
+
+
+def next_token_nll(log_probs, window: list[int]) -> float:
+    """Summed negative log-likelihood of each token of the window after the first."""
+    import numpy as np
+
+    return -float(log_probs[np.arange(len(window) - 1), window[1:]].sum())
+
+
+def compare(model, path: Path, windows: list[list[int]]):
+    """A GGUF file through llama.cpp against the checkpoint on the same windows, one window of
+    both engines' logits at a time: its mean loss, KL(P_checkpoint || Q_file) at each predicted
+    token, and at how many tokens both rank the same token first (argmax of the logits)."""
     import numpy as np
     from llama_cpp import GGML_TYPE_F32
 
     llm = open_llama(path, len(windows[0]), logits_all=True, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
-    total, count = 0.0, 0
-    for window in windows:
-        llm.reset()
-        llm.eval(window)
-        logits = np.asarray(llm.scores[:len(window) - 1], dtype=np.float64)
-        top = logits.max(axis=-1, keepdims=True)
-        logz = (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))[:, 0]
-        total += float((logz - logits[np.arange(len(window) - 1), window[1:]]).sum())
-        count += len(window) - 1
-    return total / count
+    nll, klds, same = 0.0, [], 0
+    try:
+        for window, (p_log, p_top) in zip(windows, float_log_probs(model, windows)):
+            q_log, q_top = llama_log_probs(llm, window)
+            nll += next_token_nll(q_log, window)
+            klds.append((np.exp(p_log) * (p_log - q_log)).sum(axis=-1))
+            same += int((p_top == q_top).sum())
+    finally:
+        llm.close()
+    return nll / sum(len(w) - 1 for w in windows), np.concatenate(klds), same
+
+
+def gguf_score(path: Path, facts: GgufFile, loss: float, g_loss: float, kld, same: int) -> GgufScore:
+    """A GGUF file's row of metrics.json: its loss and per-token KL divergences summarized as
+    llama-perplexity does (percentiles interpolated linearly, as numpy's default)."""
+    import numpy as np
+
+    return GgufScore(file=path.name, bytes=facts.bytes, bits_per_weight=facts.bits_per_weight, loss=g_loss,
+                     perplexity=math.exp(g_loss), perplexity_ratio=math.exp(g_loss - loss),
+                     kld_mean=float(kld.mean()), kld_median=float(np.median(kld)),
+                     kld_p99=float(np.quantile(kld, 0.99)), kld_max=float(kld.max()), top1_same=same,
+                     top1_agreement=same / len(kld))
+
+
+def log_line(s: GgufScore) -> str:
+    return (f"{s.file}: loss {s.loss:.4f}, perplexity {s.perplexity:,.2f} ({s.perplexity_ratio:.4f}x the "
+            f"checkpoint's), mean KLD {s.kld_mean:.6f} (99%: {s.kld_p99:.6f}), same top token "
+            f"{s.top1_agreement:.2%}")
+
+
+def gate(limits: dict[str, float], scores: dict[str, GgufScore], tokens: int) -> None:
+    """Fail the step when a type's mean KL divergence is above its `max_kld`, naming every such
+    type (of `tokens` predicted)."""
+    over = [f"{t}: mean KLD {s.kld_mean:.6f} > max_kld {limits[t]:g} (same top token {s.top1_agreement:.2%}, "
+            f"{s.top1_same:,} of {tokens:,} tokens)"
+            for t, s in scores.items() if t in limits and s.kld_mean > limits[t]]
+    if over:
+        raise BuildError(f"GGUF files further from the checkpoint than `max_kld` allows: {'; '.join(over)}; "
+                         "export these types with more bits per weight (q8_0, q6_k), or raise their `max_kld`")
 
 
 def open_llama(path: Path, context: int, **options):
@@ -183,7 +246,7 @@ def prompt_set(job: Job) -> Prompts:
     """Each prompt a user turn rendered with the chat template, the assistant's turn opened,
     tokenized as transformers' apply_chat_template would (special tokens as tokens)."""
     entry = job.inputs[TOKENIZER]
-    render = chat_renderer(job.root / job.spec.chat_template, entry)
+    render = chat_renderer(template_path(job), entry)
     tok = load_tokenizer(entry)
     rendered = [(p.name, tok.encode(render(p.text, "")[0], add_special_tokens=False).ids) for p in job.spec.prompts]
     return Prompts(rendered, special_ids(entry, tok), tok)

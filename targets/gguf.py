@@ -3,12 +3,13 @@
 Reads: `model.safetensors` and `config.json` of the weights entry (`job.inputs[MODEL]`),
 `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` of the tokenizer
 entry, and the chat template `job.spec.chat_template` (relative to the project root).
-Writes: `model-TYPE.gguf` for each of `job.spec.gguf_types()`, with llama.cpp's `llama`
-metadata and the tokenizer embedded. f32, f16, bf16 and the legacy quants are written here
-with gguf-py, one tensor at a time (the weights are memory-mapped, so the peak is about one
-tensor, not one model); K-quants are made from an F32 file by llama.cpp's own quantizer
-(`llama_model_quantize`). Returns, per file, what was read back from it: size, bits per
-weight, a histogram of tensor types and the type of every tensor.
+Writes: `model-TYPE.gguf` for each of `job.spec.gguf_types()`, with llama.cpp's metadata of the
+model's architecture (`llama` for Llama and Mistral, `qwen2` for Qwen2) and the tokenizer
+embedded. f32, f16, bf16 and the legacy quants are written here with gguf-py, one tensor at a
+time (the weights are memory-mapped, so the peak is about one tensor, not one model); K-quants
+are made from an F32 file by llama.cpp's own quantizer (`llama_model_quantize`). Returns, per
+file, what was read back from it: size, bits per weight, a histogram of tensor types and the
+type of every tensor.
 """
 
 from __future__ import annotations
@@ -21,26 +22,40 @@ from pathlib import Path
 from compiler import quants
 from compiler.inputs import MODEL, TOKENIZER
 from targets import BuildError, Job, safetensors_header
+from targets.chat import template_path
 from targets.hf import check_safetensors, check_template, check_tokenizer
-from targets.layout import gguf_file
+from targets.layout import adapter_file, gguf_file
 from targets.vocab import tokenizer_metadata
 
 DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # safetensors dtype -> numpy, as stored
+# config.json's model_type -> llama.cpp's architecture (convert_hf_to_gguf.py converts
+# MistralForCausalLM as LlamaModel: Mistral is `llama` to llama.cpp)
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+# llama.cpp's `llama` RoPE rotates interleaved pairs (LLAMA_ROPE_TYPE_NORM), so Q and K rows are
+# permuted from Hugging Face's halves; its `qwen2` rotates halves (NEOX), as Hugging Face does
+PERMUTED = ("llama",)
+ROPE_FREQS = "rope_freqs.weight"  # gguf.TENSOR_NAMES[MODEL_TENSOR.ROPE_FREQS]
 CHUNK_BYTES = 4 << 20  # float32 rows converted at a time
 
 
 def outputs(spec) -> tuple[str, ...]:
+    if spec.adapter:
+        return tuple(adapter_file(t) for t in spec.gguf_types())
     return tuple(gguf_file(t) for t in spec.gguf_types())
 
 
 def build(job: Job) -> dict:
+    if job.spec.adapter:  # a LoRA adapter over the base's GGUF file, not a model (it imports this module)
+        from targets.gguf_lora import write_adapters
+
+        return write_adapters(job)
     weights, tokenizer = job.inputs[MODEL], job.inputs[TOKENIZER]
     config = json.loads((weights / "config.json").read_text())
     check_safetensors(weights / "model.safetensors", config)
     check_tokenizer(config, tokenizer)
-    template = (job.root / job.spec.chat_template).read_text(encoding="utf-8")
+    template = template_path(job).read_text(encoding="utf-8")
     check_template(template, job.spec.chat_template, tokenizer)
-    metadata = {**model_metadata(config, job.spec), **tokenizer_metadata(tokenizer, config["vocab_size"], template)}
+    metadata = {**model_metadata(config, job.spec), **tokenizer_metadata(tokenizer, config["vocab_size"], template, config)}
 
     names = job.spec.gguf_types()
     made = {t: quants.TYPES[t] for t in names}
@@ -71,10 +86,12 @@ def build(job: Job) -> dict:
 # ---------------------------------------------------------------- metadata
 
 def model_metadata(config: dict, spec) -> dict:
-    """`general.*` and `llama.*` keys (without the file type, which each file sets)."""
+    """`general.*` keys and the architecture's own (`llama.*`, `qwen2.*`), without the file type,
+    which each file sets."""
+    arch = architecture(config)
     heads, hidden = config["num_attention_heads"], config["hidden_size"]
     head_dim = config.get("head_dim") or hidden // heads
-    rope = config.get("rope_parameters") or {}
+    rope = rope_of(config)
     theta = rope.get("rope_theta", config.get("rope_theta"))  # transformers 5 keeps it in rope_parameters
     if theta is None:
         raise BuildError("config.json has no rope_theta (neither under rope_parameters nor at the top level)")
@@ -82,16 +99,69 @@ def model_metadata(config: dict, spec) -> dict:
         "general.type": "model", "general.name": spec.display_name,
         "general.quantization_version": 2,  # gguf.GGML_QUANT_VERSION: the block layouts written here
         "general.sampling.temp": float(spec.temperature), "general.sampling.top_p": float(spec.top_p),
-        "llama.context_length": config["max_position_embeddings"], "llama.embedding_length": hidden,
-        "llama.block_count": config["num_hidden_layers"], "llama.feed_forward_length": config["intermediate_size"],
-        "llama.attention.head_count": heads, "llama.attention.head_count_kv": config["num_key_value_heads"],
-        "llama.attention.layer_norm_rms_epsilon": float(config["rms_norm_eps"]),
-        "llama.rope.freq_base": float(theta), "llama.rope.dimension_count": head_dim,
-        "llama.vocab_size": config["vocab_size"],
+        f"{arch}.context_length": config["max_position_embeddings"], f"{arch}.embedding_length": hidden,
+        f"{arch}.block_count": config["num_hidden_layers"], f"{arch}.feed_forward_length": config["intermediate_size"],
+        f"{arch}.attention.head_count": heads, f"{arch}.attention.head_count_kv": config["num_key_value_heads"],
+        f"{arch}.attention.layer_norm_rms_epsilon": float(config["rms_norm_eps"]),
+        f"{arch}.rope.freq_base": float(theta), f"{arch}.rope.dimension_count": head_dim,
+        f"{arch}.vocab_size": config["vocab_size"],
     }
     if head_dim * heads != hidden:
-        out.update({"llama.attention.key_length": head_dim, "llama.attention.value_length": head_dim})
+        out.update({f"{arch}.attention.key_length": head_dim, f"{arch}.attention.value_length": head_dim})
+    if rope_type(rope) == "linear":  # llama3's scaling is a tensor, rope_freqs.weight
+        out.update({f"{arch}.rope.scaling.type": "linear", f"{arch}.rope.scaling.factor": float(rope["factor"])})
     return out
+
+
+def architecture(config: dict) -> str:
+    """llama.cpp's architecture of a config.json, after checking that llama.cpp would compute
+    what transformers does: no attention window, a RoPE scaling llama.cpp applies."""
+    kind = config.get("model_type")
+    if kind not in ARCHITECTURES:
+        raise BuildError(f"config.json has model_type {json.dumps(kind)}; GGUF export writes "
+                         f"{', '.join(ARCHITECTURES)} models")
+    window = config.get("sliding_window") if kind == "mistral" or config.get("use_sliding_window") else None
+    if window is not None:
+        raise BuildError(f"config.json has a sliding attention window of {window} positions, and llama.cpp "
+                         f"attends to every position of a {kind} model: export the Hugging Face folder instead")
+    scaling = rope_type(rope_of(config))
+    if scaling not in ("default", "linear", "llama3") or (scaling == "llama3" and kind == "qwen2"):
+        raise BuildError(f"config.json has RoPE scaling '{scaling}', which llama.cpp's {ARCHITECTURES[kind]} "
+                         f"does not compute as transformers' {kind} does: export the Hugging Face folder instead")
+    heads, head_dim = config["num_attention_heads"], config.get("head_dim")
+    if kind == "qwen2" and head_dim and head_dim * heads != config["hidden_size"]:
+        raise BuildError(f"config.json has {heads} heads of {head_dim}, and llama.cpp's qwen2 needs them as wide as "
+                         f"hidden_size ({config['hidden_size']}): export the Hugging Face folder instead")
+    return ARCHITECTURES[kind]
+
+
+def rope_of(config: dict) -> dict:
+    """The RoPE parameters: transformers 5's `rope_parameters`, or an older config's `rope_scaling`."""
+    return config.get("rope_parameters") or config.get("rope_scaling") or {}
+
+
+def rope_type(rope: dict) -> str:
+    return rope.get("rope_type", rope.get("type")) or "default"
+
+
+def rope_freqs(config: dict):
+    """llama.cpp's `rope_freqs.weight` of a llama3-scaled model: per frequency of a head, the
+    factor its rotation is divided by (llama.cpp divides theta by it), or None for other RoPE.
+    convert_hf_to_gguf.py's computation, with the original context from rope_parameters (it reads
+    a top-level `original_max_position_embeddings`, 8192 when absent: right for Llama 3.1 only)."""
+    import numpy as np
+
+    rope = rope_of(config)
+    if rope_type(rope) != "llama3":
+        return None
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    theta = rope.get("rope_theta", config.get("rope_theta"))
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old = rope["original_max_position_embeddings"]
+    wavelen = 2 * np.pi * theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    smooth = (old / wavelen - low) / (high - low)
+    between = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelen < old / high, 1.0, np.where(wavelen > old / low, factor, between)).astype(np.float32)
 
 
 # ---------------------------------------------------------------- tensors
@@ -128,7 +198,10 @@ def _rows(f, offset: int, info: dict, group: int):
 
 
 def rope_group(name: str, config: dict) -> int:
-    """Rows that llama.cpp's RoPE layout reorders together: one head of q_proj or k_proj, else 1."""
+    """Rows that llama.cpp's RoPE layout reorders together: one head of q_proj or k_proj where its
+    architecture rotates interleaved pairs (no model of that layout here has Q or K biases), else 1."""
+    if ARCHITECTURES.get(config.get("model_type")) not in PERMUTED:
+        return 1
     if name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
         return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     return 1
@@ -151,16 +224,21 @@ def shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def write(path: Path, weights: Path, config: dict, gtype: quants.GgufType, metadata: dict) -> None:
     """Write a GGUF file with gguf-py: header, metadata and tensor table first (sizes follow from
     the shapes), then each tensor's rows as they are read and converted, so memory holds a few MB
-    of the model at a time, whatever its size."""
+    of the model at a time, whatever its size. A llama3-scaled model's rope_freqs.weight, which
+    llama.cpp reads and transformers computes, comes first, as convert_hf_to_gguf.py puts it."""
     import gguf
     import numpy as np
 
     table = shapes(weights)
     planned = {name: gguf.GGMLQuantizationType[quants.planned_type(shape, gtype)] for name, shape in table.items()}
-    writer = gguf.GGUFWriter(str(path), "llama")
+    freqs = rope_freqs(config)
+    writer = gguf.GGUFWriter(str(path), architecture(config))
     for key, value in metadata.items():
         add(writer, key, value)
     writer.add_file_type(int(gguf.LlamaFileType[gtype.ftype]))
+    if freqs is not None:
+        writer.add_tensor_info(ROPE_FREQS, freqs.shape, freqs.dtype, freqs.nbytes,
+                               raw_dtype=gguf.GGMLQuantizationType.F32)
     for name, shape in table.items():
         block, size = gguf.GGML_QUANT_SIZES[planned[name]]
         nbytes = int(np.prod(shape[:-1], dtype=np.int64)) * (shape[-1] // block) * size
@@ -169,6 +247,9 @@ def write(path: Path, weights: Path, config: dict, gtype: quants.GgufType, metad
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     out = writer.fout[0]
+    if freqs is not None:
+        writer.write_padding(out, out.tell())
+        freqs.tofile(out)
     for name, rows in hf_tensors(weights, config):
         writer.write_padding(out, out.tell())  # each tensor starts aligned, as the table says
         for chunk in rows:

@@ -33,8 +33,13 @@ def check_tokenizer(config: dict, tokenizer: Path) -> None:
         raise BuildError(f"the tokenizer has {size:,} tokens but the model's embedding only "
                          f"{config['vocab_size']:,} rows; export a model with the tokenizer it was trained with")
     known = special_ids(tokenizer, tok)
-    ids = {r: known.get(r) for r in ROLES}
-    wrong = {r: (config.get(f"{r}_token_id"), i) for r, i in ids.items() if config.get(f"{r}_token_id") != i}
+    wrong = {}
+    for role in ROLES:
+        ours, theirs = known.get(role), config.get(f"{role}_token_id")
+        if ours is None or theirs is None:
+            continue  # a pretrained model may name a token its tokenizer does not, or the reverse
+        if ours not in (theirs if isinstance(theirs, list) else [theirs]):  # Llama-3.1 lists several eos ids
+            wrong[role] = (theirs, ours)
     if wrong:
         said = ", ".join(f"{r} {c} in config.json but {i} in the tokenizer" for r, (c, i) in wrong.items())
         raise BuildError(f"the weights and the tokenizer disagree on special token ids ({said}); "

@@ -1,4 +1,4 @@
-"""Init builder: a seeded, randomly initialized Llama model for a model spec.
+"""Init builder: a seeded, randomly initialized model (Llama, Qwen2 or Mistral) for a model spec.
 
 Initialization follows transformers' Llama scheme (every matrix ~ N(0, 0.02), norms
 one, the pad row of the embedding zero), drawn with numpy from the seed over the
@@ -6,7 +6,7 @@ tensor table of `compiler.params`, so this step needs neither torch nor transfor
 
 Reads: the model spec (`job.models["model"]`) and the paired tokenizer entry (for
 its special-token ids). Writes: `model.safetensors` (no pickle) and `config.json`,
-which `transformers.LlamaForCausalLM.from_pretrained` loads.
+which `transformers.AutoModelForCausalLM.from_pretrained` loads.
 """
 
 from __future__ import annotations

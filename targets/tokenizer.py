@@ -1,8 +1,11 @@
-"""Tokenizer builder: train a byte-level BPE on a dataset's train split.
+"""Tokenizer builder: train a byte-level BPE on a dataset's train split, or take an existing
+tokenizer from a folder of the project or the hub.
 
-Reads: the `train-*.jsonl` shards of the dataset entry (`job.inputs[DATASET]`).
+Reads: the `train-*.jsonl` shards of the dataset entry (`job.inputs[DATASET]`); or the
+tokenizer files of the step's `path:` / `hub:` (see targets/existing.py).
 Writes: `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`,
-which `transformers.AutoTokenizer` loads as a `PreTrainedTokenizerFast`.
+which `transformers.AutoTokenizer` loads as a `PreTrainedTokenizerFast`; and for an existing
+tokenizer with a chat template, `chat_template.jinja`.
 """
 
 from __future__ import annotations
@@ -12,12 +15,20 @@ from pathlib import Path
 from typing import Iterator
 
 from compiler.inputs import DATASET
-from targets import BuildError, Job
+from targets import BuildError, Job, load_tokenizer
+from targets.existing import copy_tokenizer, source_folder
 
 OUTPUTS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+OPTIONAL_OUTPUTS = ("chat_template.jinja",)  # an existing tokenizer's own
 
 
 def build(job: Job) -> dict:
+    if not job.spec.trained():
+        made = copy_tokenizer(source_folder(job, "tokenizer files"), job.out)
+        size = load_tokenizer(job.out).get_vocab_size(with_added_tokens=True)
+        job.log(f"tokenizer of {job.spec.origin()}: {size:,} tokens"
+                f"{', with a chat template' if made['chat_template'] else ''}")
+        return {"vocab_size": size, **made}
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     spec = job.spec

@@ -23,7 +23,7 @@ from typing import Iterator
 
 from compiler.inputs import DATASET, TOKENIZER
 from targets import BuildError, Job, load_tokenizer, special_ids, special_tokens
-from targets.chat import chat_renderer
+from targets.chat import chat_renderer, template_path
 
 OUTPUTS = ("train.bin", "validation.bin", "tokens.json")
 OPTIONAL_OUTPUTS = ("train.mask.bin", "validation.mask.bin")  # instruction/response datasets only
@@ -41,7 +41,7 @@ def build(job: Job) -> dict:
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = dtype_for(vocab)
     chat = job.spec.chat_template is not None
-    render = chat_renderer(job.root / job.spec.chat_template, job.inputs[TOKENIZER]) if chat else None
+    render = chat_renderer(template_path(job), job.inputs[TOKENIZER]) if chat else None
     splits = {}
     for split in SPLITS:
         shards = sorted(job.inputs[DATASET].glob(f"{split}-*.jsonl"))

@@ -1,4 +1,4 @@
-"""Train builder: pretrain, fine-tune or distill a Llama model on packed token streams, resumably.
+"""Train builder: pretrain, fine-tune or distill a Llama, Qwen2 or Mistral model on packed token streams, resumably.
 
 Reads: the model spec (`job.models["model"]`) and, when the step starts from another
 step, that `init` entry's `model.safetensors`; the `tokenizer` entry (special-token ids
@@ -8,9 +8,14 @@ the loss counts response tokens only); for distillation, each teacher of the cur
 entry, or the spec's `path:` folder or `hub:` id (loaded without remote code).
 
 Writes: `model.safetensors` (float32) and `config.json` as the init step writes them, so
-the result loads with `LlamaForCausalLM.from_pretrained` and can start or teach another
+the result loads with `AutoModelForCausalLM.from_pretrained` and can start or teach another
 step; `metrics.jsonl` (one line per optimizer step); `checkpoints/step-NNNNNN/` (the last
 `keep` and the best by validation loss).
+
+With `lora:` the `init` weights stay frozen and peft adapters train (targets/lora.py; with
+`quantize_base: nf4`, over a 4-bit base on the GPU): model.safetensors is then the base with
+the adapters merged in, and the adapter itself is a PEFT folder `adapter/`
+(`adapter_model.safetensors`, `adapter_config.json`); checkpoints keep the adapters, not the base.
 
 Checkpoints are written to `job.work`, which outlives a killed build, and a new attempt
 resumes from the newest one: on CPU, the resumed run ends with the same bytes as an
@@ -28,13 +33,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from compiler.inputs import TOKENIZER, teacher
-from targets import TOKENIZER_JSON, BuildError, Job, link_or_copy, load_tokenizer, losses
-from targets.trainloop import (IGNORE, LoopState, Progress, TokenData, adamw, build_model, checkpoints,
+from compiler.inputs import INIT, TOKENIZER, teacher
+from targets import TOKENIZER_JSON, BuildError, Job, link_or_copy, load_tokenizer, lora, losses
+from targets.trainloop import (FULL, IGNORE, LoopState, Progress, TokenData, adamw, build_model, checkpoints,
                                clear_partial, device_for, inputs_and_labels, load_checkpoint, lr_at, prune,
                                read_metrics, save_checkpoint, segment_at, segments, truncate_metrics, weights)
 
 OUTPUTS = ("model.safetensors", "config.json", "metrics.jsonl", "checkpoints/*")
+
+
+def outputs(spec) -> tuple[str, ...]:
+    """OUTPUTS, and for a LoRA step the adapter's folder beside the merged model."""
+    return OUTPUTS + (lora.OUTPUTS if spec.lora is not None else ())
 
 
 def build(job: Job) -> dict:
@@ -55,9 +65,11 @@ class Trainer:
         self.job, self.spec = job, job.spec
         spec = self.spec
         self.model_spec = job.models["model"]
+        self.device = device_for(spec.device)
+        if spec.quantize_base is not None:  # before any data is read or model loaded
+            lora.require_qlora(self.device)
         self.data = TokenData(job.inputs, self.model_spec.vocab_size)
         self.total = spec.total_steps() or epoch_steps(spec, len(self.data.train[spec.data]))
-        self.device = device_for(spec.device)
         if spec.dtype == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise BuildError("dtype bfloat16 needs a GPU that supports it; this one does not: use float32")
         self.stages = segments(spec.stages, self.total, "stage")
@@ -77,7 +89,9 @@ class Trainer:
             raise BuildError("the validation windows hold no response tokens, so the validation loss of sft "
                              "is undefined: raise eval.batches or the dataset's split.validation")
         torch.manual_seed(spec.seed)
-        self.model, self.config = build_model(job, self.device)
+        self.model, self.config = self._model()
+        self.trained = lora.ADAPTERS if spec.lora is not None else FULL  # what checkpoints keep of the model
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = adamw(self.model, spec.optimizer)
         self.teachers: dict[str, object] = {}
         self.ckpt_root = Path(job.work) / "checkpoints"
@@ -85,6 +99,17 @@ class Trainer:
         self.state = LoopState(total_steps=self.total)
         self.resumed_from = None
         self.progress = None
+
+    def _model(self):
+        """The model to train, and the config.json of the one the step writes: the built model;
+        for LoRA, inside adapters; for QLoRA, the `init` weights loaded 4-bit on the GPU inside
+        adapters (its config.json comes with the merge at the end)."""
+        spec = self.spec
+        if spec.quantize_base is not None:
+            model, config = lora.quantized_base(self.job.inputs[INIT], self.device), None
+        else:
+            model, config = build_model(self.job, self.device)
+        return (model if spec.lora is None else lora.wrap(model, spec.lora, spec.seed)), config
 
     # ------------------------------------------------------------ resume and loop
 
@@ -94,7 +119,7 @@ class Trainer:
         if not found:
             self.metrics_path.unlink(missing_ok=True)
             return
-        load_checkpoint(found[-1], self.model, self.optimizer, self.state)
+        load_checkpoint(found[-1], self.model, self.optimizer, self.state, self.trained)
         self.resumed_from = self.state.step
         truncate_metrics(self.metrics_path, self.state.step)
         self.job.log(f"resuming from checkpoint {self._rel(found[-1])} (step {self.state.step} of {self.total})")
@@ -102,7 +127,9 @@ class Trainer:
     def run(self) -> None:
         spec, state = self.spec, self.state
         n = sum(p.numel() for p in self.model.parameters())
-        self.job.log(f"{n:,} parameters on {self.device.type} ({spec.dtype}): {self.total:,} steps of "
+        trainable = "" if spec.lora is None else (f" ({sum(p.numel() for p in self.params):,} of them in LoRA "
+                                                  f"adapters of rank {spec.lora.r}, the only ones trained)")
+        self.job.log(f"{n:,} parameters{trainable} on {self.device.type} ({spec.dtype}): {self.total:,} steps of "
                      f"{spec.batch_size}×{spec.grad_accum} sequences, {spec.objective}")
         self.t_start = time.perf_counter()
         progress = self.progress = Progress(self.total, state.step)
@@ -145,11 +172,10 @@ class Trainer:
                                           teachers, weights_)
             (loss / scale).backward()
             sums += torch.stack([loss.detach(), ce.detach(), kd.detach() if kd is not None else ce.new_zeros(())])
-        params = [p for p in self.model.parameters()]
         if spec.clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, spec.clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, spec.clip)
         else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
         loss_v, ce_v, kd_v = (sums / max(scale, 1)).tolist()
         grad_norm = float(norm)
         self.guard(i + 1, loss_v, grad_norm)
@@ -248,7 +274,8 @@ class Trainer:
     def checkpoint(self) -> None:
         # no data cursor or schedule position to save: windows are drawn by default_rng([seed, 0,
         # step index, micro-batch]) and the learning rate is a function of the step index
-        save_checkpoint(self.ckpt_root, self.model, self.optimizer, replace(self.state, elapsed_s=self.elapsed()))
+        save_checkpoint(self.ckpt_root, self.model, self.optimizer, replace(self.state, elapsed_s=self.elapsed()),
+                        self.trained)
         prune(self.ckpt_root, self.spec.checkpoints.keep)
 
     # ------------------------------------------------------------ teachers
@@ -270,7 +297,7 @@ class Trainer:
     def load_teacher(self, name: str):
         """A frozen teacher in eval mode: a step's entry, a local folder, or a hub model."""
         import torch
-        from transformers import AutoModelForCausalLM, LlamaForCausalLM
+        from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         source = self.spec.distill.teachers[name]
@@ -282,7 +309,8 @@ class Trainer:
             if teacher(name) in self.job.inputs:
                 what = f"step '{source.step}'"
                 hf_logging.disable_progress_bar()  # a local load is instant: no bar
-                model = LlamaForCausalLM.from_pretrained(self.job.inputs[teacher(name)], dtype=dtype)
+                model = AutoModelForCausalLM.from_pretrained(self.job.inputs[teacher(name)], dtype=dtype,
+                                                             trust_remote_code=False, local_files_only=True)
             elif source.path is not None:
                 what = f"folder '{source.path}'"
                 same_tokenizer(self.job, self.job.root / source.path, name, what)
@@ -310,8 +338,9 @@ class Trainer:
         from safetensors.torch import save_file
 
         out = self.job.out
-        (out / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
-        save_file(weights(self.model), str(out / "model.safetensors"), metadata={"format": "pt"})
+        model, config = self.final_model()
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(weights(model), str(out / "model.safetensors"), metadata={"format": "pt"})
         shutil.copymode(out / "config.json", out / "model.safetensors")  # safetensors writes 0600
         shutil.copyfile(self.metrics_path, out / "metrics.jsonl")
         kept = checkpoints(self.ckpt_root)
@@ -321,7 +350,7 @@ class Trainer:
         s = self.state
         vals = [r["val_loss"] for r in rows if r["val_loss"] is not None]
         return {
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "parameters": sum(p.numel() for p in model.parameters()),
             "steps": s.step, "total_steps": self.total, "stopped_early": s.stopped_early,
             "final_loss": rows[-1]["loss"] if rows else None, "final_val_loss": vals[-1] if vals else None,
             "best_val_loss": s.best_val_loss, "tokens_seen": s.tokens_seen,
@@ -330,6 +359,22 @@ class Trainer:
             "phases": _summary(rows, "phase"), "stages": _summary(rows, "stage"),
             "checkpoints": [c.name for c in kept],
         }
+
+    def final_model(self):
+        """The model the step writes whole, and its config.json: the trained one; for LoRA, the
+        base with the adapters merged in (the adapter's folder is written first); for
+        QLoRA, the unquantized base, built again on the CPU, with them: merged into the 4-bit base
+        they would keep its rounding."""
+        if self.spec.lora is None:
+            return self.model, self.config
+        lora.save_adapter(self.model, self.job.out)
+        if self.spec.quantize_base is None:
+            return lora.merged(self.model), self.config
+        import torch
+
+        base, config = build_model(self.job, torch.device("cpu"))
+        state = {k: v.cpu() for k, v in lora.adapter_weights(self.model).items()}
+        return lora.merged(lora.attach(base, self.spec.lora, state, "the trained adapters")), config
 
     def _rel(self, path: Path) -> str:
         try:

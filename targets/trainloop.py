@@ -7,7 +7,9 @@ entry's `model.safetensors`. Writes: checkpoints under the build's work director
 `step-NNNNNN/` holding three files, one per object, each saved whole through its own
 `state_dict()`:
 
-- `model.safetensors`: the weights (a tied LM head once, as the embedding);
+- `model.safetensors`: the weights (a tied LM head once, as the embedding); for a LoRA step,
+  `adapter_model.safetensors` in its place: the adapters only (targets/lora.py), the frozen
+  base being the `init` entry's;
 - `optimizer.safetensors`: `optimizer.state_dict()` flattened generically: every tensor under
   its path (`state.<param index>.<name>`, `.<i>` for the items of a list), and in the file's
   `__metadata__["optimizer"]` the rest as JSON (param_groups with lr, betas and `params`
@@ -34,6 +36,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Callable
 
 from compiler.inputs import INIT, TOKENIZER, Input, Role, of_role
 from targets import BuildError, Job, StatusLine
@@ -200,35 +203,45 @@ def device_for(choice: str):
 
 
 def build_model(job: Job, device):
-    """A Llama model with the init step's seeded weights, or the `init` entry's; and its config."""
+    """The float32 model and the config.json to write beside it: the `init` entry's (any
+    architecture transformers builds from its own config.json, a pretrained folder's too) with
+    its weights, or the model spec's with the init step's seeded weights."""
     import torch
     from safetensors.torch import load_file
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from targets import special_ids
     from targets.weights import hf_config, init_state
 
-    spec = job.models["model"]
-    ids = special_ids(job.inputs[TOKENIZER])
-    config = hf_config(spec, ids, "float32")
-    model = LlamaForCausalLM(LlamaConfig(**config))
-    if INIT in job.inputs:
-        saved = load_file(str(job.inputs[INIT] / "model.safetensors"))
-        load_weights(model, saved, f"the weights of '{job.spec.init}'")
+    if INIT in job.inputs:  # every weights entry holds one model.safetensors (a pretrained one joins its shards)
+        folder = job.inputs[INIT]
+        config = json.loads((folder / "config.json").read_text())
+        config.pop("torch_dtype", None)  # transformers 4's name of `dtype`
+        config["dtype"] = "float32"      # what training writes, whatever the weights came in
+        built = AutoConfig.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
+        model = AutoModelForCausalLM.from_config(built, dtype=torch.float32)
+        load_weights(model, load_file(str(folder / "model.safetensors")), f"the weights of '{job.spec.init}'")
     else:
+        spec = job.models["model"]
+        ids = special_ids(job.inputs[TOKENIZER])
+        config = hf_config(spec, ids, "float32")
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
         state = init_state(spec, ids, job.spec.seed)
         load_weights(model, {k: torch.from_numpy(v) for k, v in state.items()}, f"model '{spec.name}'")
     return model.to(device).train(), config
 
 
 def adamw(model, o):
-    """AdamW with weight decay on the matrices only: not on norms, and not on the embedding."""
+    """AdamW over the trainable parameters (every one, or LoRA's adapters), with weight decay on
+    the matrices only: not on norms, and not on the embedding. A group left empty is left out."""
     import torch
 
     decay, other = [], []
     for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "embed_tokens" not in name else other).append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}]
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "embed_tokens" not in name else other).append(p)
+    groups = [{"params": params, "weight_decay": wd} for params, wd in ((decay, o.weight_decay), (other, 0.0))
+              if params]
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
 
 
@@ -252,6 +265,17 @@ def load_weights(model, state: dict, what: str) -> None:
         raise BuildError(f"{what} does not fit the model: missing {sorted(set(missing) - allowed)}, "
                          f"unexpected {sorted(unexpected)}")
 
+
+@dataclass(frozen=True)
+class Trained:
+    """What a checkpoint keeps of the model: every weight, or (LoRA) the adapters only."""
+
+    file: str          # its file in the checkpoint folder
+    state: Callable    # model -> {name: tensor}, as the file stores them
+    load: Callable     # (model, that dict, what) -> None, in place; a misfit is a BuildError naming `what`
+
+
+FULL = Trained("model.safetensors", weights, load_weights)
 
 OPTIMIZER_JSON = "optimizer"  # the `__metadata__` entry of optimizer.safetensors that holds its JSON part
 WHOLE = ("a checkpoint must hold the whole state to resume exactly: delete it to resume from the one "
@@ -429,16 +453,16 @@ def check_optimizer_fits(saved: dict, optimizer, source: str) -> None:
         raise BuildError(f"{source} holds state for parameters {stray}, which the optimizer does not have; {WHOLE}")
 
 
-def save_checkpoint(root: Path, model, optimizer, loop: LoopState) -> Path:
-    """Write checkpoint `loop.step` into a temporary folder, then rename it into place: a folder
-    named step-NNNNNN is always complete."""
+def save_checkpoint(root: Path, model, optimizer, loop: LoopState, trained: Trained = FULL) -> Path:
+    """Write checkpoint `loop.step` (of the model, what `trained` keeps) into a temporary folder,
+    then rename it into place: a folder named step-NNNNNN is always complete."""
     from safetensors.torch import save_file
 
     final = root / f"step-{loop.step:06d}"
     tmp = root / f".tmp-step-{loop.step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(weights(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_file(trained.state(model), str(tmp / trained.file), metadata={"format": "pt"})
     tensors, text = flatten_optimizer(optimizer.state_dict())
     # the JSON part rides in the header of the tensors' own file, not in a sidecar: the tensors
     # and the structure that names them are written, renamed and copied as one, so they can
@@ -451,12 +475,14 @@ def save_checkpoint(root: Path, model, optimizer, loop: LoopState) -> Path:
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, loop: LoopState) -> None:
-    """Restore the weights, the optimizer's whole state and the loop's (RNG included) from
-    checkpoint `path`; state that is missing, unknown or does not fit is a BuildError."""
+def load_checkpoint(path: Path, model, optimizer, loop: LoopState, trained: Trained = FULL) -> None:
+    """Restore the weights (what `trained` keeps), the optimizer's whole state and the loop's (RNG
+    included) from checkpoint `path`; state that is missing, unknown or does not fit is a BuildError."""
     from safetensors.torch import load_file
 
-    load_weights(model, load_file(str(path / "model.safetensors")), f"checkpoint {path}")
+    if not (path / trained.file).is_file():
+        raise BuildError(f"checkpoint {path} has no {trained.file}; {WHOLE}")
+    trained.load(model, load_file(str(path / trained.file)), f"checkpoint {path}")
     source = f"checkpoint {path}: optimizer.safetensors"
     tensors, meta = _tensors(path / "optimizer.safetensors")
     if OPTIMIZER_JSON not in meta:

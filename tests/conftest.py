@@ -59,6 +59,25 @@ class Project:
         return {str(p.relative_to(build)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in build.rglob("*")}
 
 
+def kill_at_first_checkpoint(p: Project, task: str) -> Path:
+    """Run `doit TASK` in project `p` and kill it (SIGKILL, its whole process group) as soon as a
+    checkpoint of any build is on disk; returns the store's work folder."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen([sys.executable, "-m", "doit", task], cwd=p.root, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = p.root / "build" / "store" / ".work"
+    deadline = time.monotonic() + 240
+    while not list(work.glob("*/checkpoints/step-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "doit ended before the first checkpoint"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return work
+
+
 def ran(result: subprocess.CompletedProcess) -> list[str]:
     """Tasks doit executed (its `.  name` lines), in order."""
     return [line[3:].strip() for line in result.stdout.splitlines() if line.startswith(".  ")]

@@ -474,6 +474,21 @@ def test_bad_input_names_file_and_line(tmp_path, name, content, message):
     assert str(exc.value) == f"{path}:{message}"
 
 
+def test_pydocs_as_instruction_response_pairs(tmp_path):
+    from pydoc_data.topics import topics
+
+    built = build(tmp_path, [[dataset.STDLIB / "pydoc_data" / "topics.py"], [dataset.STDLIB / "graphlib.py"]],
+                  sources=[{"type": "pydocs", "modules": [], "records": "pairs"},
+                           {"type": "pydocs", "topics": False, "modules": ["graphlib"], "records": "pairs"}],
+                  split={"validation": 0}, dedup="none")
+    pairs = {r["source"]: (r["instruction"], r["response"]) for r in built.records["train"]}
+    assert pairs["pydoc:assert"] == ("Explain the Python topic 'assert'.", topics["assert"].strip())
+    instruction, response = pairs["doc:graphlib.TopologicalSorter.add"]
+    assert instruction == "What does `def graphlib.TopologicalSorter.add(self, node, *predecessors)` do?"
+    assert response.startswith("Add a new node and its predecessors to the graph.")
+    assert all(set(r) == {"id", "instruction", "response", "source"} for r in built.records["train"])
+
+
 def test_bad_topics_file_is_an_error_not_an_empty_corpus(tmp_path):
     path = bad_file(tmp_path, "pydoc_data/topics.py", b"TOPICS = {}\n")
     with pytest.raises(BuildError) as exc:

@@ -1,11 +1,13 @@
 """Evaluate builder, through a real project: its perplexities recomputed independently (torch
-over the same validation windows, llama.cpp's files against the checkpoint) and its
-generation benchmark checked for what it claims to count."""
+over the same validation windows, llama.cpp's files against the checkpoint), the KL
+divergence and top-token agreement of each GGUF type recomputed from both engines' logits,
+the `max_kld` gate, and its generation benchmark checked for what it claims to count."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -22,7 +24,8 @@ pytestmark = pytest.mark.slow  # trains a small model and loads GGUF files in ll
 STEPS = {
     "student": {"kind": "train", "model": "tiny", "tokenizer": "tok", "data": "docs", "max_steps": 15,
                 "batch_size": 4, "seq_len": 32, "optimizer": {"lr": 0.003}, "eval": {"every": 100, "batches": 1}},
-    "gguf": {"kind": "export", "format": "gguf", "model": "student", "types": ["f32", "q8_0"]},
+    "gguf": {"kind": "export", "format": "gguf", "model": "student", "types": ["f32", "q8_0", "q4_0"]},
+    "init-gguf": {"kind": "export", "format": "gguf", "model": "init", "types": ["q4_0"]},
     "evaluate": {"kind": "evaluate", "model": "student", "gguf": "gguf", "seq_len": 32, "windows": 6,
                  "max_new_tokens": 8},
     "short": {"kind": "evaluate", "model": "student", "seq_len": 32, "windows": 2, "max_new_tokens": 4,
@@ -73,7 +76,7 @@ def test_checkpoint_perplexity_is_the_mean_next_token_loss_on_the_validation_win
 def test_each_gguf_file_is_measured_on_the_same_tokens(built):
     m = metrics(built)
     files = entries.load(built.root / "build/main/gguf", GgufEntry).metrics.files
-    assert list(m["gguf"]) == ["f32", "q8_0"]
+    assert list(m["gguf"]) == ["f32", "q4_0", "q8_0"]  # `types` is a set: its order enters no key
     for name, row in m["gguf"].items():
         assert row["file"] == f"model-{name}.gguf"
         assert (row["bytes"], row["bits_per_weight"]) == (files[name].bytes, files[name].bits_per_weight)
@@ -85,6 +88,122 @@ def test_each_gguf_file_is_measured_on_the_same_tokens(built):
     assert m["gguf"]["q8_0"]["perplexity_ratio"] == pytest.approx(1.0, abs=0.01)
 
 
+def float_model(p: Project, step: str = "student"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(p.root / "build/main" / step, dtype=torch.float32).eval()
+
+
+def both_engines(model, path, ids: np.ndarray) -> tuple[list, list[int]]:
+    """Per window: KL(P_torch || Q_llama.cpp) at each predicted token, by torch's `kl_div` on the
+    float64 log-softmax of each engine's logits, and at how many tokens their argmaxes agree.
+    llama.cpp through the binding's own calls, not the builder's."""
+    import torch
+    from llama_cpp import GGML_TYPE_F32, Llama
+
+    llm = Llama(str(path), n_ctx=32, n_batch=512, n_threads=os.cpu_count(), logits_all=True, verbose=False,
+                type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
+    klds, same = [], []
+    for window in ids:
+        with torch.no_grad():
+            p_logits = model(torch.from_numpy(window)[None]).logits[0, :-1]
+        llm.reset()
+        llm.eval(window.tolist())
+        q_logits = torch.from_numpy(np.array(llm.scores[:len(window) - 1]))
+        p_log, q_log = (torch.log_softmax(x.double(), dim=-1) for x in (p_logits, q_logits))
+        klds.append(torch.nn.functional.kl_div(q_log, p_log, reduction="none", log_target=True).sum(-1).numpy())
+        same.append(int((p_logits.argmax(-1) == q_logits.argmax(-1)).sum()))
+    llm.close()
+    return klds, same
+
+
+def test_kl_divergence_and_top_token_agreement_recomputed_from_both_engines(built):
+    """Per type, every statistic of metrics.json from both engines' logits, and the builder's
+    per-token values on the first window."""
+    from targets.evaluate import compare
+
+    model = float_model(built)
+    ids = windows(built, 32, 6)
+    for name, row in metrics(built)["gguf"].items():
+        path = built.root / "build/main/gguf" / f"model-{name}.gguf"
+        klds, same = both_engines(model, path, ids)
+        kld = np.concatenate(klds)
+        expected = {"kld_mean": kld.mean(), "kld_median": np.median(kld), "kld_p99": np.percentile(kld, 99),
+                    "kld_max": kld.max()}
+        # two float64 log-softmaxes of the same logits differ by rounding (~1e-16 per entry), and so do
+        # KL divergences computed from them: f32's (~1e-15) agree to that, the others to 1e-6 relative
+        assert {k: row[k] for k in expected} == pytest.approx(expected, rel=1e-6, abs=1e-15), name
+        assert (row["top1_same"], row["top1_agreement"]) == (sum(same), sum(same) / (6 * 31)), name
+        _, first, first_same = compare(model, path, [ids[0].tolist()])
+        assert first == pytest.approx(klds[0], rel=1e-6, abs=1e-15), name
+        assert first_same == same[0], name
+
+
+def test_top_tokens_that_differ_are_counted(built):
+    """The trained student ranks one token first almost everywhere, so its files agree on every
+    top token. The random initialization's logits lie close together, and its q4_0 file ranks
+    another token first at some positions but not all: the count is tested on both kinds."""
+    from targets.evaluate import compare
+
+    model = float_model(built, "init")
+    ids = windows(built, 32, 6)
+    path = built.root / "build/main/init-gguf/model-q4_0.gguf"
+    klds, same = both_engines(model, path, ids)
+    _, kld, found_same = compare(model, path, ids.tolist())
+    assert kld == pytest.approx(np.concatenate(klds), rel=1e-6)
+    assert found_same == sum(same) and 6 * 31 // 2 < found_same < 6 * 31
+
+
+def test_kl_divergence_grows_as_bits_per_weight_shrink(built):
+    g = metrics(built)["gguf"]
+    # llama.cpp computes the f32 file as torch computes the checkpoint, up to float32 rounding:
+    # measured, a mean KLD of 1.4e-15 and a largest of 3.5e-15 nats
+    assert g["f32"]["kld_max"] < 1e-10 and g["f32"]["top1_agreement"] == 1.0
+    assert g["f32"]["kld_mean"] < g["q8_0"]["kld_mean"] < g["q4_0"]["kld_mean"]
+    assert g["f32"]["kld_p99"] < g["q8_0"]["kld_p99"] < g["q4_0"]["kld_p99"]
+    for row in g.values():
+        assert 0 <= row["kld_median"] <= row["kld_p99"] <= row["kld_max"] and row["kld_mean"] <= row["kld_max"]
+
+
+def test_max_kld_fails_the_step_naming_every_type_above_its_limit(built):
+    """A copy of `evaluate` with limits: q8_0 and q4_0 set below what they measure fail it, after
+    every type is measured (each file's log line is printed) and before anything is stored;
+    limits above what they measure let it build."""
+    g = metrics(built)["gguf"]
+    below = {t: float(f"{g[t]['kld_mean'] / 2:.2g}") for t in ("q8_0", "q4_0")}
+    path = built.root / "specs/pipelines/main.yaml"
+    original = path.read_text()
+    store = sorted(p.name for p in (built.root / "build/store").iterdir())
+    pipeline = yaml.safe_load(original)
+    gated = {**STEPS["evaluate"], "max_new_tokens": 1, "prompts": [{"name": "hi", "text": "Hi."}]}
+    try:
+        pipeline["steps"]["gated"] = {**gated, "max_kld": {"f32": 1e-6, **below}}
+        path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+        result = built.doit(check=False)
+        assert result.returncode == 1
+        failing = "; ".join(f"{t}: mean KLD {g[t]['kld_mean']:.6f} > max_kld {below[t]:g} (same top token 100.00%, "
+                            "186 of 186 tokens)" for t in ("q4_0", "q8_0"))
+        assert result.stdout.endswith(
+            ".  main.gated\nTaskFailed - taskid:main.gated\n"
+            f"main.gated: GGUF files further from the checkpoint than `max_kld` allows: {failing}; export these "
+            "types with more bits per weight (q8_0, q6_k), or raise their `max_kld`\n\n")
+        for t, row in g.items():
+            assert (f"  [main.gated] model-{t}.gguf: loss {row['loss']:.4f}, perplexity {row['perplexity']:,.2f} "
+                    f"({row['perplexity_ratio']:.4f}x the checkpoint's), mean KLD {row['kld_mean']:.6f} (99%: "
+                    f"{row['kld_p99']:.6f}), same top token 100.00%\n") in result.stderr
+        assert sorted(p.name for p in (built.root / "build/store").iterdir()) == store
+        assert not (built.root / "build/main/gated").exists()
+
+        pipeline["steps"]["gated"]["max_kld"] = {t: 2 * v for t, v in below.items()}
+        path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+        built.doit()
+        assert {t: r["kld_mean"] for t, r in metrics(built, "gated")["gguf"].items()} == \
+            {t: r["kld_mean"] for t, r in g.items()}
+    finally:
+        path.write_text(original)
+
+
 def test_generation_benchmark_counts_what_it_says(built):
     from transformers import AutoTokenizer
 
@@ -94,7 +213,7 @@ def test_generation_benchmark_counts_what_it_says(built):
     assert m["max_new_tokens"] == 8
     assert m["prompts"] == [{"name": p.name, "text": p.text} for p in DEFAULT_PROMPTS]
     assert [p.name for p in DEFAULT_PROMPTS] == ["greeting", "tool-routing", "code", "factual", "explanation"]
-    assert list(m["engines"]) == ["torch", "gguf-f32", "gguf-q8_0"]
+    assert list(m["engines"]) == ["torch", "gguf-f32", "gguf-q4_0", "gguf-q8_0"]
     for name, engine in m["engines"].items():
         runs = engine["runs"]
         assert [r["prompt"] for r in runs] == [p.name for p in DEFAULT_PROMPTS]

@@ -96,12 +96,35 @@ def test_evaluate_reads_the_validation_split_of_the_dataset_it_names(make_projec
                                              "tokens.more": "main.tok@more"}
 
 
+def test_max_kld_is_part_of_the_key(make_project):
+    """A gate decides whether the step succeeds, so a new limit is a new entry."""
+    p = make_project()
+    write(p)
+    before = {t: plan.base for t, plan in graph.plans(project.load(p.root)).items()}
+    write(p, pipeline=("    gguf: gguf\n", "    gguf: gguf\n    max_kld: {q8_0: 0.002}\n"))
+    after = {t: plan.base for t, plan in graph.plans(project.load(p.root)).items()}
+    assert [t for t in before if before[t] != after[t]] == ["main.evaluate"]
+
+
+def test_an_adapter_export_is_not_gguf_files_to_measure(make_project):
+    p = make_project()
+    write(p, pipeline=("    types: [q8_0]\n", "    types: [q8_0]\n    adapter: true\n"))
+    p.edit(PIPELINE, "    init: init\n", "    init: init\n    lora: {r: 2}\n")
+    with pytest.raises(SpecError) as info:
+        graph.plans(project.load(p.root))
+    assert str(info.value) == (
+        "specs/pipelines/main.yaml:31: steps.evaluate.gguf: expected an export step with `format: gguf` that writes "
+        "a model; found 'gguf', an export of a LoRA adapter (`adapter: true`), not of a model\n"
+        "  fix: name the step that writes the GGUF files, or leave `gguf` out")
+
+
 CASES = {
     "evaluate-gguf-is-an-hf-export": (
         dict(pipeline=("    gguf: gguf\n", "    gguf: hf\n")),
-        "specs/pipelines/main.yaml:29: steps.evaluate.gguf: expected an export step with `format: gguf`; found "
-        "'hf', an export with format 'hf'\n"
+        "specs/pipelines/main.yaml:29: steps.evaluate.gguf: expected an export step with `format: gguf` that writes "
+        "a model; found 'hf', an export with format 'hf'\n"
         "  fix: name the step that writes the GGUF files, or leave `gguf` out"),
+
     "evaluate-gguf-of-other-weights": (
         dict(pipeline=("    model: student\n    types", "    model: init\n    types")),
         "specs/pipelines/main.yaml:29: steps.evaluate.gguf: expected GGUF files of the weights measured here "
@@ -117,6 +140,20 @@ CASES = {
         "specs/pipelines/main.yaml:30: steps.evaluate.seq_len: expected at most the model's max_positions (128, "
         "model 'tiny'); found 256\n"
         "  fix: lower seq_len to 128 or less, or raise max_positions of model 'tiny' (specs/models/tiny.yaml:8)"),
+    "evaluate-max-kld-of-a-type-not-exported": (
+        dict(pipeline=("    gguf: gguf\n", "    gguf: gguf\n    max_kld:\n      q8_0: 0.002\n      q4_k_m: 0.05\n")),
+        "specs/pipelines/main.yaml:32: steps.evaluate.max_kld.q4_k_m: expected a type among the files of 'gguf' "
+        "(q8_0); found 'q4_k_m'\n"
+        "  fix: add q4_k_m to `types` of 'gguf', or remove it from `max_kld`"),
+    "evaluate-max-kld-without-gguf": (
+        dict(pipeline=("    gguf: gguf\n", "    max_kld: {q8_0: 0.002}\n")),
+        "specs/pipelines/main.yaml:29: steps.evaluate.max_kld: expected `gguf:`, the export whose files `max_kld` "
+        "limits; found `max_kld` and no `gguf`\n"
+        "  fix: add `gguf: STEP` (an export with `format: gguf`), or leave `max_kld` out"),
+    "evaluate-max-kld-of-zero": (
+        dict(pipeline=("    gguf: gguf\n", "    gguf: gguf\n    max_kld: {q8_0: 0}\n")),
+        "specs/pipelines/main.yaml:30: steps.evaluate.max_kld.q8_0: expected a number > 0; found 0\n"
+        "  fix: use a value > 0"),
     "report-of-an-export": (
         dict(pipeline=("    train: student\n", "    train: hf\n")),
         "specs/pipelines/main.yaml:32: steps.report.train: expected a train step; found 'hf', an export step\n"

@@ -1,4 +1,5 @@
-"""The derived parameter count and breakdown, checked against Hugging Face's `LlamaForCausalLM`.
+"""The derived parameter count and breakdown, checked against transformers' `LlamaForCausalLM`,
+`Qwen2ForCausalLM` and `MistralForCausalLM`, and against the published sizes of real models.
 
 The reference models are built on the meta device (shapes, no memory), from the config
 `targets.weights.hf_config` writes, so the spec -> config mapping is checked too.
@@ -14,7 +15,7 @@ import pytest
 from compiler import params, project
 from compiler.specs import ModelSpec
 from conftest import REPO
-from targets.weights import hf_config
+from targets.weights import CLASSES, hf_config, rope_parameters
 
 CONFIGS = {
     "mha-untied": dict(hidden_size=64, intermediate_size=160, layers=2, heads=4, vocab_size=300),
@@ -27,6 +28,10 @@ CONFIGS = {
                                        head_dim=8, vocab_size=99, tie_embeddings=True),
     "one-layer-one-head": dict(hidden_size=32, intermediate_size=32, layers=1, heads=1, vocab_size=260),
 }
+ARCHITECTURES = ("llama", "qwen2", "mistral")
+SCALINGS = {"linear": {"type": "linear", "factor": 2.0},
+            "llama3": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.5, "high_freq_factor": 4.0,
+                       "original_max_positions": 256}}
 
 
 def model_spec(**fields) -> ModelSpec:
@@ -35,11 +40,11 @@ def model_spec(**fields) -> ModelSpec:
 
 def meta_model(spec: ModelSpec):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = LlamaConfig(**hf_config(spec, {}, "float32"))
+    config = AutoConfig.for_model(**hf_config(spec, {}, "float32"))
     with torch.device("meta"):
-        return LlamaForCausalLM(config)
+        return AutoModelForCausalLM.from_config(config)
 
 
 def hf_breakdown(net) -> dict[str, int]:
@@ -56,15 +61,34 @@ def shipped():
     return {name: spec for name, (spec, _) in project.load(REPO).models.items()}
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("name", CONFIGS)
-def test_count_matches_transformers(name):
-    spec = model_spec(**CONFIGS[name])
-    assert params.count(spec) == meta_model(spec).num_parameters()
+def test_count_matches_transformers(name, arch):
+    spec = model_spec(**CONFIGS[name], architecture=arch)
+    net = meta_model(spec)
+    assert type(net).__name__ == CLASSES[arch]
+    assert params.count(spec) == net.num_parameters() == sum(p.numel() for p in net.parameters())
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("name", CONFIGS)
-def test_breakdown_matches_named_parameters(name):
-    spec = model_spec(**CONFIGS[name])
+def test_tensors_are_the_state_dict(name, arch):
+    """Every tensor, biases included, with its shape and in state-dict order (the init builder
+    draws the weights in this order); a tied LM head is not a tensor of its own."""
+    spec = model_spec(**CONFIGS[name], architecture=arch)
+    state = {k: tuple(v.shape) for k, v in meta_model(spec).state_dict().items()}
+    if spec.tie_embeddings:
+        del state["lm_head.weight"]
+    assert list(params.tensors(spec).items()) == list(state.items())
+    biases = {k for k in state if k.endswith(".bias")}
+    assert biases == ({f"model.layers.{i}.self_attn.{x}_proj.bias" for i in range(spec.layers) for x in "qkv"}
+                      if arch == "qwen2" else set())
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_breakdown_matches_named_parameters(name, arch):
+    spec = model_spec(**CONFIGS[name], architecture=arch)
     expected = hf_breakdown(meta_model(spec))
     if spec.tie_embeddings:
         expected["lm_head"] = 0
@@ -72,9 +96,10 @@ def test_breakdown_matches_named_parameters(name):
     assert sum(params.breakdown(spec).values()) == params.count(spec)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("name", CONFIGS)
-def test_hf_config_carries_every_field(name):
-    spec = model_spec(**CONFIGS[name])
+def test_hf_config_carries_every_field(name, arch):
+    spec = model_spec(**CONFIGS[name], architecture=arch)
     config = meta_model(spec).config
     assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (
         spec.hidden_size, spec.intermediate_size, spec.layers)
@@ -84,6 +109,58 @@ def test_hf_config_carries_every_field(name):
         spec.vocab_size, spec.max_positions, spec.rms_norm_eps)
     assert config.rope_parameters == {"rope_type": "default", "rope_theta": spec.rope_theta}
     assert config.tie_word_embeddings is spec.tie_embeddings
+    assert config.model_type == arch and getattr(config, "sliding_window", None) is None
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_rope_scaling_reaches_transformers_and_reads_back(tmp_path, arch, scaling):
+    """The scaling in transformers 5's `rope_parameters`, read back by `from_pretrained` with
+    the same values, and used: the model's inverse frequencies are those of the scaled RoPE."""
+    import json
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = model_spec(**CONFIGS["head-dim-wider"], architecture=arch, rope_scaling=SCALINGS[scaling])
+    (tmp_path / "config.json").write_text(json.dumps(hf_config(spec, {}, "float32")))
+    config = AutoConfig.from_pretrained(tmp_path)
+    s = SCALINGS[scaling]
+    expected = {"rope_type": scaling, "rope_theta": spec.rope_theta, "factor": s["factor"]}
+    if scaling == "llama3":
+        expected.update(low_freq_factor=1.5, high_freq_factor=4.0, original_max_position_embeddings=256)
+    assert config.rope_parameters == rope_parameters(spec) == expected
+    plain = AutoConfig.for_model(**hf_config(model_spec(**CONFIGS["head-dim-wider"], architecture=arch), {}, "float32"))
+    scaled = AutoModelForCausalLM.from_config(config).model.rotary_emb.inv_freq
+    ratio = (AutoModelForCausalLM.from_config(plain).model.rotary_emb.inv_freq / scaled).tolist()
+    if scaling == "linear":
+        assert ratio == pytest.approx([2.0] * 8)
+    else:  # theta 500,000, 16 dims: wavelengths 6, 32 | 167 | 862 and longer, against 256/4 and 256/1.5
+        assert ratio[:2] == [1.0, 1.0] and 1 < ratio[2] < 8 and ratio[3:] == pytest.approx([8.0] * 5)
+
+
+def test_a_mistral_window_reaches_transformers():
+    spec = model_spec(**CONFIGS["gqa-tied"], architecture="mistral", sliding_window=16)
+    assert meta_model(spec).config.sliding_window == 16
+
+
+REAL = {  # published parameter counts (model cards, `num_parameters()` of the released weights)
+    "Qwen/Qwen2.5-1.5B-Instruct": (dict(architecture="qwen2", hidden_size=1536, intermediate_size=8960, layers=28,
+                                        heads=12, kv_heads=2, vocab_size=151936, max_positions=32768,
+                                        rope_theta=1_000_000.0, tie_embeddings=True), 1_543_714_304),
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": (dict(hidden_size=2048, intermediate_size=5632, layers=22, heads=32,
+                                                kv_heads=4, vocab_size=32000), 1_100_048_384),
+    "meta-llama/Llama-3.1-8B": (dict(hidden_size=4096, intermediate_size=14336, layers=32, heads=32, kv_heads=8,
+                                     vocab_size=128256, max_positions=131072, rope_theta=500_000.0,
+                                     rope_scaling={"type": "llama3", "factor": 8.0, "original_max_positions": 8192}),
+                                8_030_261_248),
+}
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_models_have_their_published_size(name):
+    """From the spec alone: nothing is allocated, not even on the meta device."""
+    fields, published = REAL[name]
+    assert params.count(model_spec(**fields)) == published
 
 
 def test_tied_embedding_shares_one_tensor():

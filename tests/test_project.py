@@ -87,9 +87,9 @@ def stderr(*problems: str) -> str:
 
 
 KNOWN_MODEL_KEYS = ("name, description, profiles, kind, architecture, hidden_size, intermediate_size, layers, "
-                    "heads, kv_heads, head_dim, vocab_size, max_positions, rope_theta, rms_norm_eps, "
+                    "heads, kv_heads, head_dim, vocab_size, max_positions, rope_theta, rope_scaling, sliding_window, rms_norm_eps, "
                     "tie_embeddings, expect_params")
-KNOWN_TOKENIZER_KEYS = "description, kind, dataset, vocab_size, min_frequency, special_tokens, add_bos_token, max_length"
+KNOWN_TOKENIZER_KEYS = "description, path, hub, revision, kind, dataset, vocab_size, min_frequency, special_tokens, add_bos_token, max_length"
 
 # (files replacing those of VALID, command-line arguments after `list`, the whole stderr)
 CASES = {
@@ -126,8 +126,8 @@ CASES = {
         "  fix: a step cannot consume its own output; name the step it builds on")),
     "not-a-tokenizer": (pipeline(TOK + "a:\n  kind: init\n  model: tiny\n  tokenizer: tok\n"
                                  "b:\n  kind: init\n  model: tiny\n  tokenizer: a\n"), (), stderr(
-        "specs/pipelines/main.yaml:15: steps.b.tokenizer: expected a tokenizer step; found 'a', an init step\n"
-        "  fix: name a step of kind `tokenizer`")),
+        "specs/pipelines/main.yaml:15: steps.b.tokenizer: expected a tokenizer or pretrained step; found 'a', an init step\n"
+        "  fix: name a step of kind `tokenizer`, or a `pretrained` one (its tokenizer)")),
     "duplicate-name": ({"specs/models/tiny2.yaml": "kind: model\nname: tiny\n" + "\n".join(ARCH) + "\n"}, (), stderr(
         "specs/models/tiny2.yaml:2: name: expected a model name not used before; found 'tiny', "
         "already the name of the model in specs/models/tiny.yaml:2\n"
@@ -168,13 +168,13 @@ CASES = {
         "specs/models/tiny.yaml:1: kind: expected one of 'dataset', 'model', 'pipeline'; found 'modle'\n"
         "  fix: did you mean 'model'?")),
     "unknown-step-kind": (pipeline(TOK.replace("kind: tokenizer", "kind: tokeniser")), (), stderr(
-        "specs/pipelines/main.yaml:5: steps.tok.kind: expected one of 'evaluate', 'export', 'init', 'report', 'tokenizer', 'train'; "
+        "specs/pipelines/main.yaml:5: steps.tok.kind: expected one of 'evaluate', 'export', 'init', 'pretrained', 'report', 'tokenizer', 'train'; "
         "found 'tokeniser'\n"
         "  fix: did you mean 'tokenizer'?")),
     "missing-step-kind": (pipeline(TOK.replace("  kind: tokenizer\n", "")), (), stderr(
-        "specs/pipelines/main.yaml:4: steps.tok.kind: expected one of 'evaluate', 'export', 'init', 'report', 'tokenizer', 'train'; "
+        "specs/pipelines/main.yaml:4: steps.tok.kind: expected one of 'evaluate', 'export', 'init', 'pretrained', 'report', 'tokenizer', 'train'; "
         "found nothing\n"
-        "  fix: add `kind: evaluate`, `kind: export`, `kind: init`, `kind: report`, `kind: tokenizer` or `kind: train`")),
+        "  fix: add `kind: evaluate`, `kind: export`, `kind: init`, `kind: pretrained`, `kind: report`, `kind: tokenizer` or `kind: train`")),
     "missing-required-field": (model(*[a for a in ARCH if not a.startswith("layers")]), (), stderr(
         "specs/models/tiny.yaml:1: layers: expected a value for this required field; found nothing\n"
         "  fix: add `layers:` (Number of decoder layers)")),
@@ -366,8 +366,8 @@ IN_PROCESS = {
                        "  fix: add `kind: dataset`, `kind: model` or `kind: pipeline`"),
     "profile-adds-step-without-kind": ({PIPELINE: valid(PIPELINE) + "      extra:\n        vocab_size: 500\n"},
                                        "specs/pipelines/main.yaml:17: profiles.ci.steps.extra.kind: expected one of "
-                                       "'evaluate', 'export', 'init', 'report', 'tokenizer', 'train'; found nothing\n"
-                                       "  fix: add `kind: evaluate`, `kind: export`, `kind: init`, `kind: report`, `kind: tokenizer` or `kind: train`"),
+                                       "'evaluate', 'export', 'init', 'pretrained', 'report', 'tokenizer', 'train'; found nothing\n"
+                                       "  fix: add `kind: evaluate`, `kind: export`, `kind: init`, `kind: pretrained`, `kind: report`, `kind: tokenizer` or `kind: train`"),
 }
 
 

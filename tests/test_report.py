@@ -279,10 +279,12 @@ def test_evaluation_tables_recomputed_from_metrics_json(project, md):
                 f"| float checkpoint (torch) | {c['parameters']:,} | {size(c['weights_bytes'])} | {c['loss']:.4f} | "
                 f"{c['perplexity']:.2f} |",
                 f"| checkpoint | model.safetensors | {size(c['weights_bytes'])} | "
-                f"{8 * c['weights_bytes'] / c['parameters']:.2f} | {c['perplexity']:.2f} | 1.0000 |"]
+                f"{8 * c['weights_bytes'] / c['parameters']:.2f} | {c['perplexity']:.2f} | 1.0000 | 0.000000 | "
+                "0.000000 | 100.00% |"]
     for name, q in m["gguf"].items():
         expected.append(f"| {name} | {q['file']} | {size(q['bytes'])} | {q['bits_per_weight']:.2f} | "
-                        f"{q['perplexity']:.2f} | {q['perplexity'] / c['perplexity']:.4f} |")
+                        f"{q['perplexity']:.2f} | {q['perplexity'] / c['perplexity']:.4f} | {q['kld_mean']:.6f} | "
+                        f"{q['kld_p99']:.6f} | {100 * q['top1_same'] / m['data']['tokens']:.2f}% |")
     for e in m["generation"]["engines"].values():
         expected.append(f"| {e['label']} | {size(e['weights_bytes'])} | {size(e['rss_delta_bytes'])} | "
                         f"{e['load_seconds']:.3f} s | {e['avg_latency_s']:.3f} s | {e['avg_tokens_per_s']:,.2f} | "
@@ -293,6 +295,9 @@ def test_evaluation_tables_recomputed_from_metrics_json(project, md):
                             f"{r['first_token_s']:.3f} s | {r['tokens_per_s']:,.2f} | "
                             f"{json.dumps(r['text'], ensure_ascii=False).replace('|', chr(92) + '|')} |")
     assert sorted(m["gguf"]) == (["f32", "q8_0"] if LLAMA else [])
+    if LLAMA:
+        expected.append("| Type | File | Size | Bits per weight | Perplexity | Ratio to float checkpoint | Mean KLD | "
+                        "99% KLD | Same top token |")
     assert set(expected) <= lines(md)
 
 

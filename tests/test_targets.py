@@ -29,7 +29,7 @@ BUILDERS = [m for m in MODULES if defines_build(m)]
 
 
 def test_every_step_kind_has_a_builder():
-    kinds = {"dataset", "tokenizer", "tokens", "init", "train", "export", "gguf", "evaluate", "report"}
+    kinds = {"dataset", "tokenizer", "pretrained", "tokens", "init", "train", "export", "gguf", "evaluate", "report"}
     assert set(BUILDERS) == kinds
 
 

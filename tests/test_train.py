@@ -10,10 +10,8 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ import runner
 from compiler import graph, params, project, store
 from compiler.errors import SpecError
 from compiler.inputs import TOKENIZER, tokens
-from conftest import TINY_SPECS, Project, add_qa, code_project, tiny_corpus
+from conftest import TINY_SPECS, Project, add_qa, code_project, kill_at_first_checkpoint, tiny_corpus
 from targets import losses, trainloop
 
 WIDE = """
@@ -754,16 +752,8 @@ def test_killed_build_resumes_to_the_same_bytes(tmp_path_factory):
     for p in (a, b):
         p.write("specs/pipelines/run.yaml", yaml.safe_dump(
             {"kind": "pipeline", "name": "run", "steps": {"s": with_(KILLED, tokenizer="main.tok")}}))
+    work = kill_at_first_checkpoint(a, "run.s")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.Popen([sys.executable, "-m", "doit", "run.s"], cwd=a.root, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work = a.root / "build" / "store" / ".work"
-    deadline = time.monotonic() + 240
-    while not list(work.glob("*/checkpoints/step-*")):
-        assert proc.poll() is None and time.monotonic() < deadline, "doit ended before the first checkpoint"
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     key = key_of(a, "run.s")
     assert not store.is_complete(a.root, key)  # killed mid-run: no entry, only the work directory
     done = [p.name for p in (work / key / "checkpoints").iterdir() if p.name.startswith("step-")]

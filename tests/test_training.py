@@ -271,9 +271,9 @@ IN_PROCESS = {
         "  fix: one of these steps must take its input from elsewhere"),
     "export-of-a-tokenizer": (
         edit(PIPELINE, "model: student", "model: tok"), {},
-        "specs/pipelines/main.yaml:28: steps.export.model: expected an init or train step (a step that makes model "
-        "weights); found 'tok', a tokenizer step\n"
-        "  fix: name a step of kind `init` or `train`"),
+        "specs/pipelines/main.yaml:28: steps.export.model: expected an init, train or pretrained step (a step that "
+        "makes model weights); found 'tok', a tokenizer step\n"
+        "  fix: name a step of kind `init`, `train` or `pretrained`"),
     "export-chat-template-missing": (
         edit(PIPELINE, "model: student", "model: student\n    chat_template: chat.jinja"), {},
         "specs/pipelines/main.yaml:29: steps.export.chat_template: expected an existing file or folder (relative "
@@ -421,8 +421,8 @@ FROM_INIT = """
 """
 
 TINY_KEYED = {"kind": "model", "architecture": "llama", "hidden_size": 32, "intermediate_size": 64, "layers": 2,
-              "heads": 4, "kv_heads": 4, "head_dim": 8, "vocab_size": 512, "max_positions": 128, "rope_theta": 10000.0,
-              "rms_norm_eps": 1e-06, "tie_embeddings": False}
+              "heads": 4, "kv_heads": 4, "head_dim": 8, "vocab_size": 512, "max_positions": 128, "rope_theta": 10000.0, "rope_scaling": None,
+              "sliding_window": None, "rms_norm_eps": 1e-06, "tie_embeddings": False}
 
 
 def test_train_from_an_init_step_inherits_its_model_and_teachers_come_first(make_project):
@@ -587,3 +587,84 @@ def test_a_chain_of_steps_past_the_limit_is_refused_not_a_recursion_error(make_p
         "before; found 257 steps from 'main.s254' down\n"
         "  fix: start from a step nearer the beginning: no pipeline needs more than a few stages, and 256 is the most "
         "Ingot follows")
+
+
+# ---------------------------------------------------------------- LoRA and QLoRA
+
+# a LoRA fine-tune of the teacher, after the export (lines 29-35), and exports of its adapter
+FT = ("  ft:\n    kind: train\n    init: teacher\n    tokenizer: tok\n    data: docs\n    max_steps: 5\n"
+      "    lora: {r: 8}\n")
+
+
+def with_ft(lora: str = "{r: 8}", extra: str = "") -> dict[str, str]:
+    return {PIPELINE: valid(PIPELINE) + FT.replace("{r: 8}", lora) + extra}
+
+
+LORA = {
+    "lora-on-a-fresh-model": (
+        edit(PIPELINE, "    max_steps: 10\n", "    max_steps: 10\n    lora: {r: 8}\n"), {},
+        "specs/pipelines/main.yaml:14: steps.teacher.lora: expected `init:` with `lora:` (LoRA fine-tunes existing "
+        "weights: only the adapters train, so the random weights of a fresh model would stay random); found "
+        "`model: tiny`, a fresh start\n"
+        "  fix: start from trained weights with `init: STEP` in place of `model: tiny`, or remove `lora:` to train "
+        "every weight"),
+    "lora-target-not-a-layer": (
+        with_ft("{r: 8, targets: [q_proj, qproj]}"), {},
+        "specs/pipelines/main.yaml:35: steps.ft.lora.targets[1]: expected a linear layer of every llama decoder layer "
+        "(one of 'down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj'); found 'qproj'\n"
+        "  fix: did you mean 'q_proj'?"),
+    "lora-target-twice": (
+        with_ft("{r: 8, targets: [v_proj, q_proj, v_proj]}"), {},
+        "specs/pipelines/main.yaml:35: steps.ft.lora.targets[2]: expected each module once; found 'v_proj' a second "
+        "time\n"
+        "  fix: remove the repeated entry"),
+    "lora-rank-zero": (
+        with_ft("{r: 0}"), {},
+        "specs/pipelines/main.yaml:35: steps.ft.lora.r: expected a number ≥ 1; found 0\n"
+        "  fix: use a value ≥ 1"),
+    "quantize-base-without-lora": (
+        edit(PIPELINE, "    max_steps: 10\n", "    max_steps: 10\n    quantize_base: nf4\n"), {},
+        "specs/pipelines/main.yaml:14: steps.teacher.quantize_base: expected `lora:` beside `quantize_base` (QLoRA "
+        "trains adapters over a 4-bit base, which stays frozen); found quantize_base: nf4 without `lora:`\n"
+        "  fix: add `lora: {r: 16}`, or remove `quantize_base` to train every weight"),
+    "adapter-of-a-train-step-without-lora": (
+        edit(PIPELINE, "model: student", "model: student\n    adapter: true"), {},
+        "specs/pipelines/main.yaml:29: steps.export.adapter: expected a LoRA train step as `model:` (one with "
+        "`lora:`, whose adapter `adapter: true` exports); found model 'student', a train step without `lora:`\n"
+        "  fix: point `model:` at a train step with `lora:`, or remove `adapter: true` to export the whole model"),
+    "adapter-of-a-tokenizer": (
+        with_ft(extra="  adapter:\n    kind: export\n    model: tok\n    adapter: true\n"), {},
+        "specs/pipelines/main.yaml:38: steps.adapter.model: expected an init, train or pretrained step (a step that "
+        "makes model weights); found 'tok', a tokenizer step\n"
+        "  fix: name a step of kind `init`, `train` or `pretrained`"),
+    "adapter-in-a-k-quant": (
+        with_ft(extra="  adapter:\n    kind: export\n    model: ft\n    adapter: true\n    format: gguf\n"
+                      "    types: [f16, q4_k_m]\n"), {},
+        "specs/pipelines/main.yaml:41: steps.adapter.types[1]: expected a type of GGUF LoRA adapters (one of 'bf16', "
+        "'f16', 'f32', 'q8_0'); found 'q4_k_m'\n"
+        "  fix: quantize the base model's GGUF file instead: llama.cpp applies an adapter of these types over a base "
+        "of any type"),
+}
+
+
+@pytest.mark.parametrize("files, extra, expected", LORA.values(), ids=LORA.keys())
+def test_lora_mistakes(make_project, files, extra, expected):
+    assert load_error(make_project(), files, extra) == expected
+
+
+def test_a_lora_pipeline_compiles_and_its_targets_are_a_set(make_project):
+    """A LoRA step and exports of its adapter compile; the order of `targets` is not in the key,
+    the targets themselves are."""
+    exports = ("  peft:\n    kind: export\n    model: ft\n    adapter: true\n"
+               "  gguf:\n    kind: export\n    model: ft\n    adapter: true\n    format: gguf\n    types: [f32, q8_0]\n")
+    p = make_project()
+    write(p, with_ft("{r: 8, targets: [q_proj, v_proj]}", exports))
+    plans = graph.plans(project.load(p.root))
+    assert plans["main.ft"].inputs == {"init": "main.teacher", "tokenizer": "main.tok", "tokens.docs": "main.tok@docs"}
+    assert plans["main.ft"].spec["lora"] == {"r": 8, "alpha": 16.0, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}
+    assert (plans["main.peft"].builder, plans["main.gguf"].builder) == ("export", "gguf")
+    before = bases(p.root)
+    write(p, with_ft("{r: 8, targets: [v_proj, q_proj], alpha: 16}", exports))
+    assert bases(p.root) == before
+    write(p, with_ft("{r: 8, targets: [v_proj, q_proj, k_proj]}", exports))
+    assert sorted(t for t, b in bases(p.root).items() if b != before[t]) == ["main.ft"]
