@@ -76,15 +76,16 @@ def train_spec(steps: int) -> TrainStep:
                      checkpoints={"every": never, "keep": 1})
 
 
-def ingot(inputs: dict[Input, Path], tmp: Path, steps: int, warmup: int, n: int) -> list[float]:
+def ingot(inputs: dict[Input, Path], tmp: Path, steps: int, warmup: int, n: int, spec=None) -> list[float]:
     """Ends of Ingot's steps (seconds), from the wall_time of its own metrics.jsonl: from the
-    last warmup step to the step before the last (the last one evaluates and checkpoints)."""
+    last warmup step to the step before the last (the last one evaluates and checkpoints).
+    `spec`: the train step to run (default: this bench's `train_spec(steps)`)."""
     from targets import train
 
     out, work = tmp / f"ingot{n}" / "out", tmp / f"ingot{n}" / "work"
     out.mkdir(parents=True)
     work.mkdir()
-    job = Job("bench.train", train_spec(steps), out, inputs=inputs, models={"model": ModelSpec(**MODEL)},
+    job = Job("bench.train", spec or train_spec(steps), out, inputs=inputs, models={"model": ModelSpec(**MODEL)},
               root=tmp, work=work)
     train.build(job)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
