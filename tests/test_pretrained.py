@@ -218,6 +218,17 @@ def test_a_hub_model_is_read_from_the_hub_cache_offline(make_project, tmp_path, 
     assert "the pretrained model of hub org/tiny@0123456789ab" in listed
     p.doit("main.base")
     assert (p.root / "build/main/base/model.safetensors").read_bytes() == (snap / "model.safetensors").read_bytes()
+    # a tokenizer alone from the same revision, its size checked at compile time from the cache
+    p.write("specs/models/small.yaml", "kind: model\nname: small\nhidden_size: 32\nintermediate_size: 64\n"
+                                       "layers: 2\nheads: 4\nvocab_size: 300\nmax_positions: 128\n")
+    p.write("specs/pipelines/tok.yaml", f"kind: pipeline\nname: tok\nsteps:\n  tok:\n    kind: tokenizer\n"
+                                        f"    hub: org/tiny\n    revision: {REVISION}\n  init:\n    kind: init\n"
+                                        f"    model: small\n    tokenizer: tok\n")
+    assert "expected a model whose vocab_size is at least the tokenizer's (400, step 'tok.tok')" in \
+        p.doit("list", check=False).stderr
+    p.edit("specs/models/small.yaml", "vocab_size: 300", "vocab_size: 400")
+    p.doit("tok.init")
+    assert (p.root / "build/tok/tok/tokenizer.json").read_bytes() == (snap / "tokenizer.json").read_bytes()
 
 
 def test_a_hub_model_not_in_the_cache_needs_its_architecture_declared(make_project, tmp_path, monkeypatch):
