@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import curation, evaluation, params, pretrained, pydantic_errors, training
+from . import curation, distillation, evaluation, params, pretrained, pydantic_errors, training
 from .errors import SpecError, a_step, did_you_mean, either, one_of
 from .inputs import TOKENIZER, Input, Role
 from .nodes import Node, Project, need_step, topo_order
@@ -23,7 +23,7 @@ from .yamlfile import Document, fmt_path, read
 SPECS = "specs"
 SKIP_DIRS = {"templates"}
 RESERVED_PIPELINES = {"dataset", "store"}  # names taken by build/dataset/ and build/store/
-RESOLVE = {**training.RESOLVE, **evaluation.RESOLVE}  # kind -> its compile-time resolution and checks
+RESOLVE = {**training.RESOLVE, **distillation.RESOLVE, **evaluation.RESOLVE}  # kind -> its compile-time resolution and checks
 
 
 def load(root: Path, profile: str | None = None) -> Project:
