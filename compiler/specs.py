@@ -380,20 +380,66 @@ class Existing(Step):
 
 class TokenizerStep(Existing):
     kind: Literal["tokenizer"]
-    """Train a byte-level BPE tokenizer on a dataset's train split, or take an existing one
+    """Train a tokenizer of a family (BPE) on a dataset's train split, or take an existing one
     (`path` or `hub`: its tokenizer.json, configuration and chat template)."""
     dataset: str | None = ref("dataset", None)
     """Name of the dataset manifest to train on."""
+    family: Literal["gpt2", "llama3", "qwen2", "sentencepiece"] = "gpt2"
+    """The tokenizer trained, with its family's real definition in tokenizer.json (training only):
+    `gpt2`, GPT-2's byte-level BPE (a ByteLevel pre-tokenizer with GPT-2's regex); `llama3`,
+    Llama 3's (a Split by Llama 3's regex, then ByteLevel without regex; `ignore_merges`), with
+    its special tokens `<|begin_of_text|>`, `<|end_of_text|>`, the chat and the first reserved
+    ones after the vocabulary; `qwen2`, Qwen2's (NFC, a Split by Qwen2's regex, then ByteLevel),
+    with the 22 added tokens of Qwen2.5 (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`, ...) after
+    the vocabulary; `sentencepiece`, SentencePiece-style BPE with byte fallback as Llama 2 and
+    TinyLlama ship it (`<unk>`, `<s>`, `</s>`, then `<0x00>`..`<0xFF>`; a Prepend + Replace
+    normalizer makes spaces "▁"; the merges transformers' converter writes). A trained tokenizer
+    has no chat template: steps use specs/templates/chat.jinja."""
     vocab_size: int | None = Field(None, ge=260, le=1_000_000)
-    """Vocabulary size including the 256 byte symbols and the special tokens (training only)."""
+    """Vocabulary size including the byte symbols (byte tokens for `sentencepiece`) and every
+    special or added token (training only)."""
     min_frequency: int = Field(2, ge=1, le=1_000_000_000)
     """A pair must occur this often to be merged."""
-    special_tokens: SpecialTokens = SpecialTokens()
-    """Special tokens, given the first ids in this order: bos, eos, unk, pad (training only)."""
-    add_bos_token: bool = False
-    """Whether encoding prepends the bos token (training only)."""
+    special_tokens: SpecialTokens | None = None
+    """The bos, eos, unk and pad tokens (training only). Left out, the family's own: for `gpt2`
+    `<s>`, `</s>`, `<unk>` and `<pad>`; for `llama3` `<|begin_of_text|>` and `<|end_of_text|>` (no
+    unk, no pad); for `qwen2` `<|endoftext|>` as eos and pad (no bos, no unk); for `sentencepiece`
+    `<s>`, `</s>` and `<unk>` (no pad). Written, it gives the roles whole (with `gpt2` a role left
+    out takes the token above; another family needs all four). With `gpt2` they are its special
+    tokens, given the first ids in the order bos, eos, unk, pad; another family keeps its own
+    special tokens, and a role's token not among them is added after them."""
+    add_bos_token: bool | None = None
+    """Whether encoding prepends the bos token (training only); default: as the family ships it,
+    true for `llama3` and `sentencepiece`, false for `gpt2` and `qwen2`."""
     max_length: int = Field(2048, ge=1, le=MAX_POSITIONS)
     """`model_max_length` written to `tokenizer_config.json` (training only)."""
+
+    @field_validator("family", mode="before")
+    @classmethod
+    def _sentencepiece_by_model(cls, family: Any) -> Any:
+        if family in ("llama2", "tinyllama", "mistral"):  # a did-you-mean would offer llama3
+            raise ValueError("`family: sentencepiece` for the tokenizer of Llama 2, TinyLlama and Mistral "
+                             "(SentencePiece-style BPE with byte fallback)")
+        return family
+
+    @field_validator("special_tokens")
+    @classmethod
+    def _all_roles(cls, tokens: SpecialTokens | None, info: ValidationInfo) -> SpecialTokens | None:
+        family = info.data.get("family", "gpt2")
+        if tokens is not None and family != "gpt2" and info.data.get("dataset") is not None \
+                and len(tokens.model_fields_set) < len(SpecialTokens.model_fields):
+            raise ValueError(f"give all of `bos`, `eos`, `unk` and `pad` with `family: {family}`, or no "
+                             "`special_tokens` to keep the family's own (written, they replace its roles whole)")
+        return tokens
+
+    @field_validator("add_bos_token")
+    @classmethod
+    def _bos_to_add(cls, add: bool | None, info: ValidationInfo) -> bool | None:
+        if add and info.data.get("family") == "qwen2" and info.data.get("special_tokens", False) is None \
+                and info.data.get("dataset") is not None:
+            raise ValueError("no `add_bos_token: true` with `family: qwen2` and its own special tokens, which have "
+                             "no bos (name one in `special_tokens`, or remove `add_bos_token`)")
+        return add
 
     @model_validator(mode="after")
     def _source(self) -> "TokenizerStep":
@@ -402,11 +448,17 @@ class TokenizerStep(Existing):
         if trained and self.vocab_size is None:
             raise ValueError("a `vocab_size:` for the tokenizer trained on the dataset")
         if not trained:
-            given = sorted(f for f in ("vocab_size", "min_frequency", "special_tokens", "add_bos_token", "max_length")
-                           if getattr(self, f) != type(self).model_fields[f].default)
+            given = sorted(f for f in ("family", "vocab_size", "min_frequency", "special_tokens", "add_bos_token",
+                                       "max_length") if getattr(self, f) != type(self).model_fields[f].default)
             if given:
                 raise ValueError(f"no {', '.join(f'`{f}`' for f in given)} for a tokenizer taken from "
                                  f"`{'path' if self.path is not None else 'hub'}` (they shape a trained one)")
+            return self
+        # Fill the family's defaults so that writing one out explicitly keeps the key.
+        if self.special_tokens is None and self.family == "gpt2":
+            object.__setattr__(self, "special_tokens", SpecialTokens())
+        if self.add_bos_token is None:
+            object.__setattr__(self, "add_bos_token", self.family in ("llama3", "sentencepiece"))
         return self
 
     def trained(self) -> bool:
@@ -415,7 +467,9 @@ class TokenizerStep(Existing):
     def summary(self) -> str:
         if not self.trained():
             return f"the tokenizer of {self.origin()}"
-        return f"byte-level BPE of {self.vocab_size:,} tokens trained on dataset '{self.dataset}'"
+        kind = {"gpt2": "byte-level BPE", "llama3": "Llama 3 byte-level BPE", "qwen2": "Qwen2 byte-level BPE",
+                "sentencepiece": "SentencePiece-style BPE"}[self.family]
+        return f"{kind} of {self.vocab_size:,} tokens trained on dataset '{self.dataset}'"
 
 
 class PretrainedStep(Existing):

@@ -25,6 +25,10 @@ models ship, so whatever reads a real tokenizer of the family can be tested on t
   same tokenizer (no normalizer; a Metaspace pre-tokenizer with `prepend_scheme: first`, which
   prepends "▁" to the first section only, and not where it starts with a space).
 
+The families' definitions are those Ingot's tokenizer builder trains (targets/tokenizer_families.py,
+where `llama2` is `sentencepiece`); this module adds what a real model's folder holds besides:
+its roles, `tokenizer_class` and chat template.
+
 `strings(n)` gives n varied test strings (code, Unicode, whitespace, digits, special-token texts,
 near-empty ones). Nothing here knows about the project that uses it.
 
@@ -42,27 +46,14 @@ import random
 import sysconfig
 from pathlib import Path
 
+from targets.tokenizer_families import (  # noqa: F401  (the regexes and merges: part of this module's interface)
+    ADDS_BOS, BYTE_TOKENS, GPT2_REGEX, LLAMA3_REGEX, LLAMA3_SPECIAL, QWEN2_ADDED, QWEN2_REGEX, SENTENCEPIECE_SPECIAL,
+    sentencepiece_merges, train)
+
 FAMILIES = ("gpt2", "llama3", "qwen2", "llama2")
+LLAMA2_SPECIAL = SENTENCEPIECE_SPECIAL
 VOCAB_SIZE = 1000  # base vocabulary trained (bytes or byte symbols included), before added tokens
-
-# split regexes exactly as the families' tokenizer.json files hold them
-GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
-LLAMA3_SPECIAL = ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-                  "<|reserved_special_token_1|>", "<|reserved_special_token_2|>", "<|reserved_special_token_3|>",
-                  "<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>")
-QWEN2_ADDED = (  # (text, special) in id order, as Qwen2.5 has them
-    *((t, True) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-                          "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-                          "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")),
-    *((t, False) for t in ("<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
-                           "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>")))
-LLAMA2_SPECIAL = ("<unk>", "<s>", "</s>")
+TRAINED = {"gpt2": "gpt2", "llama3": "llama3", "qwen2": "qwen2", "llama2": "sentencepiece"}  # family trained
 
 TEMPLATES = {
     # transformers' former default for GPT-2, which ships none
@@ -107,7 +98,9 @@ def make_tokenizer(family: str, folder: Path, *, vocab_size: int = VOCAB_SIZE, m
         raise ValueError(f"unknown tokenizer family {family!r}; expected one of {', '.join(FAMILIES)}")
     if metaspace and family != "llama2":
         raise ValueError("metaspace=True is a form of the llama2 family only")
-    tok, config = _llama2(vocab_size, metaspace) if family == "llama2" else _BYTE_LEVEL[family](vocab_size)
+    bos = CONFIGS[family]["bos_token"] if ADDS_BOS[TRAINED[family]] else None  # added by the post-processor
+    tok = train(TRAINED[family], corpus(), vocab_size, bos=bos, metaspace=metaspace)
+    config = {**CONFIGS[family], **({"legacy": not metaspace} if family == "llama2" else {})}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
@@ -115,126 +108,21 @@ def make_tokenizer(family: str, folder: Path, *, vocab_size: int = VOCAB_SIZE, m
     return folder
 
 
-# ---------------------------------------------------------------- byte-level BPE families
-
-def _byte_level(vocab_size: int, pre, normalizer=None, ignore_merges: bool = False):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(fuse_unk=False, byte_fallback=False, ignore_merges=ignore_merges))
-    tok.normalizer = normalizer
-    tok.pre_tokenizer = pre
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus(), trainer=trainer)
-    tok.model.ignore_merges = ignore_merges  # the trainer makes a new model
-    return tok
-
-
-def _add(tok, added) -> None:
-    """Added tokens after the vocabulary, one at a time so their ids keep the given order."""
-    from tokenizers import AddedToken
-
-    for text, special in added:
-        token = AddedToken(text, special=special, normalized=False)
-        if special:
-            tok.add_special_tokens([token])
-        else:
-            tok.add_tokens([token])
-
-
-def _split_then_bytes(regex: str, trim_offsets: bool):
-    from tokenizers import Regex, pre_tokenizers
-
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=trim_offsets, use_regex=False)])
-
-
-def _gpt2(vocab_size: int):
-    from tokenizers import decoders, pre_tokenizers, processors
-
-    tok = _byte_level(vocab_size, pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True))
-    _add(tok, [("<|endoftext|>", True)])
-    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
-    tok.post_processor = processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True)
-    end = "<|endoftext|>"
-    return tok, {"tokenizer_class": "GPT2Tokenizer", "bos_token": end, "eos_token": end, "unk_token": end,
-                 "add_bos_token": False, "add_prefix_space": False, "model_max_length": 1024}
-
-
-def _llama3(vocab_size: int):
-    from tokenizers import decoders, processors
-
-    tok = _byte_level(vocab_size, _split_then_bytes(LLAMA3_REGEX, trim_offsets=True), ignore_merges=True)
-    _add(tok, [(t, True) for t in LLAMA3_SPECIAL])
-    bos = LLAMA3_SPECIAL[0]
-    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True),
-        processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
-                                      special_tokens=[(bos, tok.token_to_id(bos))])])
+# what each family's real folders say besides tokenizer.json (`legacy` of llama2: by form)
+END = "<|endoftext|>"
+CONFIGS = {
+    "gpt2": {"tokenizer_class": "GPT2Tokenizer", "bos_token": END, "eos_token": END, "unk_token": END,
+             "add_bos_token": False, "add_prefix_space": False, "model_max_length": 1024},
     # as Llama 3 ships it: no add_bos_token; the post-processor adds bos
-    return tok, {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": "<|eot_id|>",
-                 "clean_up_tokenization_spaces": True, "model_max_length": 8192}
-
-
-def _qwen2(vocab_size: int):
-    from tokenizers import decoders, normalizers, processors
-
-    tok = _byte_level(vocab_size, _split_then_bytes(QWEN2_REGEX, trim_offsets=False), normalizer=normalizers.NFC())
-    _add(tok, QWEN2_ADDED)
-    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    return tok, {"tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|im_end|>",
-                 "pad_token": "<|endoftext|>", "unk_token": None, "add_prefix_space": False, "errors": "replace",
-                 "split_special_tokens": False, "clean_up_tokenization_spaces": False, "model_max_length": 32768}
-
-
-# ---------------------------------------------------------------- SentencePiece-style BPE
-
-def _llama2(vocab_size: int, metaspace: bool):
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    # for training only: pieces begin at a word (after any run of "▁"), as SentencePiece's do
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("▁*[^▁]+|▁+"), behavior="isolated")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  special_tokens=[*LLAMA2_SPECIAL, *BYTE_TOKENS])  # ids 0..258, as Llama 2's
-    tok.train_from_iterator(corpus(), trainer=trainer)
-    data = json.loads(tok.to_str())
-    data["added_tokens"] = [a for a in data["added_tokens"] if a["content"] in LLAMA2_SPECIAL]
-    data["model"]["merges"] = sentencepiece_merges(data["model"]["vocab"], skip={*LLAMA2_SPECIAL, *BYTE_TOKENS})
-    data["pre_tokenizer"] = None
-    tok = Tokenizer.from_str(json.dumps(data))
-    if metaspace:
-        tok.normalizer = None
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    tok.post_processor = processors.TemplateProcessing(single="<s>:0 $A:0", pair="<s>:0 $A:0 <s>:1 $B:1",
-                                                       special_tokens=[("<s>", 1)])
-    return tok, {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-                 "pad_token": None, "add_bos_token": True, "add_eos_token": False, "legacy": not metaspace,
-                 "clean_up_tokenization_spaces": False, "model_max_length": 4096}
-
-
-def sentencepiece_merges(vocab: dict[str, int], skip: set[str]) -> list[list[str]]:
-    """Every split of every piece into two pieces, pieces in id order (a SentencePiece BPE
-    model's score order) and the longer left part first, as transformers' converter writes a
-    SentencePiece model's merges; `skip`: tokens that are no piece (special and byte tokens)."""
-    merges = []
-    for piece in sorted(vocab, key=vocab.get):
-        if piece in skip:
-            continue
-        for i in range(len(piece) - 1, 0, -1):
-            left, right = piece[:i], piece[i:]
-            if left in vocab and right in vocab and left not in skip and right not in skip:
-                merges.append([left, right])
-    return merges
-
-
-_BYTE_LEVEL = {"gpt2": _gpt2, "llama3": _llama3, "qwen2": _qwen2}
+    "llama3": {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": LLAMA3_SPECIAL[0], "eos_token": "<|eot_id|>",
+               "clean_up_tokenization_spaces": True, "model_max_length": 8192},
+    "qwen2": {"tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|im_end|>", "pad_token": END,
+              "unk_token": None, "add_prefix_space": False, "errors": "replace", "split_special_tokens": False,
+              "clean_up_tokenization_spaces": False, "model_max_length": 32768},
+    "llama2": {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+               "pad_token": None, "add_bos_token": True, "add_eos_token": False, "legacy": True,
+               "clean_up_tokenization_spaces": False, "model_max_length": 4096},
+}
 
 
 def _write_configs(folder: Path, tok, family: str, config: dict) -> None:

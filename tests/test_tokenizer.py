@@ -1,4 +1,6 @@
-"""Tokenizer builder, through a real project: what `AutoTokenizer` and `tokenizers` make of its output."""
+"""Tokenizer builder, through a real project: what `AutoTokenizer`, `tokenizers` and the GGUF
+writer make of its output, for a tokenizer of each family; and gpt2's files byte for byte as
+the builder wrote them before families existed."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import families
 from conftest import code_project, TINY_SPECS, Project, ran, tiny_corpus
 from compiler.inputs import DATASET
 from targets import BuildError, Job
@@ -35,14 +38,22 @@ def new_project(root: Path) -> Project:
     return project
 
 
+FAMILIES = ("gpt2", "llama3", "qwen2", "sentencepiece")
+STEPS = {"gpt2": "tok", **{f: f"tok-{f}" for f in FAMILIES[1:]}}  # family -> its step in `built`
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """`main.tok` as the tiny project defines it, and `main.tokbos`, the same with add_bos_token."""
+    """`main.tok` as the tiny project defines it (gpt2), `main.tokbos`, the same with
+    add_bos_token, and `main.tok-FAMILY` for each other family, of the same size."""
     project = new_project(tmp_path_factory.mktemp("tokenizer") / "proj")
+    steps = "".join(f"  {STEPS[f]}:\n    kind: tokenizer\n    dataset: docs\n    vocab_size: 400\n    family: {f}\n"
+                    for f in FAMILIES[1:])
     project.edit("specs/pipelines/main.yaml", "  init:", "  tokbos:\n    kind: tokenizer\n    dataset: docs\n"
-                                                        "    vocab_size: 400\n    add_bos_token: true\n  init:")
-    result = project.doit("main.tok", "main.tokbos")
-    assert ran(result) == ["dataset.docs", "main.tok", "main.tokbos"]
+                                                        f"    vocab_size: 400\n    add_bos_token: true\n{steps}  init:")
+    tasks = ["main.tok", "main.tokbos", *(f"main.{STEPS[f]}" for f in FAMILIES[1:])]
+    result = project.doit(*tasks)
+    assert ran(result) == ["dataset.docs", *tasks]
     return project.root / "build" / "main"
 
 
@@ -160,3 +171,225 @@ def test_empty_train_split_is_a_build_error(tmp_path):
     with pytest.raises(BuildError) as exc:
         tokenizer_builder.build(Job("main.tok", spec, out, inputs={DATASET: data}))
     assert str(exc.value) == "dataset 'docs' has no training documents to learn a vocabulary from"
+
+
+# ---------------------------------------------------------------- families
+
+# family -> the roles of its own special tokens; where they sit (first ids or after the
+# vocabulary); whether encoding adds bos; llama.cpp's tokenizer (targets.vocab.family)
+FAMILY_ROLES = {
+    "gpt2": {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"},
+    "llama3": {"bos": "<|begin_of_text|>", "eos": "<|end_of_text|>"},
+    "qwen2": {"eos": "<|endoftext|>", "pad": "<|endoftext|>"},
+    "sentencepiece": {"bos": "<s>", "eos": "</s>", "unk": "<unk>"},
+}
+ADDS_BOS = {"gpt2": False, "llama3": True, "qwen2": False, "sentencepiece": True}
+LLAMA_CPP = {"gpt2": ("gpt2", "gpt-2", None), "llama3": ("gpt2", "llama-bpe", None), "qwen2": ("gpt2", "qwen2", None),
+             "sentencepiece": ("llama", "default", True)}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_loads_in_transformers_as_tokenizers_runs_it(built, family):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    folder = built / STEPS[family]
+    hf, raw = AutoTokenizer.from_pretrained(folder), Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert hf.is_fast and len(hf) == raw.get_vocab_size() == 400  # added tokens included, as the spec counts them
+    texts = families.strings(200)
+    assert [hf.encode(s) for s in texts] == [e.ids for e in raw.encode_batch(texts)]
+    ids = [e.ids for e in raw.encode_batch(texts)]
+    assert [hf.decode(i) for i in ids] == raw.decode_batch(ids, skip_special_tokens=False)
+    roles = {role: getattr(hf, f"{role}_token") for role in ("bos", "eos", "unk", "pad")}
+    assert roles == {role: FAMILY_ROLES[family].get(role) for role in roles}
+    assert json.loads((folder / "special_tokens_map.json").read_text()) == {
+        f"{role}_token": t for role, t in FAMILY_ROLES[family].items()}
+    assert (hf.encode("hello")[0] == hf.bos_token_id) is ADDS_BOS[family]
+    assert hf.encode("hello", add_special_tokens=False) == raw.encode("hello", add_special_tokens=False).ids
+    metrics = json.loads((folder / "manifest.json").read_text())["metrics"]
+    assert metrics["special_token_ids"] == {t: raw.token_to_id(t) for t in dict.fromkeys(FAMILY_ROLES[family].values())}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_is_the_llama_cpp_tokenizer_of_its_name(built, family):
+    from tokenizers import Tokenizer
+
+    from targets import read_tokenizer_json
+    from targets.vocab import Family, tokenizer_metadata
+    from targets.vocab import family as llama_cpp_family
+
+    folder = built / STEPS[family]
+    assert llama_cpp_family(read_tokenizer_json(folder)) == Family(*LLAMA_CPP[family])
+    kv, raw = tokenizer_metadata(folder, 512, ""), Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert kv["tokenizer.ggml.add_bos_token"] is ADDS_BOS[family]
+    keys = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}
+    assert {k: v for k, v in kv.items() if k.endswith("_token_id")} == {
+        f"tokenizer.ggml.{keys[role]}": raw.token_to_id(t) for role, t in FAMILY_ROLES[family].items()}
+
+
+def test_each_family_has_its_own_tokens_where_its_models_have_them(built):
+    from tokenizers import Tokenizer
+
+    def added(family):
+        tok = Tokenizer.from_file(str(built / STEPS[family] / "tokenizer.json"))
+        return [(t.content, i, t.special) for i, t in sorted(tok.get_added_tokens_decoder().items())]
+
+    assert added("gpt2") == [("<s>", 0, True), ("</s>", 1, True), ("<unk>", 2, True), ("<pad>", 3, True)]
+    assert added("llama3") == [(t, 390 + i, True) for i, t in enumerate(families.LLAMA3_SPECIAL)]
+    assert added("qwen2") == [(t, 378 + i, special) for i, (t, special) in enumerate(families.QWEN2_ADDED)]
+    assert added("sentencepiece") == [("<unk>", 0, True), ("<s>", 1, True), ("</s>", 2, True)]
+    vocab = json.loads((built / STEPS["sentencepiece"] / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    assert [t for t, i in sorted(vocab["vocab"].items(), key=lambda kv: kv[1])][3:259] == list(families.BYTE_TOKENS)
+    assert vocab["merges"] == families.sentencepiece_merges(vocab["vocab"], {*families.LLAMA2_SPECIAL,
+                                                                             *families.BYTE_TOKENS})
+
+
+def test_written_special_tokens_take_the_roles_and_the_family_keeps_its_own(built, tmp_path):
+    """llama3 with `special_tokens:` written: its ten tokens stay; bos and eos are two of them,
+    and the unk and pad it lacks are added after them."""
+    from compiler.specs import TokenizerStep
+    from transformers import AutoTokenizer
+
+    roles = {"bos": "<|begin_of_text|>", "eos": "<|eot_id|>", "unk": "<unk>", "pad": "<pad>"}
+    spec = TokenizerStep.model_validate({"kind": "tokenizer", "dataset": "docs", "vocab_size": 400,
+                                         "family": "llama3", "special_tokens": roles})
+    metrics = tokenizer_builder.build(Job("main.tok", spec, tmp_path, inputs={DATASET: built.parent / "dataset/docs"}))
+    assert metrics["special_token_ids"] == {"<|begin_of_text|>": 388, "<|eot_id|>": 397, "<unk>": 398, "<pad>": 399}
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert tok.convert_ids_to_tokens(list(range(388, 400))) == [*families.LLAMA3_SPECIAL, "<unk>", "<pad>"]
+    assert {role: getattr(tok, f"{role}_token") for role in roles} == roles
+    assert tok.encode("hi")[0] == 388
+
+
+# ---------------------------------------------------------------- gpt2 as before families
+
+def legacy_gpt2(spec, dataset: Path, out: Path) -> dict:
+    """The tokenizer builder's training path as it was before `family:` (verbatim but for the
+    spec's fields, which it reads alike): what gpt2 must still write, byte for byte."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    special = spec.special_tokens
+    specials = list(dict.fromkeys([special.bos, special.eos, special.unk, special.pad]))
+    tok = Tokenizer(models.BPE(unk_token=special.unk, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    if spec.add_bos_token:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{special.bos}:0 $A:0", pair=f"{special.bos}:0 $A:0 {special.bos}:1 $B:1",
+            special_tokens=[(special.bos, 0)])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, min_frequency=spec.min_frequency,
+                                  special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    texts = list(tokenizer_builder._train_texts(dataset))
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tok.save(str(out / "tokenizer.json"))
+    tokens = {"bos_token": special.bos, "eos_token": special.eos, "unk_token": special.unk, "pad_token": special.pad}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **tokens, "add_bos_token": spec.add_bos_token,
+              "add_eos_token": False, "model_max_length": spec.max_length, "clean_up_tokenization_spaces": False,
+              "padding_side": "right", "added_tokens_decoder": {
+                  str(tok.token_to_id(t)): {"content": t, "special": True, "lstrip": False, "rstrip": False,
+                                            "normalized": False, "single_word": False} for t in specials}}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(tokens, indent=2) + "\n")
+    return {"vocab_size": tok.get_vocab_size(), "requested_vocab_size": spec.vocab_size, "documents": len(texts),
+            "special_token_ids": {t: tok.token_to_id(t) for t in specials}}
+
+
+GPT2_SPECS = {  # step of `built` (None: built here) -> its fields
+    "tok": {"vocab_size": 400},
+    "tokbos": {"vocab_size": 400, "add_bos_token": True},
+    "roles": {"vocab_size": 1000, "min_frequency": 3, "max_length": 64,
+              "special_tokens": {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "unk": "<UNK>", "pad": "é"}},
+}
+
+
+@pytest.mark.parametrize("step", GPT2_SPECS)
+def test_gpt2_writes_the_files_it_wrote_before_families(built, tmp_path, step):
+    from compiler.specs import TokenizerStep
+
+    spec = TokenizerStep.model_validate({"kind": "tokenizer", "dataset": "docs", **GPT2_SPECS[step]})
+    assert spec.family == "gpt2"
+    dataset, new, old = built.parent / "dataset/docs", tmp_path / "new", tmp_path / "old"
+    new.mkdir(), old.mkdir()
+    assert tokenizer_builder.build(Job("main.tok", spec, new, inputs={DATASET: dataset})) == \
+        legacy_gpt2(spec, dataset, old)
+    for name in FILES:
+        assert (new / name).read_bytes() == (old / name).read_bytes(), name
+        if (built / step).is_dir():  # and so did the project's build
+            assert (built / step / name).read_bytes() == (old / name).read_bytes(), name
+
+
+# ---------------------------------------------------------------- spec rules
+
+TOKENIZER_ERRORS = {  # case -> (the step's fields after `kind: tokenizer`, the whole message)
+    "family-with-path": (
+        "path: models/tok\n    family: llama3\n",
+        "specs/pipelines/main.yaml:4: steps.tok: expected no `family` for a tokenizer taken from `path` (they shape "
+        "a trained one); found `kind`, `path` and `family`"),
+    "family-and-more-with-hub": (
+        f"hub: org/tok\n    revision: {'a' * 40}\n    family: qwen2\n    add_bos_token: false\n",
+        "specs/pipelines/main.yaml:4: steps.tok: expected no `add_bos_token`, `family` for a tokenizer taken from "
+        "`hub` (they shape a trained one); found `kind`, `hub`, `revision`, `family` and `add_bos_token`"),
+    "some-roles-of-llama3": (
+        "dataset: docs\n    vocab_size: 400\n    family: llama3\n    special_tokens: {pad: <pad>}\n",
+        "specs/pipelines/main.yaml:9: steps.tok.special_tokens: expected all of `bos`, `eos`, `unk` and `pad` with "
+        "`family: llama3`, or no `special_tokens` to keep the family's own (written, they replace its roles whole); "
+        "found `pad`"),
+    "bos-qwen2-has-not": (
+        "dataset: docs\n    vocab_size: 400\n    family: qwen2\n    add_bos_token: true\n",
+        "specs/pipelines/main.yaml:9: steps.tok.add_bos_token: expected no `add_bos_token: true` with `family: "
+        "qwen2` and its own special tokens, which have no bos (name one in `special_tokens`, or remove "
+        "`add_bos_token`); found true"),
+    "unknown-family": (
+        "dataset: docs\n    vocab_size: 400\n    family: llama4\n",
+        "specs/pipelines/main.yaml:8: steps.tok.family: expected one of 'gpt2', 'llama3', 'qwen2' or "
+        "'sentencepiece'; found 'llama4'\n  fix: did you mean 'llama3'?"),
+    "llama2-is-sentencepiece": (
+        "dataset: docs\n    vocab_size: 400\n    family: llama2\n",
+        "specs/pipelines/main.yaml:8: steps.tok.family: expected `family: sentencepiece` for the tokenizer of Llama 2, "
+        "TinyLlama and Mistral (SentencePiece-style BPE with byte fallback); found 'llama2'"),
+}
+
+
+@pytest.mark.parametrize("case", TOKENIZER_ERRORS)
+def test_family_rules_name_the_rule_and_the_fix(tmp_path, case):
+    from compiler import project
+    from compiler.errors import SpecError
+
+    fields, message = TOKENIZER_ERRORS[case]
+    (tmp_path / "specs" / "pipelines").mkdir(parents=True)
+    (tmp_path / "specs" / "datasets").mkdir()
+    (tmp_path / "specs" / "datasets" / "docs.yaml").write_text(TINY_SPECS["specs/datasets/docs.yaml"])
+    (tmp_path / "specs" / "pipelines" / "main.yaml").write_text(
+        f"kind: pipeline\nname: main\nsteps:\n  tok:\n    kind: tokenizer\n    {fields}")
+    with pytest.raises(SpecError) as info:
+        project.load(tmp_path)
+    assert str(info.value) == message
+
+
+def test_family_defaults_enter_the_key_as_if_written():
+    """The family's own `add_bos_token` (and gpt2's special tokens) are filled in, so writing
+    them out keeps the key; another family's own special tokens are none written."""
+    from compiler.keys import keyed
+    from compiler.specs import TokenizerStep
+
+    def spec(**fields):
+        return keyed(TokenizerStep.model_validate({"kind": "tokenizer", "dataset": "docs", "vocab_size": 400,
+                                                   **fields}))
+
+    assert spec() == spec(add_bos_token=False, special_tokens={"bos": "<s>"}, family="gpt2")
+    assert spec(family="llama3") == spec(family="llama3", add_bos_token=True)
+    assert spec(family="sentencepiece")["special_tokens"] is None
+    assert spec(family="qwen2")["add_bos_token"] is False
+
+
+def test_a_vocab_size_without_room_for_the_family_is_a_build_error(built, tmp_path):
+    from compiler.specs import TokenizerStep
+
+    spec = TokenizerStep.model_validate({"kind": "tokenizer", "dataset": "docs", "vocab_size": 277, "family": "qwen2"})
+    with pytest.raises(BuildError) as exc:
+        tokenizer_builder.build(Job("main.tok", spec, tmp_path, inputs={DATASET: built.parent / "dataset/docs"}))
+    assert str(exc.value) == ("vocab_size 277 leaves no room for a vocabulary: this qwen2 tokenizer has 22 special or "
+                              "added tokens and 256 byte symbols; ask for at least 278")
