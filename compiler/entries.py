@@ -4,7 +4,8 @@ metrics one step reads of another's entry.
 Writes: `manifest.json` (`write`, the runner's one writer: sorted keys, indent 2, the layout
 of every earlier entry) and an evaluate entry's `metrics.json` (`EvaluationResults.to_json`).
 Reads: `manifest.json` (`read` and `load`), an evaluate entry's `metrics.json`
-(`read_evaluation`), a tokens entry's `tokens.json` (`read_tokens_info`) and the rows of a train
+(`read_evaluation`), a tokens entry's `tokens.json` (`read_tokens_info`), a teacher-outputs
+entry's `teacher.json` (`read_teacher_info`) and the rows of a train
 entry's `metrics.jsonl` the report shows (`read_train_rows`), as frozen pydantic models. A file that does not
 match its type is an `EntryError` naming the file and every field that is missing, unknown or
 of another type, so a writer that renames a field fails the reader's build (and its tests)
@@ -24,12 +25,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 MANIFEST = "manifest.json"
 TOKENS_INFO = "tokens.json"   # of a tokens entry
+TEACHER_INFO = "teacher.json"  # of a teacher-outputs entry
 TRAIN_ROWS = "metrics.jsonl"  # of a train entry
 EVALUATION = "metrics.json"   # of an evaluate entry
 
@@ -156,6 +158,9 @@ class TrainMetrics(_Data):
     phases: list[dict[str, Any]]
     stages: list[dict[str, Any]]
     checkpoints: list[str]
+    teacher_forwards: int = 0
+    """Forward passes of live teachers (`path:`, `hub:`) this step ran, over every resumed run; a
+    step teacher's outputs are read from its teacher-outputs entry and count nothing."""
 
 
 class TrainRow(BaseModel):
@@ -224,10 +229,56 @@ class TokensInfo(_Data):
     """Each split has a `<split>.mask.bin` (instruction/response data); written only when true."""
 
 
+class TeacherShard(_Data):
+    """One shard of a teacher-outputs entry: consecutive windows, in files named after it."""
+
+    name: str
+    """The files' common prefix: `shard-00000` (.offsets.npy, .spans.npy, .logprobs.npy, .rest.npy, .ids.npy)."""
+    first_window: int
+    windows: int
+    groups: int
+
+
+class TeacherOutputsInfo(_Data):
+    """A teacher-outputs entry's teacher.json, which is also its manifest's metrics: how the
+    teacher's predictions over the student's train split are laid out (targets/teacher.py)."""
+
+    format: int
+    """1: groups with student spans (a, b), k log-probabilities (and ids) each, and the rest's log-mass."""
+    align: Literal["same", "uld", "map"]
+    top_k: int | Literal["all"]
+    """As the spec asked; `k` is what was stored."""
+    k: int
+    """Log-probabilities per group: top_k, or the vocabulary for `all` (or a top_k at least it)."""
+    ids: bool
+    """Each shard has `.ids.npy` (int32, the student ids of the log-probabilities; -1 for a
+    teacher id `map` carries to none); without, the columns are the vocabulary in id order
+    (`all` with `same`), or sorted values without ids (`uld`)."""
+    logprobs_dtype: Literal["float16", "float32"]
+    temperature: float
+    """The log-probabilities are of softmax(logits / temperature)."""
+    seq_len: int
+    """Window length L: window w is the train tokens w·L … w·L + L, a group's (a, b) its tokens
+    a..b, 1 <= a <= b <= L."""
+    tokens: int
+    """Train tokens of the stream the windows were cut from."""
+    windows: int
+    """(tokens - 1) // seq_len."""
+    groups: int
+    vocab_size: int
+    """Width of the teacher's distribution (its logits)."""
+    coverage: float
+    """Share of the student's predicted tokens some group holds (1.0 for `same`)."""
+    forwards: int
+    """Teacher forward passes that made the entry."""
+    shards: list[TeacherShard]
+
+
 TrainEntry = EntryManifest[TrainMetrics]
 GgufEntry = EntryManifest[GgufMetrics]
 ExportEntry = EntryManifest[GgufMetrics | ExportMetrics]  # either format, as a report lists exports
 TokensEntry = EntryManifest[TokensInfo]
+TeacherOutputsEntry = EntryManifest[TeacherOutputsInfo]
 
 
 # ---------------------------------------------------------------- an evaluate entry's metrics.json
@@ -360,6 +411,11 @@ def load(folder: Path | str, shape: type[E] = EntryManifest) -> E:  # type: igno
 def read_tokens_info(folder: Path | str) -> TokensInfo:
     """A tokens entry's tokens.json."""
     return _read_file(Path(folder) / TOKENS_INFO, TokensInfo, "tokens")
+
+
+def read_teacher_info(folder: Path | str) -> TeacherOutputsInfo:
+    """A teacher-outputs entry's teacher.json."""
+    return _read_file(Path(folder) / TEACHER_INFO, TeacherOutputsInfo, "teacher")
 
 
 def read_train_rows(folder: Path | str) -> list[TrainRow]:

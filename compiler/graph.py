@@ -58,7 +58,7 @@ def _plan(project: Project, node: Node, code: Code, files: FileDigests) -> Plan:
     file_lists = sources.dataset_files(node, project.root) if node.kind == "dataset" else []
     read = {sources.label(p, project.root): p for paths in file_lists for p in paths}
     read.update(source_files(project, node))
-    device = device_kind(node.spec.device) if node.kind == "train" else None
+    device = device_kind(node.spec.device) if node.kind in ("train", "teacher_outputs") else None
     step = node.spec if device is None else node.spec.model_copy(update={"device": device})
     return Plan(
         task=node.task, kind=node.kind, builder=builder_of(node), root=str(project.root),
@@ -72,7 +72,7 @@ def _plan(project: Project, node: Node, code: Code, files: FileDigests) -> Plan:
 
 
 def device_kind(choice: str) -> str:
-    """The device a train step will run on, decided now so that it enters the key (a CUDA-trained
+    """The device a train step (or a teacher-outputs step) will run on, decided now so that it enters the key (a CUDA-trained
     checkpoint is not the CPU one) and the builder is told it, not left to guess again. `auto`
     is CUDA where the NVIDIA driver is loaded and the installed torch is a CUDA build; found
     without importing torch."""

@@ -3,8 +3,9 @@ that read them: a renamed role fails on import and under a type checker, not wit
 in a builder after everything upstream has been built.
 
 An input is a role (what the entry is to the step) and, for the roles a step can have several
-of, a name: `tokens` of each dataset a train step reads, `teacher` of each teacher, `export`
-of each export a report lists. Its text form (`tokenizer`, `tokens.pydocs`,
+of, a name: `tokens` of each dataset a train step reads, `teacher` of each teacher (and
+`teacher_outputs` of each teacher, dataset and window length it reads stored), `export` of each
+export a report lists. Its text form (`tokenizer`, `tokens.pydocs`,
 `teacher.teacher-a`) is what manifests and `doit explain` show. Stdlib only.
 """
 
@@ -21,6 +22,8 @@ class Role(str, Enum):
     INIT = "init"            # the weights a train step starts from
     MODEL = "model"          # the weights an export or evaluate step reads
     TEACHER = "teacher"      # a distillation teacher's weights (one per teacher)
+    TEACHER_OUTPUTS = "teacher_outputs"      # a step teacher's stored outputs on a dataset (one per teacher, dataset, seq_len)
+    TEACHER_TOKENIZER = "teacher_tokenizer"  # the teacher's tokenizer, where it is not the student's (align uld or map)
     GGUF = "gguf"            # an evaluate step's GGUF export
     TRAIN = "train"          # the train step a report is about
     EVALUATE = "evaluate"    # a report's evaluate step
@@ -28,7 +31,7 @@ class Role(str, Enum):
     DATA = "data"            # a train or evaluate step's dataset, until the compiler puts the tokens of it in its place
 
 
-NAMED = {Role.TOKENS, Role.TEACHER, Role.EXPORT}  # roles a step can have several of, told apart by name
+NAMED = {Role.TOKENS, Role.TEACHER, Role.TEACHER_OUTPUTS, Role.EXPORT}  # roles a step can have several of, told apart by name
 
 
 @dataclass(frozen=True, order=True)
@@ -51,6 +54,7 @@ class Input:
 
 DATASET, TOKENIZER, INIT, MODEL = Input(Role.DATASET), Input(Role.TOKENIZER), Input(Role.INIT), Input(Role.MODEL)
 GGUF, TRAIN, EVALUATE, DATA = Input(Role.GGUF), Input(Role.TRAIN), Input(Role.EVALUATE), Input(Role.DATA)
+TEACHER_TOKENIZER = Input(Role.TEACHER_TOKENIZER)
 
 
 OWN_TEMPLATE = "@tokenizer"  # a step's `chat_template`: the tokenizer entry's own chat_template.jinja
@@ -62,6 +66,12 @@ def tokens(dataset: str) -> Input:
 
 def teacher(name: str) -> Input:
     return Input(Role.TEACHER, name)
+
+
+def teacher_outputs(teacher: str, dataset: str, seq_len: int) -> Input:
+    """A student's input: the stored outputs of its teacher `teacher` on `dataset` in windows of
+    `seq_len` (`teacher_outputs.big~docs~128`; names hold no `~`)."""
+    return Input(Role.TEACHER_OUTPUTS, f"{teacher}~{dataset}~{seq_len}")
 
 
 def export(step: str) -> Input:

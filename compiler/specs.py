@@ -525,6 +525,40 @@ class TokensStep(Step):
         return f"dataset '{self.dataset}' as token ids of '{self.tokenizer}', packed for training"
 
 
+class TeacherOutputsStep(Step):
+    """Made by the compiler, never written by hand: what a `step` teacher predicts over the train
+    split of a dataset a distilling student reads, computed once and shared by every student with
+    the same teacher, tokens, window length, top_k, temperature and alignment (task
+    `PIPELINE.TEACHER~TOKENS~sLEN~kK~tT[~ALIGN]`, e.g. `main.teacher~tok@docs~s128~k64~t2`)."""
+
+    kind: Literal["teacher_outputs"]
+    """The teacher's top-k log-probabilities on the student's data, as shards of groups."""
+    teacher: str = Field(pattern=STEP_REF_PATTERN, json_schema_extra=UNKEYED)
+    """The teacher step (as `pipeline.step`); its weights, an input, key the outputs, not its name."""
+    dataset: str = Field(pattern=NAME_PATTERN, json_schema_extra=UNKEYED)
+    """The dataset whose student tokens the teacher reads (its tokens entry is an input)."""
+    tokenizer: str = Field(pattern=STEP_REF_PATTERN, json_schema_extra=UNKEYED)
+    """The student's tokenizer step (as `pipeline.step`), whose ids the tokens are."""
+    align: Literal["same", "uld", "map"]
+    """How teacher and student tokens meet (`Teacher.align`, resolved)."""
+    top_k: int | Literal["all"]
+    """Log-probabilities kept per group (`Distill.top_k`)."""
+    seq_len: int = Field(ge=2, le=MAX_POSITIONS)
+    """Student tokens per window: the train split is cut into consecutive windows of this length."""
+    temperature: float = Field(gt=0)
+    """The distillation temperature the log-probabilities are computed at (`Distill.temperature`)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the teacher runs: CUDA when present, else the CPU; decided at compile time, in the key."""
+
+    def builder(self) -> str:
+        return "teacher"
+
+    def summary(self) -> str:
+        k = "the whole distribution" if self.top_k == "all" else f"top-{self.top_k} log-probabilities"
+        return (f"{k} of teacher '{self.teacher}' at T {self.temperature:g} over dataset '{self.dataset}', "
+                f"windows of {self.seq_len}, align {self.align}")
+
+
 class Optimizer(Spec):
     lr: float = Field(3e-4, gt=0)
     """Peak learning rate of AdamW."""
@@ -573,6 +607,16 @@ class Teacher(Spec):
     """Or: a local Hugging Face model folder, relative to the project root."""
     hub: str | None = None
     """Or: a Hugging Face hub id, for machines that can reach the hub."""
+    align: Literal["same", "uld", "map"] | None = None
+    """How the teacher's predictions meet the student's tokens. `same`: token by token, id by id,
+    for a teacher whose tokenizer step is the student's (the default then). A teacher with another
+    tokenizer needs one of: `uld`, Universal Logit Distillation (Boizard et al., 2024): both
+    tokenizations of the same text grouped where their tokens end at the same byte, and the sorted
+    probabilities of each group compared (an L1 distance, in place of KL · T²), whatever the
+    vocabularies; or `map`: the KL over the student's ids, the teacher's carried onto the student
+    ids of the same bytes. A `step` teacher's outputs are computed once per (teacher, dataset,
+    seq_len, top_k, temperature, align), stored, and read by every student that needs them; a
+    `path` or `hub` teacher runs live beside the student, `same` only."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "Teacher":
@@ -595,11 +639,29 @@ class Distill(Spec):
     teachers: dict[Name, Teacher] = Field(min_length=1)
     """The teachers, by a name the phases use."""
     temperature: float = Field(2.0, gt=0)
-    """Softmax temperature T of teacher and student logits; the KL term is scaled by T²."""
+    """Softmax temperature T of teacher and student logits; the KL term is scaled by T². A step
+    teacher's stored outputs are computed at it (the top-k of softmax(z / T) is not that of
+    softmax(z)), so an edit here runs such a teacher again; other student fields do not."""
     alpha: float = Field(0.5, ge=0, le=1)
     """loss = alpha · Σ weight · KL(teacher ‖ student) · T² + (1 - alpha) · CE."""
     phases: tuple[Phase, ...] = Field(min_length=1)
     """Phases in order; each runs its own teachers for its own steps."""
+    top_k: Annotated[int, Field(ge=1, le=4_194_304)] | Literal["all"] = 64
+    """What is kept of a `step` teacher's next-token distribution at each position, in its stored
+    outputs: its k most likely tokens (their log-probabilities at `temperature`, and the mass of the
+    rest as one bucket), or `all` of it. The distillation term is the KL over those k tokens and
+    the bucket, which cannot see how the rest is spread: at k = 64 a peaked teacher's term moves by
+    about 1e-4, a flat one's by much more (tests/test_teacher.py measures both). `all` (or a k at
+    least the vocabulary) is exact, at 2 bytes per vocabulary entry per token stored (k = 64: 396
+    bytes per token). Live teachers (`path`, `hub`) always give the whole distribution."""
+
+    @field_validator("top_k", mode="wrap")
+    @classmethod
+    def _k_or_all(cls, value: Any, handler: Any) -> Any:
+        try:  # one message for the union, not one per member
+            return handler(value)
+        except ValueError:
+            raise ValueError("a whole number from 1 to 4,194,304, or `all` (the whole distribution)") from None
 
 
 class Stage(Spec):
@@ -847,7 +909,10 @@ class PipelineSpec(Manifest):
 
 KINDS: dict[str, type[Manifest]] = {"dataset": DatasetSpec, "model": ModelSpec, "pipeline": PipelineSpec}
 AnyManifest = Annotated[Union[DatasetSpec, ModelSpec, PipelineSpec], Field(discriminator="kind")]
-STEP_ADAPTER = TypeAdapter(AnyStep)
+# what the runner validates a plan's step as: the kinds people write, and one the compiler makes
+BuiltStep = Annotated[Union[TokenizerStep, PretrainedStep, InitStep, TrainStep, Export, EvaluateStep, ReportStep,
+                            TeacherOutputsStep], Field(discriminator="kind")]
+STEP_ADAPTER = TypeAdapter(BuiltStep)
 
 
 def json_schema() -> dict:

@@ -4,8 +4,13 @@ Reads: the model spec (`job.models["model"]`) and, when the step starts from ano
 step, that `init` entry's `model.safetensors`; the `tokenizer` entry (special-token ids
 for config.json); one `tokens.<dataset>` entry per dataset (train.bin / validation.bin,
 memory-mapped; for `objective: sft` also their train.mask.bin / validation.mask.bin, so
-the loss counts response tokens only); for distillation, each teacher of the current phase: a `teacher.<name>`
-entry, or the spec's `path:` folder or `hub:` id (loaded without remote code).
+the loss counts response tokens only); for distillation, each teacher of the current phase: a
+step teacher through its stored outputs (`teacher_outputs.<name>~<dataset>~<seq_len>` entries,
+targets/teacher.py: the teacher's top-k at the step's temperature for whole windows, which the
+student then draws by index), or run live beside the student: the spec's `path:` folder or
+`hub:` id (loaded without remote code), or a `teacher.<name>` entry given without stored outputs
+(as bench/distill.py gives one, to compare). `teacher_forwards` in the metrics counts the live
+teachers' forward passes: a student reading stored outputs runs none.
 
 Writes: `model.safetensors` (float32) and `config.json` as the init step writes them, so
 the result loads with `AutoModelForCausalLM.from_pretrained` and can start or teach another
@@ -33,11 +38,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from compiler.inputs import INIT, TOKENIZER, teacher
+from compiler.inputs import INIT, TOKENIZER, Role, of_role, teacher
 from targets import TOKENIZER_JSON, BuildError, Job, link_or_copy, load_tokenizer, lora, losses
-from targets.trainloop import (FULL, IGNORE, LoopState, Progress, TokenData, adamw, build_model, checkpoints,
-                               clear_partial, device_for, inputs_and_labels, load_checkpoint, lr_at, prune,
-                               read_metrics, save_checkpoint, segment_at, segments, truncate_metrics, weights)
+from targets.trainloop import (FULL, IGNORE, LoopState, Progress, StoredOutputs, StoredTeacher, TokenData, adamw,
+                               build_model, checkpoints, clear_partial, device_for, inputs_and_labels, load_checkpoint,
+                               lr_at, prune, read_metrics, save_checkpoint, segment_at, segments, truncate_metrics,
+                               weights)
 
 OUTPUTS = ("model.safetensors", "config.json", "metrics.jsonl", "checkpoints/*")
 
@@ -93,7 +99,11 @@ class Trainer:
         self.trained = lora.ADAPTERS if spec.lora is not None else FULL  # what checkpoints keep of the model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = adamw(self.model, spec.optimizer)
-        self.teachers: dict[str, object] = {}
+        self.teachers: dict[str, object] = {}  # name -> a live model, or a StoredTeacher
+        self.stored: dict[str, dict[tuple[str, int], Path]] = {}  # teacher -> (dataset, seq_len) -> entry
+        for name, folder in of_role(job.inputs, Role.TEACHER_OUTPUTS).items():
+            who, dataset, length = name.split("~")
+            self.stored.setdefault(who, {})[(dataset, int(length))] = folder
         self.ckpt_root = Path(job.work) / "checkpoints"
         self.metrics_path = Path(job.work) / "metrics.jsonl"
         self.state = LoopState(total_steps=self.total)
@@ -162,21 +172,24 @@ class Trainer:
             group["lr"] = lr
         t0 = time.perf_counter()
         length, mix = self.lengths[stage], self.mixes[stage]
-        batches = [self.batch(i, micro, mix, length) for micro in range(spec.grad_accum)]
+        # whole stored windows while a stored teacher teaches; random offsets otherwise
+        stored = any(isinstance(t, StoredTeacher) for _, t in teachers)
+        batches = [self.batch(i, micro, mix, length, stored) for micro in range(spec.grad_accum)]
         # the mean over what is counted in the whole optimizer step: every token, or for sft
         # every response token (a micro-batch of prompts only weighs nothing, and is no NaN)
-        scale = sum(int((y != IGNORE).sum()) for _, y in batches) if self.sft else spec.grad_accum
-        sums = torch.zeros(3, device=self.device)
-        for x, y in batches if scale else ():
-            loss, ce, kd = self.objective(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True),
-                                          teachers, weights_)
+        scale = sum(int((y != IGNORE).sum()) for _, y, _ in batches) if self.sft else spec.grad_accum
+        sums = torch.zeros(3 + len(teachers), device=self.device)
+        for x, y, picks in batches if scale else ():
+            loss, ce, kd, parts = self.objective(x.to(self.device, non_blocking=True),
+                                                 y.to(self.device, non_blocking=True), teachers, weights_, picks)
             (loss / scale).backward()
-            sums += torch.stack([loss.detach(), ce.detach(), kd.detach() if kd is not None else ce.new_zeros(())])
+            kd = kd if kd is not None else ce.new_zeros(())
+            sums += torch.cat([torch.stack([loss, ce, kd]), parts if parts is not None else ce.new_zeros(0)]).detach()
         if spec.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, spec.clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        loss_v, ce_v, kd_v = (sums / max(scale, 1)).tolist()
+        loss_v, ce_v, kd_v, *per_teacher = (sums / max(scale, 1)).tolist()
         grad_norm = float(norm)
         self.guard(i + 1, loss_v, grad_norm)
         if scale:  # no response token in the whole step: nothing to learn, the weights stay
@@ -185,16 +198,24 @@ class Trainer:
         seconds = time.perf_counter() - t0
         tokens = spec.batch_size * spec.grad_accum * length
         return {"step": i + 1, "phase": self.phases[phase].name, "stage": self.stages[stage].name,
-                "loss": loss_v, "ce": ce_v, "kd": kd_v if teachers else None, "lr": lr, "grad_norm": grad_norm,
+                "loss": loss_v, "ce": ce_v, "kd": kd_v if teachers else None,
+                "kd_teachers": dict(zip((n for n, _ in teachers), per_teacher)) if teachers else None,
+                "lr": lr, "grad_norm": grad_norm,
                 "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
 
-    def batch(self, i: int, micro: int, mix: dict[str, float], length: int):
-        """(inputs, labels) of micro-batch `micro` of step index `i`, as CPU tensors."""
+    def batch(self, i: int, micro: int, mix: dict[str, float], length: int, stored: bool = False):
+        """(inputs, labels, picks) of micro-batch `micro` of step index `i`, as CPU tensors; with
+        `stored`, whole windows of the stored teacher outputs, and `picks` says which (else None)."""
         import torch
 
         spec = self.spec
-        drawn = self.data.train_batch(spec.seed, i, micro, mix, spec.batch_size, length, self.sft)
-        return tuple(torch.from_numpy(t) for t in inputs_and_labels(*(drawn if self.sft else [drawn])))
+        picks = None
+        if stored:
+            drawn, picks = self.data.window_batch(spec.seed, i, micro, mix, spec.batch_size, length)
+        else:
+            drawn = self.data.train_batch(spec.seed, i, micro, mix, spec.batch_size, length, self.sft)
+        x, y = (torch.from_numpy(t) for t in inputs_and_labels(*(drawn if self.sft else [drawn])))
+        return x, y, picks
 
     def _check_masks(self) -> None:
         for mix in self.mixes:
@@ -203,23 +224,42 @@ class Trainer:
                     raise BuildError(f"objective sft needs response masks, and dataset '{name}' was tokenized "
                                      f"without one: give it instruction/response records")
 
-    def objective(self, x, y, teachers: list, weights_: list[float]):
-        """(loss, ce, kd) of one micro-batch; kd is None when nothing is distilled. For sft the
-        loss is summed over the response tokens (the caller divides by the step's count)."""
+    def objective(self, x, y, teachers: list, weights_: list[float], picks=None):
+        """(loss, ce, kd, per_teacher) of one micro-batch; kd and per_teacher (each teacher's term
+        of kd) are None when nothing is distilled. For sft the loss is summed over the response
+        tokens (the caller divides by the step's count). A stored teacher's targets are those of
+        the windows `picks` names; a live one runs on `x`."""
         import torch
 
         with self.autocast():
             logits = self.model(input_ids=x, use_cache=False).logits
             if self.sft:
                 loss = losses.lm_loss_sum(logits, y)[0]
-                return loss, loss, None
+                return loss, loss, None, None
             if not teachers:
                 loss = losses.lm_loss(logits, y)
-                return loss, loss, None
+                return loss, loss, None, None
             with torch.no_grad():
-                taught = [t(input_ids=x, use_cache=False).logits for t in teachers]
+                taught = [self._stored_targets(t, picks, x, y) if isinstance(t, StoredTeacher)
+                          else self._live(t, x) for _, t in teachers]
         d = self.spec.distill
         return losses.distill_loss(logits, taught, weights_, y, d.temperature, d.alpha)
+
+    def _live(self, model, x):
+        self.state.teacher_forwards += 1
+        return model(input_ids=x, use_cache=False).logits
+
+    def _stored_targets(self, teacher: StoredTeacher, picks: list, x, y):
+        """A stored teacher's targets at the windows of `picks` (inputs `x`, labels `y`)."""
+        import torch
+
+        found = teacher.targets(picks, x.shape[0], x.shape[1])
+        to = {k: torch.from_numpy(found[k]).to(self.device, non_blocking=True) if found[k] is not None else None
+              for k in ("logprobs", "ids", "rest")}
+        if teacher.align == "same":
+            return losses.TopK(to["logprobs"], to["ids"], to["rest"])
+        return losses.Groups(teacher.align, torch.cat([x, y[:, -1:]], dim=1), found["spans"], to["logprobs"],
+                             to["ids"], to["rest"], found["mapping"])
 
     def autocast(self):
         import torch
@@ -281,7 +321,8 @@ class Trainer:
     # ------------------------------------------------------------ teachers
 
     def teachers_for(self, phase: int) -> tuple[list, list[float]]:
-        """The current phase's teachers (loaded now if the phase just began) and their weights."""
+        """The current phase's teachers as (name, teacher), loaded now if the phase just began,
+        and their weights."""
         if self.spec.distill is None:
             return [], []
         wanted = self.spec.distill.phases[phase].teachers
@@ -291,8 +332,24 @@ class Trainer:
             gc.collect()
             for name in wanted:
                 if name not in self.teachers:
-                    self.teachers[name] = self.load_teacher(name)
-        return [self.teachers[n] for n in wanted], list(wanted.values())
+                    self.teachers[name] = self.stored_teacher(name) if name in self.stored else self.load_teacher(name)
+        return [(n, self.teachers[n]) for n in wanted], list(wanted.values())
+
+    def stored_teacher(self, name: str) -> StoredTeacher:
+        """A step teacher through its teacher-outputs entries: nothing of the teacher is loaded."""
+        d = self.spec.distill
+        outputs = {key: StoredOutputs(folder, f"teacher '{name}' on dataset '{key[0]}'", key[1], d.temperature,
+                                      self.model_spec.vocab_size)
+                   for key, folder in sorted(self.stored[name].items())}
+        if self.progress is not None:
+            self.progress.close()  # end the progress line before other output
+        teacher = StoredTeacher(outputs)
+        windows = sum(o.windows for o in outputs.values())
+        kept = "the whole distribution" if d.top_k == "all" else f"top-{d.top_k}"
+        aligned = "" if teacher.align == "same" else f", align {teacher.align}"
+        self.job.log(f"teacher '{name}': stored outputs of step '{d.teachers[name].step}' ({kept}{aligned}, "
+                     f"{windows:,} windows)")
+        return teacher
 
     def load_teacher(self, name: str):
         """A frozen teacher in eval mode: a step's entry, a local folder, or a hub model."""
@@ -357,7 +414,7 @@ class Trainer:
             "seconds": round(self.elapsed(), 3),
             "resumed_from": self.resumed_from, "device": self.device.type, "dtype": self.spec.dtype,
             "phases": _summary(rows, "phase"), "stages": _summary(rows, "stage"),
-            "checkpoints": [c.name for c in kept],
+            "checkpoints": [c.name for c in kept], "teacher_forwards": s.teacher_forwards,
         }
 
     def final_model(self):
@@ -393,14 +450,16 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 def _summary(rows: list[dict], field: str) -> list[dict]:
     """Per phase or stage, in order (a list: the manifest sorts keys): its name, first and last
-    step, and the loss and its parts at both."""
+    step, and the loss and its parts at both (the distillation term also per teacher)."""
     out: dict[str, dict] = {}
     for r in rows:
         if r[field] is None:
             continue
         entry = out.setdefault(r[field], {"name": r[field], "first_step": r["step"], "loss_start": r["loss"],
-                                          "ce_start": r["ce"], "kd_start": r["kd"]})
-        entry.update(last_step=r["step"], loss_end=r["loss"], ce_end=r["ce"], kd_end=r["kd"])
+                                          "ce_start": r["ce"], "kd_start": r["kd"],
+                                          "kd_teachers_start": r["kd_teachers"]})
+        entry.update(last_step=r["step"], loss_end=r["loss"], ce_end=r["ce"], kd_end=r["kd"],
+                     kd_teachers_end=r["kd_teachers"])
     return list(out.values())
 
 

@@ -23,6 +23,9 @@ and JSON only: nothing is pickled.
 
 Every random draw of the data is a pure function of (seed, optimizer step, micro-batch), so
 a resumed run reads exactly the windows an uninterrupted one reads, with no cursor to save.
+Windows start at a random token (`train_batch`), except while a teacher whose outputs are
+stored teaches: then they are whole windows of the stored ones (`window_batch`), whose outputs
+`StoredOutputs` reads from the teacher-outputs entry (`teacher_outputs.<teacher>~<dataset>~<len>`).
 """
 
 from __future__ import annotations
@@ -124,11 +127,7 @@ class TokenData:
         `mask`, also the response masks of the same windows (uint8)."""
         import numpy as np
 
-        rng = np.random.default_rng([seed, 0, i, micro])
-        names = list(datasets)
-        weights = np.array([datasets[n] for n in names], dtype=np.float64)
-        which = rng.choice(len(names), size=batch, p=weights / weights.sum())
-        where = rng.random(batch)
+        names, which, where = _draws(seed, i, micro, datasets, batch)
         plan = []
         for d, name in enumerate(names):
             rows = np.flatnonzero(which == d)
@@ -136,6 +135,29 @@ class TokenData:
                 plan.append((name, rows, (where[rows] * (len(self.train[name]) - seq_len)).astype(np.int64)))
         out = _windows(self.train, plan, batch, seq_len, np.int64)
         return (out, _windows(self.masks["train"], plan, batch, seq_len, np.uint8)) if mask else out
+
+    def windows(self, name: str, seq_len: int) -> int:
+        """Consecutive windows of seq_len + 1 tokens the train stream of `name` is cut into, as a
+        teacher-outputs entry cuts it: window w starts at token w · seq_len."""
+        return (len(self.train[name]) - 1) // seq_len
+
+    def window_batch(self, seed: int, i: int, micro: int, datasets: dict[str, float], batch: int, seq_len: int):
+        """`batch` whole windows (int64, seq_len + 1 tokens: see `windows`), each from a dataset drawn
+        by weight and a window drawn uniformly, and the (dataset, rows, window indices) of each
+        dataset drawn, by which the windows' stored teacher outputs are read. A pure function of
+        (seed, step index, micro-batch), from the same draws as `train_batch`: the same rows come
+        from the same datasets, each at the start of the window its offset falls in."""
+        import numpy as np
+
+        names, which, where = _draws(seed, i, micro, datasets, batch)
+        picks = []
+        for d, name in enumerate(names):
+            rows = np.flatnonzero(which == d)
+            if rows.size:
+                count = self.windows(name, seq_len)
+                picks.append((name, rows, np.minimum((where[rows] * count).astype(np.int64), count - 1)))
+        plan = [(name, rows, windows * seq_len) for name, rows, windows in picks]
+        return _windows(self.train, plan, batch, seq_len, np.int64), picks
 
     def validation_batches(self, datasets: dict[str, float], batches: int, batch: int, seq_len: int,
                            mask: bool = False) -> list:
@@ -162,6 +184,17 @@ class TokenData:
         return [(out[c], masks[c]) for c in cut]
 
 
+def _draws(seed: int, i: int, micro: int, datasets: dict[str, float], batch: int):
+    """The random draws of micro-batch `micro` of step index `i`: the datasets' names, each row's
+    dataset (drawn by weight) and a uniform number per row that places its window."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 0, i, micro])
+    names = list(datasets)
+    weights = np.array([datasets[n] for n in names], dtype=np.float64)
+    return names, rng.choice(len(names), size=batch, p=weights / weights.sum()), rng.random(batch)
+
+
 def _stream(path: Path, dtype: str):
     import numpy as np
 
@@ -177,6 +210,93 @@ def _windows(table: dict, plan: list, count: int, seq_len: int, dtype):
     for name, rows, starts in plan:
         out[rows] = table[name][starts[:, None] + span]
     return out
+
+
+class StoredOutputs:
+    """A teacher-outputs entry (targets/teacher.py), memory-mapped: the teacher's log-probabilities
+    at the step's temperature for the groups of every window of one dataset, read by window
+    index. Its teacher.json is read as plain JSON, as TokenData reads tokens.json: compiler/entries.py
+    (which types it) stays out of the train builder's code digest, so an edit there re-keys no
+    training."""
+
+    def __init__(self, folder: Path, what: str, seq_len: int, temperature: float, vocab_size: int):
+        import numpy as np
+
+        info = json.loads((folder / "teacher.json").read_text())
+        self.align, self.k, self.dtype, self.ids = info["align"], info["k"], info["logprobs_dtype"], info["ids"]
+        found = {k: info[k] for k in ("seq_len", "temperature")}
+        wanted = {"seq_len": seq_len, "temperature": temperature}
+        if self.align == "same":  # its ids and columns are the student's
+            found["vocab_size"], wanted["vocab_size"] = info["vocab_size"], vocab_size
+        if found != wanted or self.align == "same" and any(s["groups"] != s["windows"] * seq_len
+                                                           for s in info["shards"]):
+            raise BuildError(f"{what}: stored for {found}, and the student reads {wanted}; the compiler pairs them, "
+                             "so the entry was made by another version of Ingot: `doit verify --repair`")
+        self.seq_len, self.windows = seq_len, info["windows"]
+        parts = ("offsets", "spans", "logprobs", "rest") + (("ids",) if self.ids else ())
+        self.firsts = [s["first_window"] for s in info["shards"]]
+        self.shards = [{part: np.load(folder / f"{s['name']}.{part}.npy", mmap_mode="r") for part in parts}
+                       for s in info["shards"]]
+        self.mapping = np.load(folder / "mapping.npy") if self.align == "map" else None
+
+    def take(self, windows, out: dict, rows) -> None:
+        """`align: same`: write the outputs of `windows` (indices) into rows `rows` of `out`'s
+        arrays (logprobs [batch, seq_len, k], ids or None, rest [batch, seq_len])."""
+        import numpy as np
+
+        span = np.arange(self.seq_len)
+        for n, arrays in enumerate(self.shards):
+            first, end = self.firsts[n], self.firsts[n + 1] if n + 1 < len(self.shards) else self.windows
+            inside = (windows >= first) & (windows < end)
+            if not inside.any():
+                continue
+            at = arrays["offsets"][windows[inside] - first][:, None] + span
+            for part in ("logprobs", "ids", "rest"):
+                if out[part] is not None:
+                    out[part][rows[inside]] = arrays[part][at]
+
+    def groups(self, window: int) -> dict:
+        """`align: uld` or `map`: the groups of one window, {spans [G, 2], logprobs [G, k], ids
+        [G, k] or None, rest [G]}."""
+        import bisect
+
+        import numpy as np
+
+        n = bisect.bisect_right(self.firsts, window) - 1
+        arrays, j = self.shards[n], window - self.firsts[n]
+        lo, hi = int(arrays["offsets"][j]), int(arrays["offsets"][j + 1])
+        return {part: np.asarray(arrays[part][lo:hi]) if part in arrays else None
+                for part in ("spans", "logprobs", "ids", "rest")}
+
+
+class StoredTeacher:
+    """A step teacher as the student reads it: its stored outputs, one entry per (dataset,
+    window length) the student draws from while the teacher teaches."""
+
+    def __init__(self, outputs: dict[tuple[str, int], StoredOutputs]):
+        self.outputs = outputs
+        self.align = next(iter(outputs.values())).align
+
+    def targets(self, picks: list, batch: int, seq_len: int) -> dict:
+        """The stored outputs of the windows `window_batch` drew: for `same`, {logprobs [batch,
+        seq_len, k], ids (None for a whole distribution), rest [batch, seq_len]}; for `uld` and
+        `map`, {spans (a list, per row), logprobs [G, k], ids or None, rest [G], mapping}, the
+        groups of all rows in row order."""
+        import numpy as np
+
+        one = next(o for (_, n), o in self.outputs.items() if n == seq_len)
+        if self.align != "same":
+            by_row = {int(r): (name, int(w)) for name, rows, windows in picks for r, w in zip(rows, windows)}
+            found = [self.outputs[(by_row[r][0], seq_len)].groups(by_row[r][1]) for r in range(batch)]
+            return {"spans": [g["spans"] for g in found], "mapping": one.mapping,
+                    **{part: np.concatenate([g[part] for g in found]) if one.ids or part != "ids" else None
+                       for part in ("logprobs", "ids", "rest")}}
+        out = {"logprobs": np.empty((batch, seq_len, one.k), dtype=one.dtype),
+               "ids": np.empty((batch, seq_len, one.k), dtype=np.int32) if one.ids else None,
+               "rest": np.empty((batch, seq_len), dtype=np.float32)}
+        for name, rows, windows in picks:
+            self.outputs[(name, seq_len)].take(windows, out, rows)
+        return out
 
 
 def inputs_and_labels(ids, mask=None):
@@ -302,6 +422,7 @@ class LoopState:
     best_val_loss: float | None = None
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
     stopped_early: bool = False
+    teacher_forwards: int = 0        # forward passes of live teachers (stored outputs count none)
 
     def state_dict(self) -> dict:
         """The fields, and torch's RNG states as they are now (the next draws depend on them)."""

@@ -83,8 +83,8 @@ def distill_project(make_project):
 @pytest.mark.slow
 def test_changing_the_student_lr_reruns_only_the_student_and_its_exports(distill_project):
     first = distill_project.doit()
-    assert ran(first) == ["dataset.docs", "main.tok", "main.tok@docs", "main.teacher", "main.student", "main.hf",
-                          "main.gguf"]
+    assert ran(first) == ["dataset.docs", "main.tok", "main.tok@docs", "main.teacher",
+                          "main.teacher~tok@docs~s32~k64~t2", "main.student", "main.hf", "main.gguf"]
     metrics = [json.loads(line) for line in distill_project.read("build/main/student/metrics.jsonl").splitlines()]
     assert [m["phase"] for m in metrics] == ["one", "one", "two", "two"]
     distill_project.edit("specs/pipelines/main.yaml", "lr: 1.0e-3", "lr: 2.0e-3")
@@ -169,4 +169,4 @@ def test_verify_finds_a_flipped_byte_in_every_output_of_every_step(distill_proje
             assert store.verify(p.root, key) == []
             files += 1
     assert files > 20
-    assert "verify: 7 sound, 0 corrupt, 0 missing, 0 pending" in p.doit("verify").stdout
+    assert "verify: 8 sound, 0 corrupt, 0 missing, 0 pending" in p.doit("verify").stdout

@@ -91,7 +91,8 @@ def project(tmp_path_factory) -> Project:
     started = time.perf_counter()
     result = p.doit()
     print(f"\nfirst build: {time.perf_counter() - started:.1f} s")
-    assert ran(result) == ["dataset.docs", "main.tok", "main.tok@docs", "main.teacher", "main.helper", "main.student",
+    assert ran(result) == ["dataset.docs", "main.tok", "main.tok@docs", "main.teacher", "main.helper",
+                           "main.teacher~tok@docs~s32~k64~t2", "main.helper~tok@docs~s32~k64~t2", "main.student",
                            "main.hf", "main.gguf", "main.eval", "main.report"]
     return p
 
@@ -171,7 +172,7 @@ def test_every_entry_reads_typed_and_writes_back_the_bytes_on_disk(project):
     found = store.entries(project.root)
     assert None not in found.values()
     assert {m.builder for m in found.values()} == {"dataset", "tokenizer", "tokens", "train", "init", "export",
-                                                    "gguf", "evaluate", "report"}
+                                                    "gguf", "evaluate", "report", "teacher"}
     for key, m in found.items():
         assert m.to_json() == (store.entry(project.root, key) / "manifest.json").read_text(), m.task
     views = {"student": TrainEntry, "teacher": TrainEntry, "hf": ExportEntry, "gguf": ExportEntry,

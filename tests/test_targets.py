@@ -29,7 +29,8 @@ BUILDERS = [m for m in MODULES if defines_build(m)]
 
 
 def test_every_step_kind_has_a_builder():
-    kinds = {"dataset", "tokenizer", "pretrained", "tokens", "init", "train", "export", "gguf", "evaluate", "report"}
+    kinds = {"dataset", "tokenizer", "pretrained", "tokens", "init", "train", "export", "gguf", "evaluate", "report",
+             "teacher"}
     assert set(BUILDERS) == kinds
 
 

@@ -60,7 +60,7 @@ CODE_DATA = """
 PRE = {"kind": "train", "model": "tiny", "tokenizer": "tok", "data": "docs", "max_steps": 30, "batch_size": 4,
        "seq_len": 32, "optimizer": {"lr": 0.003}, "schedule": {"warmup_steps": 3},
        "eval": {"every": 5, "batches": 2}, "checkpoints": {"every": 5, "keep": 2}}
-ROW_KEYS = ["step", "phase", "stage", "loss", "ce", "kd", "lr", "grad_norm", "tokens", "tokens_per_s",
+ROW_KEYS = ["step", "phase", "stage", "loss", "ce", "kd", "kd_teachers", "lr", "grad_norm", "tokens", "tokens_per_s",
             "val_loss", "wall_time"]
 
 
@@ -157,10 +157,11 @@ def test_distill_loss_matches_a_direct_computation():
         kl_per_token = (p * (np.log(p) - log_q)).sum(-1)  # KL(teacher ‖ student) at each position
         kd += weight * kl_per_token.mean() * T**2
     tensor = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    loss, got_ce, got_kd = losses.distill_loss(tensor(student), [tensor(t1), tensor(t2)], list(w),
-                                               torch.tensor(labels), T, alpha)
+    loss, got_ce, got_kd, per_teacher = losses.distill_loss(tensor(student), [tensor(t1), tensor(t2)], list(w),
+                                                            torch.tensor(labels), T, alpha)
     assert got_ce.item() == pytest.approx(ce, rel=1e-5)
     assert got_kd.item() == pytest.approx(kd, rel=1e-5)
+    assert per_teacher.shape == (2,) and per_teacher.sum().item() == pytest.approx(kd, rel=1e-6)
     assert loss.item() == pytest.approx(alpha * kd + (1 - alpha) * ce, rel=1e-5)
     assert losses.lm_loss(tensor(student), torch.tensor(labels)).item() == pytest.approx(ce, rel=1e-5)
 
@@ -171,14 +172,15 @@ def test_distill_loss_limits():
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(3, 4, 7, generator=g), torch.randn(3, 4, 7, generator=g)
     y = torch.randint(0, 7, (3, 4), generator=g)
-    _, _, same = losses.distill_loss(s, [s.clone()], [1.0], y, 2.0, 0.5)
+    _, _, same, _ = losses.distill_loss(s, [s.clone()], [1.0], y, 2.0, 0.5)
     assert same.item() == pytest.approx(0.0, abs=1e-6)  # a student that equals its teacher has nothing to learn
-    loss0, ce, _ = losses.distill_loss(s, [t], [1.0], y, 2.0, 0.0)
-    loss1, _, kd = losses.distill_loss(s, [t], [1.0], y, 2.0, 1.0)
+    loss0, ce, _, _ = losses.distill_loss(s, [t], [1.0], y, 2.0, 0.0)
+    loss1, _, kd, _ = losses.distill_loss(s, [t], [1.0], y, 2.0, 1.0)
     assert (loss0.item(), loss1.item()) == (ce.item(), kd.item())
-    _, _, kd_t1 = losses.distill_loss(s, [t], [1.0], y, 1.0, 0.5)
-    _, _, kd_w = losses.distill_loss(s, [t, t], [0.5, 2.0], y, 1.0, 0.5)
+    _, _, kd_t1, _ = losses.distill_loss(s, [t], [1.0], y, 1.0, 0.5)
+    _, _, kd_w, per_teacher = losses.distill_loss(s, [t, t], [0.5, 2.0], y, 1.0, 0.5)
     assert kd_w.item() == pytest.approx(2.5 * kd_t1.item(), rel=1e-6)
+    assert per_teacher.tolist() == pytest.approx([0.5 * kd_t1.item(), 2.0 * kd_t1.item()], rel=1e-6)
 
 
 def test_learning_rate_schedule():
@@ -313,7 +315,8 @@ def test_pretrain_metrics(proj, pre):
     assert [list(r) for r in log] == [ROW_KEYS] * 30
     assert [r["step"] for r in log] == list(range(1, 31))
     assert [r["step"] for r in log if r["val_loss"] is not None] == [5, 10, 15, 20, 25, 30]
-    assert {(r["phase"], r["stage"], r["kd"], r["tokens"]) for r in log} == {(None, None, None, 4 * 32)}
+    assert {(r["phase"], r["stage"], r["kd"], r["kd_teachers"], r["tokens"]) for r in log} == {
+        (None, None, None, None, 4 * 32)}
     assert all(r["loss"] == r["ce"] and r["grad_norm"] > 0 and r["tokens_per_s"] > 0 for r in log)
     spec = TrainStep.model_validate(PRE)
     assert [r["lr"] for r in log] == [trainloop.lr_at(spec, i, 30) for i in range(30)]
@@ -326,7 +329,8 @@ def test_pretrain_metrics(proj, pre):
     assert m == {"parameters": params.count(model), "steps": 30, "total_steps": 30, "stopped_early": False,
                  "final_loss": log[-1]["loss"], "final_val_loss": vals[-1], "best_val_loss": min(vals),
                  "tokens_seen": 30 * 4 * 32, "seconds": m["seconds"], "resumed_from": None, "device": "cpu",
-                 "dtype": "float32", "phases": [], "stages": [], "checkpoints": m["checkpoints"]}
+                 "dtype": "float32", "phases": [], "stages": [], "checkpoints": m["checkpoints"],
+                 "teacher_forwards": 0}
     assert 0 < m["seconds"] < log[-1]["wall_time"] + 60
     assert m["checkpoints"] == sorted(p.name for p in (pre / "checkpoints").iterdir())
 
@@ -354,7 +358,7 @@ def test_checkpoint_holds_what_resume_needs(pre):
     assert decay["lr"] == other["lr"] == rows(pre)[-1]["lr"] and decay["betas"] == {"tuple": list(spec.betas)}
     state = json.loads((ckpt / "state.json").read_text())
     assert list(state) == ["step", "total_steps", "tokens_seen", "elapsed_s", "val_loss", "best_val_loss",
-                           "early_stopping", "stopped_early", "rng"]
+                           "early_stopping", "stopped_early", "teacher_forwards", "rng"]
     assert (state["step"], state["total_steps"], state["stopped_early"], state["tokens_seen"]) == (30, 30, False, 3840)
     assert state["val_loss"] == rows(pre)[-1]["val_loss"]
     assert list(state["rng"]) == ["torch", "cuda"]
@@ -653,6 +657,8 @@ def test_sft_learns_the_responses_only(proj):
 
 
 def test_distill_in_two_phases_from_a_step_and_a_folder(proj, pre, capsys):
+    """The step teacher `a` is read from its stored outputs (top-64 at T 2), the folder teacher
+    `b` runs live beside the student: while `a` teaches, windows are whole stored windows."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -668,33 +674,50 @@ def test_distill_in_two_phases_from_a_step_and_a_folder(proj, pre, capsys):
                           {"name": "two", "steps": 3, "teachers": {"a": 0.5, "b": 1.0}}]}
     step = with_(PRE, tokenizer="main.tok", objective="distill", distill=distill, max_steps=None, seed=1,
                  eval={"every": 7, "batches": 1}, checkpoints={"every": 7, "keep": 1})
-    assert build(proj, "kd", {"s": step}) == {"kd.s": None}
+    assert build(proj, "kd", {"s": step, "s2": with_(step, optimizer={"lr": 0.001})}) == {"kd.s": None, "kd.s2": None}
     entry = proj.root / "build" / "kd" / "s"
-    loaded = [line for line in capsys.readouterr().err.splitlines() if "loaded:" in line]
-    # each teacher loads when its first phase begins, and `a` stays for the second phase
-    assert loaded == ["  [kd.s] teacher 'a' loaded: step 'main.pre', 51,360 parameters",
+    stored = proj.root / "build" / "main" / "pre~tok@docs~s32~k64~t2"
+    assert manifest(entry)["inputs"]["teacher_outputs.a~docs~32"]["key"] == stored.resolve().name
+    assert manifest(proj.root / "build" / "kd" / "s2")["inputs"]["teacher_outputs.a~docs~32"]["key"] == \
+        stored.resolve().name  # one entry for both students
+    loaded = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("  [kd.s] teacher '") and ("loaded:" in line or "stored outputs" in line)]
+    # each teacher comes when its first phase begins, and `a` stays for the second phase
+    windows = json.loads((stored / "teacher.json").read_text())["windows"]
+    assert loaded == [f"  [kd.s] teacher 'a': stored outputs of step 'main.pre' (top-64, {windows:,} windows)",
                       "  [kd.s] teacher 'b' loaded: folder 'teachers/wide', 68,880 parameters"]
     log = rows(entry)
     assert [r["phase"] for r in log] == ["one"] * 4 + ["two"] * 3
     assert all(r["kd"] > 0 and r["loss"] == pytest.approx(0.5 * r["kd"] + 0.5 * r["ce"], rel=1e-5) for r in log)
-    one, two = manifest(entry)["metrics"]["phases"]
+    assert [sorted(r["kd_teachers"]) for r in log] == [["a"]] * 4 + [["a", "b"]] * 3
+    assert all(sum(r["kd_teachers"].values()) == pytest.approx(r["kd"], rel=1e-5) for r in log)
+    metrics = manifest(entry)["metrics"]
+    assert metrics["teacher_forwards"] == 3  # `b`, live, in the 3 steps of phase two; `a` never runs
+    one, two = metrics["phases"]
     assert one == {"name": "one", "first_step": 1, "loss_start": log[0]["loss"], "ce_start": log[0]["ce"],
-                             "kd_start": log[0]["kd"], "last_step": 4, "loss_end": log[3]["loss"],
-                             "ce_end": log[3]["ce"], "kd_end": log[3]["kd"]}
+                   "kd_start": log[0]["kd"], "kd_teachers_start": log[0]["kd_teachers"], "last_step": 4,
+                   "loss_end": log[3]["loss"], "ce_end": log[3]["ce"], "kd_end": log[3]["kd"],
+                   "kd_teachers_end": log[3]["kd_teachers"]}
     assert (two["name"], two["first_step"], two["last_step"]) == ("two", 5, 7)
 
-    # step 1, recomputed by hand: the seed-1 student on the seed-1 windows, taught by `pre`
+    # step 1, recomputed by hand: the seed-1 student on the seed-1 whole windows, taught by `pre`'s
+    # top-64 at T 2 as the entry stores them (float16)
     model_spec = project.load(proj.root).models["tiny"][0]
     student = LlamaForCausalLM.from_pretrained(pre)  # the architecture; the weights come next
     ids = json.loads((pre / "config.json").read_text())
     state = init_state(model_spec, {"pad": ids["pad_token_id"]}, 1)
     student.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     data = trainloop.TokenData({tokens("docs"): proj.root / "build" / "main" / "tok@docs"}, 512)
-    batch = torch.from_numpy(data.train_batch(1, 0, 0, {"docs": 1.0}, 4, 32))
+    drawn, [(_, rows_, picked)] = data.window_batch(1, 0, 0, {"docs": 1.0}, 4, 32)
+    assert list(rows_) == [0, 1, 2, 3] and np.array_equal(drawn[:, 0], data.train["docs"][picked * 32])
+    batch = torch.from_numpy(drawn)
     with torch.no_grad():
-        teacher = load(pre)(batch[:, :-1]).logits
-        loss, ce, kd = losses.distill_loss(student(batch[:, :-1]).logits, [teacher], [1.5], batch[:, 1:], 2.0, 0.5)
-    assert (log[0]["loss"], log[0]["ce"], log[0]["kd"]) == pytest.approx((loss.item(), ce.item(), kd.item()), rel=1e-5)
+        logp = torch.log_softmax(load(pre)(batch[:, :-1]).logits / 2.0, -1)
+        top, top_ids = logp.topk(64, dim=-1)
+        rest = logp.scatter(-1, top_ids, float("-inf")).logsumexp(-1)
+        target = losses.TopK(top.half(), top_ids, rest)
+        loss, ce, kd, _ = losses.distill_loss(student(batch[:, :-1]).logits, [target], [1.5], batch[:, 1:], 2.0, 0.5)
+    assert (log[0]["loss"], log[0]["ce"], log[0]["kd"]) == pytest.approx((loss.item(), ce.item(), kd.item()), rel=1e-4)
 
 
 def test_curriculum_stages(proj):

@@ -127,16 +127,20 @@ QWEN_CONFIG = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vo
 CASES = {
     "teacher-step-vocab-mismatch": (edit(PIPELINE, "model: tiny", "model: wide"), {}, stderr(
         "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big: expected a teacher with the student's "
-        "vocabulary (512 tokens, model 'tiny'); found teacher 'big' with a vocabulary of 600 tokens (model 'wide')\n"
-        "  fix: distill from a teacher that shares the student's tokenizer and vocabulary")),
+        "vocabulary (512 tokens, model 'tiny'): `align: same` compares their distributions id by id; found teacher "
+        "'big' with a vocabulary of 600 tokens (model 'wide')\n"
+        "  fix: give both models the same vocab_size, or set `align: map` (the teacher's predictions carried onto "
+        "the student's ids by token text)")),
     "teacher-path-vocab-mismatch": (
         {**student("big: {step: teacher}", "qwen: {path: teachers/qwen}", "{big: 1.0}", "{qwen: 1.0}"),
          **edit(MODEL, "vocab_size: 512", "vocab_size: 32000")},
         {"teachers/qwen/config.json": json.dumps(QWEN_CONFIG)}, stderr(
             "specs/pipelines/main.yaml:23: steps.student.distill.teachers.qwen: expected a teacher with the "
-            "student's vocabulary (32,000 tokens, model 'tiny'); found teacher 'qwen' with a vocabulary of "
-            "151,936 tokens (teachers/qwen/config.json)\n"
-            "  fix: distill from a teacher that shares the student's tokenizer and vocabulary")),
+            "student's vocabulary (32,000 tokens, model 'tiny'): `align: same` compares their distributions id by "
+            "id; found teacher 'qwen' with a vocabulary of 151,936 tokens (teachers/qwen/config.json)\n"
+            "  fix: distill from a teacher that shares the student's tokenizer and vocabulary, or declare the folder "
+            "as a `pretrained` step (`path: teachers/qwen`), teach with `step:` and add `align: uld` or "
+            "`align: map`")),
     "seq-len-above-max-positions": (student("seq_len: 64", "seq_len: 256"), {}, stderr(
         "specs/pipelines/main.yaml:19: steps.student.seq_len: expected at most the model's max_positions "
         "(128, model 'tiny'); found 256\n"
@@ -179,6 +183,15 @@ def load_error(p, files: dict[str, str], extra: dict[str, str]) -> str:
 
 
 TOK2 = "  tok2:\n    kind: tokenizer\n    dataset: docs\n    vocab_size: 300\n"
+
+
+def other_tokenizer(teacher: str = "{step: teacher}") -> dict[str, str]:
+    """VALID with the teacher trained with tok2 (lines 4-7, before the others), taught as `teacher`."""
+    text = valid(PIPELINE).replace("steps:\n", "steps:\n" + TOK2, 1).replace("tokenizer: tok\n", "tokenizer: tok2\n", 1)
+    return {PIPELINE: text.replace("{step: teacher}", teacher, 1)}
+
+
+OTHER_TOKENIZER = other_tokenizer()
 QA_LINE = json.dumps({"instruction": "Explain lists.", "response": "A list holds items in order."}) + "\n"
 
 IN_PROCESS = {
@@ -193,11 +206,44 @@ IN_PROCESS = {
         "(one of 'teacher'); found 'teachr'\n"
         "  fix: did you mean 'teacher'?"),
     "teacher-with-another-tokenizer": (  # tok2 comes first (lines 4-7); the teacher is trained with it
-        {PIPELINE: valid(PIPELINE).replace("steps:\n", "steps:\n" + TOK2, 1).replace("tokenizer: tok\n",
-                                                                                   "tokenizer: tok2\n", 1)}, {},
-        "specs/pipelines/main.yaml:27: steps.student.distill.teachers.big.step: expected a teacher trained with the "
-        "student's tokenizer ('main.tok'); found teacher 'big' with tokenizer 'main.tok2'\n"
-        "  fix: train the teacher with the same tokenizer step, or distill from another teacher"),
+        OTHER_TOKENIZER, {},
+        "specs/pipelines/main.yaml:27: steps.student.distill.teachers.big: expected an `align:` for a teacher whose "
+        "tokenizer is not the student's (the student reads 'main.tok', 400 tokens); found teacher 'big' trained with "
+        "'main.tok2', 300 tokens, and no `align:`\n"
+        "  fix: add `align: uld` (Universal Logit Distillation: the sorted probabilities of both, compared over "
+        "spans of the same text, whatever the vocabularies) or `align: map` (the teacher's top-k carried onto the "
+        "student's ids of the same token texts), or distill from a teacher trained with 'main.tok'"),
+    "teacher-with-another-tokenizer-aligned-same": (
+        other_tokenizer("{step: teacher, align: same}"), {},
+        "specs/pipelines/main.yaml:27: steps.student.distill.teachers.big.align: expected `align: uld` or "
+        "`align: map` for a teacher whose tokenizer is not the student's (the student reads 'main.tok', 400 tokens); "
+        "found `align: same` with teacher 'big' trained with 'main.tok2', 300 tokens, whose ids are other tokens\n"
+        "  fix: set `align: uld` or `align: map`, or distill from a teacher trained with 'main.tok'"),
+    "folder-teacher-aligned": (
+        student("{step: teacher}", "{path: teachers/qwen, align: uld}"), {"teachers/qwen/config.json": "{}"},
+        "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big.align: expected `align: same` (or none) "
+        "for a teacher given by `path:`, which runs live beside the student, id by id; found `align: uld`\n"
+        "  fix: declare the model as a step (`kind: pretrained`, `path: teachers/qwen`) and teach with `step:` (a "
+        "step teacher's outputs are aligned and stored once), or remove `align:`"),
+    "hub-teacher-aligned": (
+        student("{step: teacher}", "{hub: org/model, align: map}"), {},
+        "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big.align: expected `align: same` (or none) "
+        "for a teacher given by `hub:`, which runs live beside the student, id by id; found `align: map`\n"
+        "  fix: declare the model as a step (`kind: pretrained`, `hub: org/model`) and teach with `step:` (a "
+        "step teacher's outputs are aligned and stored once), or remove `align:`"),
+    "unknown-align": (
+        student("{step: teacher}", "{step: teacher, align: ULD}"), {},
+        "specs/pipelines/main.yaml:23: steps.student.distill.teachers.big.align: expected one of 'same', 'uld' or "
+        "'map'; found 'ULD'\n"
+        "  fix: did you mean 'uld'?"),
+    "top-k-zero": (
+        student("teachers:\n        big", "top_k: 0\n      teachers:\n        big"), {},
+        "specs/pipelines/main.yaml:22: steps.student.distill.top_k: expected a whole number from 1 to 4,194,304, or "
+        "`all` (the whole distribution); found 0"),
+    "top-k-other-word": (
+        student("teachers:\n        big", "top_k: every\n      teachers:\n        big"), {},
+        "specs/pipelines/main.yaml:22: steps.student.distill.top_k: expected a whole number from 1 to 4,194,304, or "
+        "`all` (the whole distribution); found 'every'"),
     "model-and-init": (
         student("model: tiny", "model: tiny\n    init: teacher"), {},
         "specs/pipelines/main.yaml:16: steps.student.model: expected exactly one of `model` (a fresh start) or "
@@ -370,23 +416,30 @@ def test_valid_distillation_pipeline_compiles_with_one_shared_tokens_step(make_p
     p = make_project()
     write(p, {})
     result = p.doit("list")
-    # teacher and student both read docs with tok: one `main.tok@docs`, built once for both
+    # teacher and student both read docs with tok: one `main.tok@docs`, built once for both; the
+    # teacher's top-64 at T 2 over it, in windows of the student's 64, is a step of its own
+    pad = " " * 19
     assert [line for line in result.stdout.splitlines() if line.startswith(("dataset.", "main."))] == [
-        "dataset.docs    dataset: documents from data/*.jsonl; exact dedup, 5% validation -> build/dataset/docs",
-        "main.export     export: Hugging Face folder of 'student' -> build/main/export (key pending on main.student, "
-        "main.tok)",
-        "main.student    train: distill of model 'tiny', 5 steps -> build/main/student (key pending on main.teacher, "
+        f"dataset.docs    {pad}dataset: documents from data/*.jsonl; exact dedup, 5% validation -> build/dataset/docs",
+        f"main.export     {pad}export: Hugging Face folder of 'student' -> build/main/export (key pending on "
+        "main.student, main.tok)",
+        f"main.student    {pad}train: distill of model 'tiny', 5 steps -> build/main/student (key pending on "
+        "main.teacher, main.teacher~tok@docs~s64~k64~t2, main.tok, main.tok@docs)",
+        f"main.teacher    {pad}train: pretrain of model 'tiny', 10 steps -> build/main/teacher (key pending on "
         "main.tok, main.tok@docs)",
-        "main.teacher    train: pretrain of model 'tiny', 10 steps -> build/main/teacher (key pending on main.tok, "
-        "main.tok@docs)",
-        "main.tok        tokenizer: byte-level BPE of 400 tokens trained on dataset 'docs' -> build/main/tok (key "
-        "pending on dataset.docs)",
-        "main.tok@docs   tokens: dataset 'docs' as token ids of 'main.tok', packed for training -> build/main/tok@docs "
-        "(key pending on dataset.docs, main.tok)",
+        "main.teacher~tok@docs~s64~k64~t2   teacher_outputs: top-64 log-probabilities of teacher 'main.teacher' at T 2 "
+        "over dataset 'docs', windows of 64, align same -> build/main/teacher~tok@docs~s64~k64~t2 (key pending on "
+        "main.teacher, main.tok@docs)",
+        f"main.tok        {pad}tokenizer: byte-level BPE of 400 tokens trained on dataset 'docs' -> build/main/tok "
+        "(key pending on dataset.docs)",
+        f"main.tok@docs   {pad}tokens: dataset 'docs' as token ids of 'main.tok', packed for training -> "
+        "build/main/tok@docs (key pending on dataset.docs, main.tok)",
     ]
     plans = graph.plans(project.load(p.root))
     assert plans["main.student"].inputs == {
-        "teacher.big": "main.teacher", "tokenizer": "main.tok", "tokens.docs": "main.tok@docs"}
+        "teacher.big": "main.teacher", "teacher_outputs.big~docs~64": "main.teacher~tok@docs~s64~k64~t2",
+        "tokenizer": "main.tok", "tokens.docs": "main.tok@docs"}
+    assert plans["main.teacher~tok@docs~s64~k64~t2"].inputs == {"model": "main.teacher", "tokens.docs": "main.tok@docs"}
     assert plans["main.export"].inputs == {"model": "main.student", "tokenizer": "main.tok"}
 
 FROM_INIT = """
@@ -432,7 +485,8 @@ def test_train_from_an_init_step_inherits_its_model_and_teachers_come_first(make
     assert plans["main.student"].spec["model"] == plans["main.teacher"].spec["model"] == TINY_KEYED
     assert plans["main.student"].models["model"]["name"] == "tiny"
     assert plans["main.student"].inputs == {
-        "init": "main.start", "teacher.big": "main.teacher", "tokenizer": "main.tok", "tokens.docs": "main.tok@docs"}
+        "init": "main.start", "teacher.big": "main.teacher", "teacher_outputs.big~docs~128": "main.teacher~tok@docs~s128~k64~t2",
+        "tokenizer": "main.tok", "tokens.docs": "main.tok@docs"}
     assert list(plans).index("main.teacher") < list(plans).index("main.student")
 
 
@@ -446,8 +500,8 @@ def test_student_learning_rate_changes_the_student_only(make_project):
     p = make_project()
     write(p, {})
     before = bases(p.root)
-    assert sorted(before) == ["dataset.docs", "main.export", "main.student", "main.teacher", "main.tok",
-                              "main.tok@docs"]
+    assert sorted(before) == ["dataset.docs", "main.export", "main.student", "main.teacher",
+                              "main.teacher~tok@docs~s64~k64~t2", "main.tok", "main.tok@docs"]
     p.edit(PIPELINE, "    objective: distill\n", "    optimizer: {lr: 3.0e-4}\n    objective: distill\n")
     assert bases(p.root) == before  # the default written out is no change
     p.edit(PIPELINE, "lr: 3.0e-4", "lr: 1.0e-3")
@@ -463,9 +517,12 @@ def test_curriculum_reads_one_tokens_step_per_dataset_shared_with_other_steps(ma
     write(p, {**student("data: docs\n", stages)}, more)
     plans = graph.plans(project.load(p.root))
     assert sorted(t for t, plan in plans.items() if plan.kind == "tokens") == ["main.tok@docs", "main.tok@more"]
+    # the teacher's outputs for each (dataset, length) of a stage it teaches in: all of them here
     assert plans["main.student"].inputs == {
-        "teacher.big": "main.teacher", "tokenizer": "main.tok", "tokens.docs": "main.tok@docs",
-        "tokens.more": "main.tok@more"}
+        "teacher.big": "main.teacher", "teacher_outputs.big~docs~32": "main.teacher~tok@docs~s32~k64~t2",
+        "teacher_outputs.big~docs~64": "main.teacher~tok@docs~s64~k64~t2",
+        "teacher_outputs.big~more~32": "main.teacher~tok@more~s32~k64~t2", "tokenizer": "main.tok",
+        "tokens.docs": "main.tok@docs", "tokens.more": "main.tok@more"}
     assert plans["main.tok@more"].inputs == {"dataset": "dataset.more", "tokenizer": "main.tok"}
 
 
