@@ -191,7 +191,7 @@ def _outputs_node(project: Project, student: Node, name: str, dataset: str, leng
     d = student.spec.distill
     teacher, tokens, tok = student.deps[teacher_input(name)], student.deps[tokens_input(dataset)], student.deps[TOKENIZER]
     spec = TeacherOutputsStep(kind="teacher_outputs", teacher=teacher, dataset=dataset, tokenizer=tok, align=align,
-                              top_k=d.top_k, seq_len=length, temperature=d.temperature)
+                              top_k=d.top_k, seq_len=length, temperature=d.temperature, windows=d.windows)
     task = outputs_task(spec, tokens)
     if task in project.nodes:
         project.nodes[task].default |= student.default
@@ -207,12 +207,13 @@ def _outputs_node(project: Project, student: Node, name: str, dataset: str, leng
 
 
 def outputs_task(spec: TeacherOutputsStep, tokens_task: str) -> str:
-    """`PIPELINE.TEACHER~TOKENS~sLEN~kK~tT[~ALIGN]`: what the entry holds, in its name."""
+    """`PIPELINE.TEACHER~TOKENS~sLEN~kK~tT[~wWINDOWS][~ALIGN]`: what the entry holds, in its name."""
     pipeline = spec.teacher.split(".")[0] + "."
     tokens = tokens_task.removeprefix(pipeline)
     temperature = repr(float(spec.temperature)).removesuffix(".0")
     align = "" if spec.align == "same" else f"~{spec.align}"
-    return f"{spec.teacher}~{tokens}~s{spec.seq_len}~k{spec.top_k}~t{temperature}{align}"
+    windows = "" if spec.windows is None else f"~w{spec.windows}"
+    return f"{spec.teacher}~{tokens}~s{spec.seq_len}~k{spec.top_k}~t{temperature}{windows}{align}"
 
 
 RESOLVE = {"train": resolve}  # after training.RESOLVE's, which it replaces for `train`

@@ -547,6 +547,8 @@ class TeacherOutputsStep(Step):
     """Student tokens per window: the train split is cut into consecutive windows of this length."""
     temperature: float = Field(gt=0)
     """The distillation temperature the log-probabilities are computed at (`Distill.temperature`)."""
+    windows: int | None = Field(None, ge=1, le=1 << 32)
+    """Only the first this many windows of the split (`Distill.windows`); all when absent."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the teacher runs: CUDA when present, else the CPU; decided at compile time, in the key."""
 
@@ -654,6 +656,12 @@ class Distill(Spec):
     about 1e-4, a flat one's by much more (tests/test_teacher.py measures both). `all` (or a k at
     least the vocabulary) is exact, at 2 bytes per vocabulary entry per token stored (k = 64: 396
     bytes per token). Live teachers (`path`, `hub`) always give the whole distribution."""
+
+    windows: int | None = Field(None, ge=1, le=1 << 32)
+    """The first this many windows of `seq_len` tokens of each dataset's train split: what a `step`
+    teacher's stored outputs cover, and what the student draws its sequences from (whole
+    windows, by index). Default: every window of the split. Fewer windows cost fewer teacher
+    forwards; a student that reads more sequences than there are windows sees some again."""
 
     @field_validator("top_k", mode="wrap")
     @classmethod

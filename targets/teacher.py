@@ -68,6 +68,8 @@ def build(job: Job) -> dict:
     stream = _stream(folder / "train.bin", tokens.dtype)
     length = spec.seq_len
     windows = (len(stream) - 1) // length
+    if spec.windows is not None:  # the first ones only (`distill.windows`)
+        windows = min(windows, spec.windows)
     if windows < 1:
         raise BuildError(f"dataset '{name}' has {len(stream):,} train tokens, fewer than one window of seq_len + 1 = "
                          f"{length + 1:,}: lower seq_len or add documents")

@@ -211,7 +211,8 @@ class Trainer:
         spec = self.spec
         picks = None
         if stored:
-            drawn, picks = self.data.window_batch(spec.seed, i, micro, mix, spec.batch_size, length)
+            drawn, picks = self.data.window_batch(spec.seed, i, micro, mix, spec.batch_size, length,
+                                                  spec.distill.windows)
         else:
             drawn = self.data.train_batch(spec.seed, i, micro, mix, spec.batch_size, length, self.sft)
         x, y = (torch.from_numpy(t) for t in inputs_and_labels(*(drawn if self.sft else [drawn])))

@@ -136,12 +136,15 @@ class TokenData:
         out = _windows(self.train, plan, batch, seq_len, np.int64)
         return (out, _windows(self.masks["train"], plan, batch, seq_len, np.uint8)) if mask else out
 
-    def windows(self, name: str, seq_len: int) -> int:
+    def windows(self, name: str, seq_len: int, most: int | None = None) -> int:
         """Consecutive windows of seq_len + 1 tokens the train stream of `name` is cut into, as a
-        teacher-outputs entry cuts it: window w starts at token w · seq_len."""
-        return (len(self.train[name]) - 1) // seq_len
+        teacher-outputs entry cuts it: window w starts at token w · seq_len; at most `most`
+        (`distill.windows`: the entry covers the first ones only)."""
+        count = (len(self.train[name]) - 1) // seq_len
+        return count if most is None else min(count, most)
 
-    def window_batch(self, seed: int, i: int, micro: int, datasets: dict[str, float], batch: int, seq_len: int):
+    def window_batch(self, seed: int, i: int, micro: int, datasets: dict[str, float], batch: int, seq_len: int,
+                     most: int | None = None):
         """`batch` whole windows (int64, seq_len + 1 tokens: see `windows`), each from a dataset drawn
         by weight and a window drawn uniformly, and the (dataset, rows, window indices) of each
         dataset drawn, by which the windows' stored teacher outputs are read. A pure function of
@@ -154,7 +157,7 @@ class TokenData:
         for d, name in enumerate(names):
             rows = np.flatnonzero(which == d)
             if rows.size:
-                count = self.windows(name, seq_len)
+                count = self.windows(name, seq_len, most)
                 picks.append((name, rows, np.minimum((where[rows] * count).astype(np.int64), count - 1)))
         plan = [(name, rows, windows * seq_len) for name, rows, windows in picks]
         return _windows(self.train, plan, batch, seq_len, np.int64), picks

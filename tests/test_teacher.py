@@ -83,7 +83,7 @@ def test_students_of_one_teacher_dataset_length_k_and_temperature_share_one_step
     assert plan.inputs == {"model": "main.teacher", "tokens.docs": "main.tok@docs"}
     # the names are not keyed (the inputs' outputs are); what changes the outputs is
     assert plan.spec == {"kind": "teacher_outputs", "align": "same", "top_k": 64, "seq_len": 64,
-                         "temperature": 2.0, "device": "auto"}
+                         "temperature": 2.0, "windows": None, "device": "auto"}
 
 
 def test_the_outputs_key_holds_no_student_hyperparameter(make_project):
@@ -325,6 +325,22 @@ def test_stored_windows_are_whole_windows_drawn_as_a_pure_function(proj):
     assert np.array_equal(ids, again)
     assert not any(np.array_equal(ids, data.window_batch(*a, {"docs": 1.0}, 64, 32)[0])
                    for a in ((6, 3, 1), (5, 4, 1), (5, 3, 0)))
+
+
+def test_distill_windows_caps_what_the_teacher_runs_on_and_the_student_draws(proj):
+    """`distill.windows: 4`: an entry of its own (`~w4`) over the first 4 windows only, and the
+    student's draws all among them."""
+    steps = {"capped": with_(KD, distill={**KD["distill"], "windows": 4})}
+    assert set(build(proj, "cap", steps).values()) == {None}
+    info = json.loads((entry(proj, "main.pre~tok@docs~s32~k64~t2~w4") / "teacher.json").read_text())
+    assert info["windows"] == 4 and info["shards"][0]["groups"] == 4 * 32
+    data = trainloop.TokenData({tokens_input("docs"): proj.root / "build/main/tok@docs"}, 512)
+    assert data.windows("docs", 32, 4) == 4 < data.windows("docs", 32)
+    for i in range(5):
+        _, [(_, _, windows)] = data.window_batch(5, i, 0, {"docs": 1.0}, 64, 32, 4)
+        assert windows.max() < 4
+    manifest = json.loads((entry(proj, "cap.capped") / "manifest.json").read_text())
+    assert manifest["inputs"]["teacher_outputs.t~docs~32"]["task"] == "main.pre~tok@docs~s32~k64~t2~w4"
 
 
 @pytest.mark.parametrize("align", ["uld", "map"])
