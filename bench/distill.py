@@ -30,10 +30,8 @@ Run: `python bench/distill.py [--steps 200] [--warmup 20] [--rounds 4] [--keep]`
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -49,7 +47,7 @@ from compiler.inputs import teacher_outputs  # noqa: E402
 from compiler.inputs import tokens as tokens_input  # noqa: E402
 from compiler.specs import InitStep, ModelSpec, TeacherOutputsStep, TrainStep  # noqa: E402
 from targets import Job  # noqa: E402
-from train_overhead import BATCH, SEED, SEQ, ingot, prepare, rates  # noqa: E402
+from train_overhead import BATCH, SEED, SEQ, alternate, arguments, ingot, prepare  # noqa: E402
 
 TEACHER = {"kind": "model", "name": "teacher", "hidden_size": 256, "intermediate_size": 768, "layers": 6,
            "heads": 8, "kv_heads": 4, "vocab_size": 2048, "max_positions": 256}
@@ -95,12 +93,7 @@ def entry_bytes(folder: Path) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=200, help="optimizer steps per run of each side")
-    ap.add_argument("--warmup", type=int, default=20, help="steps of each run left out of its timing")
-    ap.add_argument("--rounds", type=int, default=4, help="runs of each side, alternating")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    args = ap.parse_args()
+    args = arguments(200)
     import torch
 
     tmp = Path(tempfile.mkdtemp(prefix="ingot-bench-distill-"))
@@ -129,19 +122,10 @@ def main() -> None:
                 teacher_input("t"): teacher}
         with_outputs = {**base, teacher_outputs("t", "docs", SEQ): stored[64]}
         spec = student_spec(args.steps)
-        runs: dict[str, list[tuple[float, float]]] = {"live teacher": [], "stored top-64": []}
-        for n in range(args.rounds):
-            sides = [("live teacher", lambda: ingot(base, tmp, args.steps, args.warmup, f"live{n}", spec)),
-                     ("stored top-64", lambda: ingot(with_outputs, tmp, args.steps, args.warmup, f"stored{n}", spec))]
-            for name, run in sides[::-1] if n % 2 else sides:
-                runs[name].append(rates(run()))
-            print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1][0]:,.0f} tok/s (median step {v[-1][1]:,.0f} tok/s)"
-                                                   for k, v in runs.items()), flush=True)
-        whole = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
-        step = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
-        for k in runs:
-            print(f"{k}: {whole[k]:,.0f} tokens/s over whole runs, {step[k]:,.0f} tokens/s at the median step "
-                  f"(medians of {args.rounds} runs)")
+        whole, step = alternate(
+            lambda n: [("live teacher", lambda: ingot(base, tmp, args.steps, args.warmup, f"live{n}", spec)),
+                       ("stored top-64", lambda: ingot(with_outputs, tmp, args.steps, args.warmup, f"stored{n}", spec))],
+            args.rounds)
         print(f"ratio stored / live teacher, whole runs: {whole['stored top-64'] / whole['live teacher']:.2f}")
         print(f"ratio stored / live teacher, median step: {step['stored top-64'] / step['live teacher']:.2f}")
         saved = BATCH * SEQ / whole["live teacher"] - BATCH * SEQ / whole["stored top-64"]

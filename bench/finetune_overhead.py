@@ -24,10 +24,8 @@ Run: `python bench/finetune_overhead.py [--steps 300] [--warmup 20] [--rounds 4]
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from train_overhead import BATCH, LR, MODEL, SEED, SEQ, ingot, prepare, rates  # noqa: E402
+from train_overhead import BATCH, LR, MODEL, SEED, SEQ, alternate, arguments, ingot, prepare  # noqa: E402
 
 from compiler.inputs import INIT, TOKENIZER, Input  # noqa: E402
 from compiler.inputs import tokens as tokens_input  # noqa: E402
@@ -105,12 +103,7 @@ def bare(inputs: dict[Input, Path], steps: int, warmup: int) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per run of each side")
-    ap.add_argument("--warmup", type=int, default=20, help="steps of each run left out of its timing")
-    ap.add_argument("--rounds", type=int, default=4, help="runs of each side, alternating")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    args = ap.parse_args()
+    args = arguments(300)
     import torch
 
     tmp = Path(tempfile.mkdtemp(prefix="ingot-bench-finetune-"))
@@ -122,19 +115,10 @@ def main() -> None:
               f"rank {LORA['r']} on every linear layer of the decoder; batch {BATCH} x seq {SEQ}; {args.steps} steps "
               f"per run ({args.warmup} warmup), {args.rounds} rounds; {device}, {torch.get_num_threads()} threads, "
               f"torch {torch.__version__}", flush=True)
-        runs: dict[str, list[tuple[float, float]]] = {"bare peft": [], "ingot": []}
-        for n in range(args.rounds):
-            sides = [("bare peft", lambda: bare(inputs, args.steps, args.warmup)),
-                     ("ingot", lambda: ingot(inputs, tmp, args.steps, args.warmup, n, train_spec(args.steps)))]
-            for name, run in sides[::-1] if n % 2 else sides:  # ABBA: each side pays a round's first run in turn
-                runs[name].append(rates(run()))
-            print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1][0]:,.0f} tok/s (median step {v[-1][1]:,.0f} tok/s)"
-                                                   for k, v in runs.items()), flush=True)
-        whole = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
-        step = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
-        for k in runs:
-            print(f"{k}: {whole[k]:,.0f} tokens/s over whole runs, {step[k]:,.0f} tokens/s at the median step "
-                  f"(medians of {args.rounds} runs)")
+        whole, step = alternate(
+            lambda n: [("bare peft", lambda: bare(inputs, args.steps, args.warmup)),
+                       ("ingot", lambda: ingot(inputs, tmp, args.steps, args.warmup, n, train_spec(args.steps)))],
+            args.rounds)
         print(f"ratio ingot / bare peft time per step, whole runs: {whole['bare peft'] / whole['ingot']:.3f}x "
               f"(goal <= 1.05x)")
         if device == "cpu":  # on a GPU the bare loop's steps are not synchronized one by one

@@ -138,13 +138,38 @@ def rates(ends: list[float]) -> tuple[float, float]:
     return tokens * len(steps) / (ends[-1] - ends[0]), tokens / statistics.median(steps)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per run of each side")
+def arguments(steps: int):
+    """The command line every overhead bench takes: steps, warmup, rounds, --keep."""
+    ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=steps, help="optimizer steps per run of each side")
     ap.add_argument("--warmup", type=int, default=20, help="steps of each run left out of its timing")
     ap.add_argument("--rounds", type=int, default=4, help="runs of each side, alternating")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def alternate(sides, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Run `sides(n)` (a list of (name, run) whose run returns step end times) for n in rounds, in
+    ABBA order (whatever the first run of a round pays, a cold allocator or a load spike, is
+    paid by each side in turn); print each round and the medians; return tokens/s by side over
+    whole runs and at the median step (medians over the rounds)."""
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for n in range(rounds):
+        pairs = sides(n)
+        for name, run in pairs[::-1] if n % 2 else pairs:
+            runs.setdefault(name, []).append(rates(run()))
+        print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1][0]:,.0f} tok/s (median step {v[-1][1]:,.0f} tok/s)"
+                                               for k, v in runs.items()), flush=True)
+    whole = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+    step = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
+    for k in runs:
+        print(f"{k}: {whole[k]:,.0f} tokens/s over whole runs, {step[k]:,.0f} tokens/s at the median step "
+              f"(medians of {rounds} runs)")
+    return whole, step
+
+
+def main() -> None:
+    args = arguments(300)
     import torch
 
     tmp = Path(tempfile.mkdtemp(prefix="ingot-bench-train-"))
@@ -156,21 +181,9 @@ def main() -> None:
               f"batch {BATCH} x seq {SEQ}; {args.steps} steps per run ({args.warmup} warmup), "
               f"{args.rounds} rounds; {meta['splits']['train']['tokens']:,} train tokens; {device}, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
-        runs: dict[str, list[tuple[float, float]]] = {"bare torch": [], "ingot": []}
-        for n in range(args.rounds):
-            # ABBA order: whatever the first run of a round pays (a cold allocator, a load
-            # spike) is paid by each side in turn
-            sides = [("bare torch", lambda: bare(inputs, args.steps, args.warmup)),
-                     ("ingot", lambda: ingot(inputs, tmp, args.steps, args.warmup, n))]
-            for name, run in sides[::-1] if n % 2 else sides:
-                runs[name].append(rates(run()))
-            print(f"round {n + 1}: " + ", ".join(f"{k} {v[-1][0]:,.0f} tok/s (median step {v[-1][1]:,.0f} tok/s)"
-                                                   for k, v in runs.items()), flush=True)
-        whole = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
-        step = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
-        for k in runs:
-            print(f"{k}: {whole[k]:,.0f} tokens/s over whole runs, {step[k]:,.0f} tokens/s at the median step "
-                  f"(medians of {args.rounds} runs)")
+        whole, step = alternate(lambda n: [("bare torch", lambda: bare(inputs, args.steps, args.warmup)),
+                                           ("ingot", lambda: ingot(inputs, tmp, args.steps, args.warmup, n))],
+                                args.rounds)
         print(f"ratio ingot / bare torch, whole runs: {whole['ingot'] / whole['bare torch']:.3f} (goal >= 0.95)")
         if device == "cpu":  # on a GPU the bare loop's steps are not synchronized one by one
             print(f"ratio ingot / bare torch, median step: {step['ingot'] / step['bare torch']:.3f}")

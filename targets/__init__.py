@@ -91,9 +91,17 @@ def read_tokenizer_json(folder: Path) -> dict:
 
 
 def special_tokens(tokenizer_dir: Path) -> dict[str, str]:
-    """Role (bos, eos, unk, pad) -> token text of a tokenizer entry, from special_tokens_map.json."""
+    """Role (bos, eos, unk, pad) -> token text of a tokenizer entry, from special_tokens_map.json: a
+    value written as transformers' {"content": ...} is its content; other keys (such as
+    additional_special_tokens) and empty roles are left out."""
     names = json.loads((Path(tokenizer_dir) / "special_tokens_map.json").read_text())
-    return {k.removesuffix("_token"): v for k, v in names.items()}
+    out = {}
+    for role in ("bos", "eos", "unk", "pad"):
+        value = names.get(f"{role}_token")
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str) and value:
+            out[role] = value
+    return out
 
 
 def special_ids(tokenizer_dir: Path, tok=None) -> dict[str, int | None]:

@@ -8,6 +8,7 @@ template; pickled weights are never opened and no remote code runs.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import struct
 from pathlib import Path
@@ -69,13 +70,7 @@ def join_weights(folder: Path, out: Path) -> int:
 
 
 def _count(header: dict) -> int:
-    n = 0
-    for info in header.values():
-        size = 1
-        for d in info["shape"]:
-            size *= d
-        n += size
-    return n
+    return sum(math.prod(info["shape"]) for info in header.values())
 
 
 def _join(folder: Path, shards: list[str], out: Path) -> int:
