@@ -138,6 +138,23 @@ class EntryManifest(_Data, Generic[M]):
 # ---------------------------------------------------------------- metrics other steps read
 
 
+class TeacherSummary(_Data):
+    """A distillation teacher as the student read it (a train entry's metrics `teachers`)."""
+
+    align: Literal["same", "uld", "map"]
+    stored: bool
+    """Read from teacher-outputs entries (a step teacher); False: run live beside the student."""
+    top_k: int | Literal["all"] | None
+    """What the stored entries keep; None for a live teacher (its whole distribution)."""
+    windows: int | None
+    """Stored windows, over the datasets and lengths it teaches; None for a live teacher."""
+    coverage: float
+    """Share of the student's predicted tokens in the stored windows that an aligned group holds
+    (1.0 for `same`)."""
+    mapped: float | None
+    """`map`: share of the teacher's vocabulary that maps onto student ids; else None."""
+
+
 class TrainMetrics(_Data):
     """What the train builder returns; the report reads the run's figures from it."""
 
@@ -161,6 +178,8 @@ class TrainMetrics(_Data):
     teacher_forwards: int = 0
     """Forward passes of live teachers (`path:`, `hub:`) this step ran, over every resumed run; a
     step teacher's outputs are read from its teacher-outputs entry and count nothing."""
+    teachers: dict[str, TeacherSummary] = {}
+    """Per distillation teacher: how it met the student's tokens."""
 
 
 class TrainRow(BaseModel):
@@ -269,6 +288,8 @@ class TeacherOutputsInfo(_Data):
     """Width of the teacher's distribution (its logits)."""
     coverage: float
     """Share of the student's predicted tokens some group holds (1.0 for `same`)."""
+    mapped: float | None = None
+    """`map`: share of the teacher's ids that map onto a student id of the same bytes; else None."""
     forwards: int
     """Teacher forward passes that made the entry."""
     shards: list[TeacherShard]

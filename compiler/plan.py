@@ -34,7 +34,7 @@ class Plan:
     sources: dict[str, str]           # files read outside the store: label -> xxh3 digest
     files: tuple[tuple[str, ...], ...]  # a dataset's files, per source
     code: dict                        # {"modules": {module: digest}, "libraries": {dist: version}}
-    device: str | None                # the device kind a train step runs on (cpu, cuda); None elsewhere
+    device: str | None                # the device kind a train or teacher-outputs step runs on (cpu, cuda); None elsewhere
     base: str = field(init=False)     # digest of all of the above that enters the key
 
     def __post_init__(self) -> None:

@@ -92,7 +92,7 @@ def report_context(job: Job, rows: list[TrainRow]) -> dict:
         "params": params_context(model, header),
         "environment": environment_context(manifest.environment, manifest.metrics),
         "train": train,
-        "distill": distill_context(job, spec, train["phases"]) if spec.get("distill") else None,
+        "distill": distill_context(job, manifest, train["phases"]) if spec.get("distill") else None,
         "evaluation": evaluation,
         "quantizations": quantizations(evaluation, exports),
         "exports": exports,
@@ -251,20 +251,48 @@ def curve(rows: list[TrainRow], most: int) -> dict:
     return {"every": every, "rows": out, "text": "\n".join(r["line"] for r in out)}
 
 
-def distill_context(job: Job, spec: dict, phases: list[dict]) -> dict:
+LOSS_FORMS = {"same": "KL(softmax(t/T) ‖ softmax(s/T)) · T², token by token",
+              "uld": "Σ |sorted merged p_t − sorted merged p_s| (ULD's L1), over aligned groups",
+              "map": "KL over the student ids the teacher's tokens map onto (and the rest) · T², over aligned groups"}
+
+
+def distill_context(job: Job, manifest: TrainEntry, phases: list[dict]) -> dict:
+    spec, metrics = manifest.spec, manifest.metrics
     d = spec["distill"]
     names = [p["name"] or f"phase {i + 1}" for i, p in enumerate(d["phases"])]  # as the train builder names them
     by_name = dict(zip(names, d["phases"]))
     teachers = []
     for name, source in d["teachers"].items():
         count, where = teacher_parameters(job, name, source)
-        teachers.append({"name": name, "source": where, "parameters": count,
+        read = metrics.teachers.get(name)
+        align = read.align if read else source.get("align") or "same"
+        teachers.append({"name": name, "source": where, "parameters": count, "align": align,
+                         "loss_form": LOSS_FORMS[align], "stored": read.stored if read else None,
+                         "top_k": read.top_k if read else None, "windows": read.windows if read else None,
+                         "coverage": read.coverage if read else None, "mapped": read.mapped if read else None,
                          "weights": [{"phase": n, "weight": p["teachers"].get(name)} for n, p in by_name.items()]})
     schedule = [{**seg, "teachers": [{"name": t, "weight": w} for t, w in by_name[seg["name"]]["teachers"].items()],
                  "planned_steps": by_name[seg["name"]]["steps"]} for seg in phases]
     t, alpha = d["temperature"], d["alpha"]
     return {"temperature": t, "alpha": alpha, "ce_weight": round(1 - alpha, 12), "t_squared": round(t * t, 12),
-            "teachers": teachers, "phases": schedule, "phase_names": names}
+            "teachers": teachers, "phases": schedule, "phase_names": names,
+            "aligns": sorted({x["align"] for x in teachers}), "losses": phase_losses(metrics.phases, alpha)}
+
+
+def phase_losses(phases: list[dict], alpha: float) -> list[dict]:
+    """Per phase, the loss and its parts at its first and last step, as the train builder's
+    metrics give them: each teacher's weighted KD term, the KD sum, the CE and the total
+    (α · KD + (1 − α) · CE)."""
+    out = []
+    for p in phases:
+        start, end = p.get("kd_teachers_start") or {}, p.get("kd_teachers_end") or {}
+        rows = [{"part": f"KD {name} (weighted)", "start": start[name], "end": end.get(name)} for name in sorted(start)]
+        rows += [{"part": "KD, all teachers", "start": p.get("kd_start"), "end": p.get("kd_end")},
+                 {"part": "CE", "start": p.get("ce_start"), "end": p.get("ce_end")},
+                 {"part": f"Total = {alpha} · KD + {round(1 - alpha, 12)} · CE", "start": p["loss_start"],
+                  "end": p["loss_end"]}]
+        out.append({"name": p["name"], "first_step": p["first_step"], "last_step": p["last_step"], "rows": rows})
+    return out
 
 
 def teacher_parameters(job: Job, name: str, source: dict) -> tuple[int | None, str]:

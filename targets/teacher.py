@@ -33,7 +33,8 @@ tokenizations end a token at the same byte (`align.groups`). Per shard of consec
 `mapping.npy` int64 [teacher vocabulary] for `map` (`align.vocab_map`: teacher id -> student id,
 -1 for none), and `teacher.json` (`compiler.entries.TeacherOutputsInfo`) describing them, also
 the manifest's metrics: `forwards` counts the teacher's forward passes, `coverage` the share of
-the student's predicted tokens that some group holds (1.0 for `same`).
+the student's predicted tokens that some group holds (1.0 for `same`), `mapped` (for `map`) the
+share of the teacher's ids that map onto a student id.
 
 The temperature is applied before the top-k is taken: the k log-probabilities and the rest are
 exactly those of softmax(z / T), which the top-k of softmax(z) cannot give (the tempered mass of
@@ -91,7 +92,8 @@ def build(job: Job) -> dict:
     meta = {"format": 1, "align": spec.align, "top_k": spec.top_k, "k": side.k, "ids": side.ids,
             "logprobs_dtype": LOGPROBS_DTYPE, "temperature": spec.temperature, "seq_len": length,
             "tokens": len(stream), "windows": windows, "groups": sum(s["groups"] for s in shards),
-            "vocab_size": vocab, "coverage": round(covered / (windows * length), 6), "forwards": forwards,
+            "vocab_size": vocab, "coverage": round(covered / (windows * length), 6),
+            "mapped": round(side.mapped, 6) if spec.align == "map" else None, "forwards": forwards,
             "shards": shards}
     entries.TeacherOutputsInfo.model_validate(meta)  # what students read back, checked as it is written
     (job.out / entries.TEACHER_INFO).write_text(json.dumps(meta, indent=2) + "\n")
@@ -157,7 +159,19 @@ def _write(prefix: Path, arrays: dict, ids: bool) -> tuple[int, int]:
 def top_k(logits, k: int, temperature: float):
     """(log-probabilities of softmax(logits / T), largest k first; their ids; log of the mass
     of the rest) at each position. With k the whole vocabulary: every log-probability in id order,
-    no ids, and a rest of -inf."""
+    no ids, and a rest of -inf. Computed a few rows at a time (`align.row_chunks`)."""
+    import torch
+
+    from targets.align import row_chunks
+
+    flat = logits.reshape(-1, logits.shape[-1])
+    parts = [_top_k(flat[rows], k, temperature) for rows in row_chunks(*flat.shape)]
+    values, ids, rest = (None if part[0] is None else torch.cat(part) for part in zip(*parts))
+    lead = logits.shape[:-1]
+    return values.reshape(*lead, -1), None if ids is None else ids.reshape(*lead, -1), rest.reshape(lead)
+
+
+def _top_k(logits, k: int, temperature: float):
     import torch
 
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
@@ -165,7 +179,7 @@ def top_k(logits, k: int, temperature: float):
         return logp, None, torch.full(logp.shape[:-1], float("-inf"), device=logp.device)
     values, ids = logp.topk(k, dim=-1, sorted=True)
     # the rest's mass from the rest itself, not as log(1 - Σ top-k): exact however small it is
-    left = logp.scatter(-1, ids, float("-inf")).logsumexp(-1)
+    left = logp.scatter_(-1, ids, float("-inf")).logsumexp(-1)  # in place: logp is read no more
     return values, ids.to(torch.int32), left
 
 
@@ -219,8 +233,8 @@ class Aligned:
         self.k = vocab if spec.top_k == "all" else min(spec.top_k, vocab)
         self.ids = spec.align == "map"
         if self.ids:
-            self.mapping, share = align.vocab_map(self.student_table, self.teacher_table)
-            job.log(f"{share:.1%} of the teacher's ids map onto a student id of the same bytes")
+            self.mapping, self.mapped = align.vocab_map(self.student_table, self.teacher_table)
+            job.log(f"{self.mapped:.1%} of the teacher's ids map onto a student id of the same bytes")
         self.positions = 2 * self.length  # a budget: teacher windows are about as long as the student's
 
     def run(self, model, device, windows: range) -> dict:

@@ -352,6 +352,25 @@ class Trainer:
                      f"{windows:,} windows)")
         return teacher
 
+    def teacher_summary(self) -> dict[str, dict]:
+        """Per teacher, how it met the student's tokens (`entries.TeacherSummary`): from its
+        stored entries' teacher.json, coverage weighted by the tokens each covers."""
+        if self.spec.distill is None:
+            return {}
+        out = {}
+        for name in self.spec.distill.teachers:
+            infos = [json.loads((f / "teacher.json").read_text()) for f in self.stored.get(name, {}).values()]
+            if not infos:
+                out[name] = {"align": "same", "stored": False, "top_k": None, "windows": None, "coverage": 1.0,
+                             "mapped": None}
+                continue
+            tokens = [i["windows"] * i["seq_len"] for i in infos]
+            out[name] = {"align": infos[0]["align"], "stored": True, "top_k": infos[0]["top_k"],
+                         "windows": sum(i["windows"] for i in infos),
+                         "coverage": round(sum(i["coverage"] * t for i, t in zip(infos, tokens)) / sum(tokens), 6),
+                         "mapped": infos[0].get("mapped")}
+        return out
+
     def load_teacher(self, name: str):
         """A frozen teacher in eval mode: a step's entry, a local folder, or a hub model."""
         import torch
@@ -416,6 +435,7 @@ class Trainer:
             "resumed_from": self.resumed_from, "device": self.device.type, "dtype": self.spec.dtype,
             "phases": _summary(rows, "phase"), "stages": _summary(rows, "stage"),
             "checkpoints": [c.name for c in kept], "teacher_forwards": s.teacher_forwards,
+            "teachers": self.teacher_summary(),
         }
 
     def final_model(self):

@@ -191,12 +191,13 @@ def test_every_section_of_the_default_template(project, md):
     assert [line for line in md.splitlines() if line.startswith("## ")] == SECTIONS
     assert [line for line in md.splitlines() if line.startswith("### ")] == [
         "### Core dimensions", "### Parameter distribution", "### Per-layer breakdown", "### Architectural features",
-        "### Teachers", "### Distillation schedule", *(f"### {e['label']}" for e in engines.values())]
+        "### Teachers", "### Losses per phase", "### Distillation schedule",
+        *(f"### {e['label']}" for e in engines.values())]
 
 
 # ---------------------------------------------------------------- numbers from the artifacts
 
-def test_parameters_recomputed_from_the_model_specs(md):
+def test_parameters_recomputed_from_the_model_specs(project, md):
     m = model_spec("student")
     total, parts = params.count(m), params.breakdown(m)
 
@@ -216,8 +217,13 @@ def test_parameters_recomputed_from_the_model_specs(md):
             "- Tied embeddings: no (separate LM head)"} <= lines(md)
     # the teachers' sizes, read from their weights, against their specs
     teacher, helper = params.count(model_spec("teacher")), params.count(model_spec("helper"))
-    assert {f"| teacher | step main.teacher | {teacher:,} | 1.5 | 1.0 |",
-            f"| helper | step main.helper | {helper:,} | — | 0.5 |"} <= lines(md)
+    # the stored outputs cover every whole window of 32 tokens (+ 1) of the train split
+    windows = (entries.read_tokens_info(entry(project, "tok@docs")).splits["train"].tokens - 1) // 32
+    assert {f"| teacher | step main.teacher | {teacher:,} | same | stored, top-64, {windows:,} windows | 100.00% | — "
+            "| 1.5 | 1.0 |",
+            f"| helper | step main.helper | {helper:,} | same | stored, top-64, {windows:,} windows | 100.00% | — "
+            "| — | 0.5 |",
+            "- teacher (`align: same`): KL(softmax(t/T) ‖ softmax(s/T)) · T², token by token (T² = 4.0)"} <= lines(md)
 
 
 def test_losses_recomputed_from_metrics_jsonl(project, md):
@@ -239,6 +245,21 @@ def test_losses_recomputed_from_metrics_jsonl(project, md):
                  f"| Final training loss | {final:.4f} |"]
     expected += [f"| {r['step']} | {r['val_loss']:.4f} |" for r in rows if r["val_loss"] is not None]
     assert set(expected) <= lines(md)
+    # losses per phase: each teacher's weighted KD term, their sum, CE and the total, at the
+    # phase's first and last step, as metrics.jsonl has them
+    section = md.split("### Losses per phase\n")[1].split("### Distillation schedule")[0]
+    tables = {}
+    for block in section.strip().split("\n\n")[::2]:
+        name = block.split(" (steps")[0]
+        tables[name] = section.split(block)[1].split("\n\n")[1].splitlines()[2:]
+    for name, first, last in (("warmup", 0, 5), ("refine", 6, 11)):
+        a, b = rows[first], rows[last]
+        assert tables[name] == [f"| KD {t} (weighted) | {a['kd_teachers'][t]:.4f} | {b['kd_teachers'][t]:.4f} |"
+                                for t in sorted(a["kd_teachers"])] + [
+            f"| KD, all teachers | {a['kd']:.4f} | {b['kd']:.4f} |", f"| CE | {a['ce']:.4f} | {b['ce']:.4f} |",
+            f"| Total = 0.7 · KD + 0.3 · CE | {a['loss']:.4f} | {b['loss']:.4f} |"], name
+        assert a["loss"] == pytest.approx(0.7 * a["kd"] + 0.3 * a["ce"], rel=1e-5)
+        assert a["kd"] == pytest.approx(sum(a["kd_teachers"].values()), rel=1e-5)
     # the text curve: step 1, every 3 steps (11 intervals over loss_rows 5 - 1), and the last step
     curve = md.split("```text\n")[2].split("\n```")[0].splitlines()
     assert [int(line.split()[0]) for line in curve] == [1, 4, 7, 10, 12]
