@@ -1,10 +1,14 @@
-"""The commands beside building: `doit explain`, `doit verify` and `doit gc`, as doit tasks.
+"""The commands beside building: `doit explain`, `doit verify`, `doit gc`, and with a remote
+cache `doit pull`, `doit push` and `doit status --remote`, as doit tasks.
 
 `verify [STEP ...] [--repair]` re-hashes the entries of the named steps (those a plain `doit`
 builds when none is named) against their manifests; `--repair` moves a corrupt entry aside
 so the next `doit` rebuilds it. `gc [--keep N] [--dry-run]` removes entries that no current
 step of any profile references, keeping the N most recent entries of each step (the one it
 references counts), stale staging and work folders, and entries moved aside by verify.
+`pull [STEP ...]` fetches the entries of the named steps and of what they consume (of the steps
+a plain `doit` builds, when none is named) from the remote, building nothing; `push [STEP ...]`
+uploads those the remote lacks; `status [STEP ...] [--remote]` says per step where its entry is.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from pathlib import Path
 
 from doit.exceptions import TaskFailed
 
-from . import explain, graph, project, store
+from . import explain, graph, project, remote, store
 from .errors import SpecError
-from .plan import Graph
+from .entries import MANIFEST, EntryManifest
+from .plan import Graph, key_of
+from .remote import Remote, RemoteError
 
 
-def tasks(g: Graph, defaults: list[str]) -> list[dict]:
+def tasks(g: Graph, defaults: list[str], cache: Remote | None = None) -> list[dict]:
     return [
         {"basename": "explain", "doc": "say why each step will run, or that it will not: doit explain [STEP ...]",
          "actions": [(explain.report, [g, defaults])], "pos_arg": "steps", "uptodate": [False]},
@@ -34,7 +40,132 @@ def tasks(g: Graph, defaults: list[str]) -> list[dict]:
                      "help": "entries kept per step, the referenced one included"},
                     {"name": "dry_run", "long": "dry-run", "type": bool, "default": False,
                      "help": "only print what would be removed"}]},
+        {"basename": "pull", "doc": "fetch the entries of steps and what they consume from the remote cache, "
+                                    "building nothing: doit pull [STEP ...]",
+         "actions": [(pull, [g, defaults, cache])], "pos_arg": "steps", "uptodate": [False], "verbosity": 2},
+        {"basename": "push", "doc": "upload the entries of steps and what they consume that the remote cache "
+                                    "lacks: doit push [STEP ...]",
+         "actions": [(push, [g, defaults, cache])], "pos_arg": "steps", "uptodate": [False], "verbosity": 2},
+        {"basename": "status", "doc": "where each step's entry is: doit status [STEP ...] [--remote]",
+         "actions": [(status, [g, defaults, cache])], "pos_arg": "steps", "uptodate": [False], "verbosity": 2,
+         "params": [{"name": "remote", "long": "remote", "type": bool, "default": False,
+                     "help": "look each entry up in the remote cache too"}]},
     ]
+
+
+# ---------------------------------------------------------------- pull, push, status
+
+def _closure(g: Graph, defaults: list[str], steps: list[str]) -> list[str]:
+    """The named steps (those a plain `doit` builds, when none is named) and every step they
+    consume, transitively, in dependency order."""
+    wanted, todo = set(), list(steps or [t for t in g.plans if t in set(defaults)])
+    while todo:
+        task = todo.pop()
+        if task not in wanted:
+            wanted.add(task)
+            todo.extend(g.plans[task].inputs.values())
+    return [t for t in g.plans if t in wanted]
+
+
+def _checked(what: str, g: Graph, steps: list[str], cache: Remote | None, needs_remote: bool = True) -> str | None:
+    unknown = [name for name in steps if name not in g.plans]
+    if unknown:
+        return f"{what}: unknown step(s) {', '.join(unknown)}; `doit list` shows them all"
+    if cache is None and needs_remote:
+        return (f"{what}: no remote cache is configured: set INGOT_REMOTE (a directory, http(s)://... or "
+                "s3://bucket/prefix), or `remote` under `[tool.ingot]` in pyproject.toml")
+    return None
+
+
+def _each(command: str, tasks: list[str], counts: dict[str, int], classify) -> TaskFailed | None:
+    """One line per step, `classify(task) -> (what, line)` (None: a step not shown), and the
+    counts of each `what` at the end; a remote that fails fails the command."""
+    try:
+        for task in tasks:
+            if (found := classify(task)) is not None:
+                counts[found[0]] += 1
+                print(f"{task}: {found[1]}")
+    except RemoteError as exc:
+        return TaskFailed(f"{command}: {exc}")
+    print(f"{command}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+    return None
+
+
+def pull(g: Graph, defaults: list[str], cache: Remote | None, steps: list[str]) -> TaskFailed | None:
+    """Fetch what the remote has of the steps' entries, in dependency order (a consumer's key is
+    known once its producers' entries are here); print one line per step."""
+    if problem := _checked("pull", g, steps, cache):
+        return TaskFailed(problem)
+
+    def classify(task: str) -> tuple[str, str]:
+        key = g.key(task)
+        if key is None:
+            return "pending", f"pending (not here: {', '.join(g.pending_on(task))})"
+        if g.output_digest(task) is not None:
+            return "local", f"local ({key[:12]})"
+        if remote.pull(cache, g.root, key, task) and g.output_digest(task) is not None:
+            store.point(g.root, g.plans[task].link, key)
+            return "pulled", f"pulled ({key[:12]})"
+        return "missing", f"missing (neither here nor in the remote: {key[:12]})"
+
+    return _each("pull", _closure(g, defaults, steps), {"pulled": 0, "local": 0, "missing": 0, "pending": 0},
+                 classify)
+
+
+def push(g: Graph, defaults: list[str], cache: Remote | None, steps: list[str]) -> TaskFailed | None:
+    """Upload the steps' local entries that the remote lacks; print one line per step."""
+    if problem := _checked("push", g, steps, cache):
+        return TaskFailed(problem)
+
+    def classify(task: str) -> tuple[str, str]:
+        key = g.key(task)
+        if key is None or g.output_digest(task) is None:
+            return "not built", "not built here: nothing to push"
+        if remote.push(cache, g.root, key, task):
+            return "pushed", f"pushed ({key[:12]})"
+        return "remote", f"already in the remote ({key[:12]})"
+
+    return _each("push", _closure(g, defaults, steps), {"pushed": 0, "remote": 0, "not built": 0}, classify)
+
+
+def status(g: Graph, defaults: list[str], cache: Remote | None, steps: list[str], remote: bool) -> TaskFailed | None:
+    """Per step: local (its entry is in the store), remote (only in the remote cache, with
+    `--remote`), missing (in neither: `doit` builds it) or pending (its key waits for a producer
+    that is in neither). With `--remote`, a key whose producers are only in the remote is
+    resolved from the manifests there, as a pull would resolve it."""
+    if problem := _checked("status", g, steps, cache, needs_remote=remote):
+        return TaskFailed(problem)
+    shown = steps or [t for t in g.plans if t in set(defaults)]
+    digests: dict[str, str] = {}  # task -> output digest of its entry, here or in the remote
+
+    def classify(task: str) -> tuple[str, str] | None:
+        plan = g.plans[task]
+        inputs = {name: digests.get(producer) for name, producer in plan.inputs.items()}
+        key = key_of(plan.base, inputs) if None not in inputs.values() else None
+        if key is None:
+            missing = [p for p in dict.fromkeys(plan.inputs.values()) if p not in digests]
+            found = "pending", f"pending (its key waits for {', '.join(missing)})"
+        elif (local := store.output_digest(g.root, key)) is not None:
+            digests[task] = local
+            found = "local", f"local ({key[:12]})"
+        elif remote and (there := _remote_digest(cache, key)) is not None:
+            digests[task] = there
+            found = "remote", f"remote ({key[:12]}; `doit` or `doit pull` fetches it)"
+        else:
+            found = "missing", f"missing ({key[:12]}; `doit` builds it)"
+        return found if task in shown else None
+
+    counts = {"local": 0, **({"remote": 0} if remote else {}), "missing": 0, "pending": 0}
+    return _each("status", _closure(g, defaults, shown), counts, classify)
+
+
+def _remote_digest(cache: Remote, key: str) -> str | None:
+    """The output digest the remote's manifest for `key` gives, or None (none, or unreadable)."""
+    data = cache.read(f"{key}/{MANIFEST}")
+    try:
+        return store.outputs_digest(EntryManifest.model_validate_json(data).outputs) if data else None
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------- verify

@@ -17,18 +17,20 @@ from typing import Any, Callable
 
 from doit.reporter import ConsoleReporter
 
-from . import commands, graph, project, store
+from . import commands, graph, project, remote, store
 from .errors import SpecError
 from .plan import Graph, Plan
+from .remote import Remote, RemoteError
 
 GRAPH: Graph | None = None  # the graph of this process's compile
 RUN: Callable[[Graph, str], Any] | None = None  # the runner's `run`, handed in by dodo.py
+REMOTE: Remote | None = None  # the remote cache (compiler/remote.py), when one is configured
 
 
 def compile_here(dodo_file: str, run: Callable[[Graph, str], Any]) -> tuple[dict, list[dict]]:
     """DOIT_CONFIG and task dicts for the project whose dodo.py is `dodo_file`; `run(graph,
     task)` builds a step."""
-    global GRAPH, RUN
+    global GRAPH, RUN, REMOTE
     from doit import get_var
 
     root = Path(dodo_file).resolve().parent
@@ -36,9 +38,13 @@ def compile_here(dodo_file: str, run: Callable[[Graph, str], Any]) -> tuple[dict
         loaded = project.load(root, get_var("profile", None))
         GRAPH, RUN = graph.compile_graph(loaded), run
         plans = GRAPH.plans
+        REMOTE = remote.configured(root)
     except SpecError as exc:
         n = len(exc.problems)
         print(f"ingot: {n} problem{'s' if n > 1 else ''} found; nothing was built\n{exc}", file=sys.stderr)
+        sys.exit(2)
+    except RemoteError as exc:
+        print(f"ingot: {exc}; nothing was built", file=sys.stderr)
         sys.exit(2)
     for warning in loaded.warnings:
         print(f"ingot: {warning}", file=sys.stderr)
@@ -46,7 +52,7 @@ def compile_here(dodo_file: str, run: Callable[[Graph, str], Any]) -> tuple[dict
     defaults = _defaults(plans)
     config = {"dep_file": str(root / "build" / ".doit.db"), "backend": "sqlite3", "verbosity": 2,
               "default_tasks": defaults, "reporter": Reporter}
-    return config, [task(p, GRAPH) for p in plans.values()] + commands.tasks(GRAPH, defaults)
+    return config, [task(p, GRAPH) for p in plans.values()] + commands.tasks(GRAPH, defaults, REMOTE)
 
 
 class Reporter(ConsoleReporter):
@@ -92,20 +98,44 @@ def _defaults(plans: dict[str, Plan]) -> list[str]:
 
 
 def build(step: str):
-    """A step's action: the runner's `run` on this compile's graph. (doit hands a parameter
-    named `task` its Task object, hence `step`.)"""
-    return RUN(GRAPH, step)
+    """A step's action: the runner's `run` on this compile's graph, and with `INGOT_REMOTE_PUSH=1`
+    the push of the entry it made. (doit hands a parameter named `task` its Task object, hence
+    `step`.)"""
+    failed = RUN(GRAPH, step)
+    if failed is None and REMOTE is not None and remote.push_wanted():
+        try:
+            if remote.push(REMOTE, GRAPH.root, GRAPH.key(step), step):
+                print(f"  [{step}] pushed entry {GRAPH.key(step)[:12]} to {REMOTE}")
+        except RemoteError as exc:  # the entry is built and kept: `doit push` can try again
+            print(f"ingot: {step}: not pushed: {exc}", file=sys.stderr)
+    return failed
 
 
 def up_to_date(step: str) -> bool:
     """doit's up-to-date check, made when the step's turn comes (its producers are built by
     then): its key resolved from the store, and a complete entry for it (the graph reads each
-    manifest once: its consumers' keys take the same output digest); the link follows."""
-    if GRAPH.output_digest(step) is None:
+    manifest once: its consumers' keys take the same output digest), or one pulled from the
+    remote now; the link follows."""
+    if GRAPH.output_digest(step) is None and not _pulled(step):
         return False
     plan = GRAPH[step]
     store.keep_pointed(plan.root, plan.link, GRAPH.key(step))
     return True
+
+
+def _pulled(step: str) -> bool:
+    """Read-through: the step's entry fetched from the remote, checked and committed."""
+    key = GRAPH.key(step) if REMOTE is not None else None
+    if key is None:
+        return False
+    try:
+        if not remote.pull(REMOTE, GRAPH.root, key, step):
+            return False
+    except RemoteError as exc:  # unreachable, or refusing: build here instead
+        print(f"ingot: {step}: {exc}; building it here", file=sys.stderr)
+        return False
+    print(f"  [{step}] pulled entry {key[:12]} from {REMOTE}")
+    return GRAPH.output_digest(step) is not None
 
 
 # doit calls inspect.signature() on an uptodate callable for every step on every run (it looks

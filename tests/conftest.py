@@ -21,6 +21,16 @@ CODE = ("compiler", "targets", "runner.py", "dodo.py", "pyproject.toml")
 TINY_CORPUS_DOCS = 300
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_remote_from_the_environment():
+    """The remote cache (compiler/remote.py) is off unless a test sets it: a developer's
+    INGOT_REMOTE, INGOT_REMOTE_PUSH or INGOT_REMOTE_TOKEN never reaches a test's `doit`."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("INGOT_REMOTE", "INGOT_REMOTE_PUSH", "INGOT_REMOTE_TOKEN"):
+            mp.delenv(name, raising=False)
+        yield
+
+
 class Project:
     """A temporary Ingot project and the commands a user would run in it."""
 
