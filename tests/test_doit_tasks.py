@@ -39,6 +39,11 @@ def test_doit_list_shows_every_step_with_kind_and_output(tiny_project):
         "(key pending on main.tok)",
         "main.tok       tokenizer: byte-level BPE of 400 tokens trained on dataset 'docs' -> build/main/tok "
         "(key pending on dataset.docs)",
+        "pull           fetch the entries of steps and what they consume from the remote cache, building nothing: "
+        "doit pull [STEP ...]",
+        "push           upload the entries of steps and what they consume that the remote cache lacks: "
+        "doit push [STEP ...]",
+        "status         where each step's entry is: doit status [STEP ...] [--remote]",
         "verify         re-hash store entries against their manifests: doit verify [STEP ...] [--repair]",
     ]
     assert not (tiny_project.root / "build" / "store").exists()  # listing builds nothing
