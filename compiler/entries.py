@@ -421,6 +421,11 @@ def read(folder: Path | str, shape: type[E] = EntryManifest) -> E | None:  # typ
         return _checked(shape, text, str(path), _builder_fix(found.builder))  # the metrics a view types
 
 
+def path(folder: Path | str) -> Path:
+    """The manifest file of the entry in `folder`, to copy it whole (a push to a remote cache)."""
+    return Path(folder) / MANIFEST
+
+
 def load(folder: Path | str, shape: type[E] = EntryManifest) -> E:  # type: ignore[assignment]
     """The manifest of an entry that must have one (a builder's input)."""
     found = read(folder, shape)

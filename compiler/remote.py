@@ -269,6 +269,8 @@ class S3Remote(Remote):
                 except ImportError:
                     raise RemoteError(f"remote {self.url}: s3:// needs s3fs: pip install -r requirements.txt") from None
                 endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+                # an endpoint that stops answering fails a request after TIMEOUT s, twice at most, as
+                # HTTP's does (botocore's defaults and s3fs's own retries make that ~45 timeouts)
                 self._fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {},
                                              skip_instance_cache=True)
             return self._fs
@@ -427,7 +429,7 @@ def push(remote: Remote, root: Path | str, key: str, task: str) -> bool:
     try:
         with ThreadPoolExecutor(jobs()) as pool:
             list(pool.map(lambda n: remote.upload(folder / n, f"{key}/{n}", progress), names))
-        remote.upload(folder / MANIFEST, f"{key}/{MANIFEST}", progress)
+        remote.upload(manifests.path(folder), f"{key}/{MANIFEST}", progress)
     finally:
         progress.close()
     return True
