@@ -272,7 +272,10 @@ class S3Remote(Remote):
                 # an endpoint that stops answering fails a request after TIMEOUT s, twice at most, as
                 # HTTP's does (botocore's defaults and s3fs's own retries make that ~45 timeouts)
                 self._fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {},
-                                             skip_instance_cache=True)
+                                             skip_instance_cache=True,
+                                             config_kwargs={"connect_timeout": TIMEOUT, "read_timeout": TIMEOUT,
+                                                            "retries": {"total_max_attempts": 2, "mode": "standard"}})
+                self._fs.retries = 1  # s3fs's retry loop around botocore's
             return self._fs
 
     def _path(self, rel: str) -> str:

@@ -926,3 +926,30 @@ def test_the_bearer_token_opens_the_http_remote(built, nginx, tmp_path, monkeypa
     assert ran(result) == ["dataset.docs"]
     assert warnings(result) == [f"ingot: dataset.docs: remote {url}: GET {keys['dataset.docs']}/manifest.json: "
                                 "HTTP 401 Unauthorized; building it here"]
+
+
+@pytest.mark.parametrize("scheme_", ["http", "s3"])
+def test_a_remote_that_stops_answering_fails_a_request_in_bounded_time(scheme_, monkeypatch):
+    """A server that takes the connection and never answers (a hung one, a half-open proxy): the
+    request fails after TIMEOUT seconds, at most twice over, with the reason, instead of waiting on
+    (s3fs and botocore's own retries made that ~45 timeouts of a minute per request)."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)  # the kernel completes the handshake; nothing ever reads or answers
+        endpoint = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        monkeypatch.setattr(remote, "TIMEOUT", 1)
+        if scheme_ == "s3":
+            for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}.items():
+                monkeypatch.setenv(name, value)
+            monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+            url, why = "s3://cache/ingot", ("ReadTimeoutError: Read timeout on endpoint URL: "
+                                            f'"{endpoint}/cache/ingot/k/manifest.json"')
+        else:
+            url, why = f"{endpoint}/cache", "timed out"
+        cache = remote.open_remote(url)
+        started = time.monotonic()
+        with pytest.raises(remote.RemoteError) as failed:
+            cache.read("k/manifest.json")
+        assert time.monotonic() - started < 8
+    assert str(failed.value) == f"remote {url}: GET k/manifest.json: {why}"
