@@ -330,7 +330,7 @@ def test_pretrain_metrics(proj, pre):
                  "final_loss": log[-1]["loss"], "final_val_loss": vals[-1], "best_val_loss": min(vals),
                  "tokens_seen": 30 * 4 * 32, "seconds": m["seconds"], "resumed_from": None, "device": "cpu",
                  "dtype": "float32", "phases": [], "stages": [], "checkpoints": m["checkpoints"],
-                 "teacher_forwards": 0}
+                 "teacher_forwards": 0, "teachers": {}}
     assert 0 < m["seconds"] < log[-1]["wall_time"] + 60
     assert m["checkpoints"] == sorted(p.name for p in (pre / "checkpoints").iterdir())
 
