@@ -364,6 +364,9 @@ def pull(remote: Remote, root: Path | str, key: str, task: str) -> bool:
         return _bad(remote, key, task, f"its manifest.json does not read ({str(exc).splitlines()[0]})")
     if manifest.key != key:
         return _bad(remote, key, task, f"its manifest.json is of key {manifest.key[:12]}")
+    outside = [n for n in manifest.outputs if Path(n).is_absolute() or ".." in Path(n).parts]
+    if outside:  # a file name must stay inside the entry's folder, whoever wrote the manifest
+        return _bad(remote, key, task, f"its manifest.json names files outside the entry: {', '.join(outside)}")
     with store.lock(root, key, task):
         if store.is_complete(root, key):
             return True

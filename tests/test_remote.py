@@ -953,3 +953,22 @@ def test_a_remote_that_stops_answering_fails_a_request_in_bounded_time(scheme, m
             cache.read("k/manifest.json")
         assert time.monotonic() - started < 8
     assert str(failed.value) == f"remote {url}: GET k/manifest.json: {why}"
+
+
+def test_a_remote_manifest_naming_files_outside_its_entry_is_refused(built, tmp_path, capsys):
+    """A manifest is the remote's word, not the store's: an output named `../…` would be written
+    outside the entry's folder, so the entry is damaged and nothing is fetched."""
+    key = keys_of(built)["main.tok"]
+    remote_root = tmp_path / "cache"
+    cache = remote.open_remote(str(remote_root))
+    assert remote.push(cache, built.root, key, "main.tok")
+    data = json.loads((remote_root / key / "manifest.json").read_text())
+    name = sorted(data["outputs"])[0]
+    data["outputs"]["../../evil"] = data["outputs"].pop(name)
+    (remote_root / key / "manifest.json").write_text(json.dumps(data))
+    b = clone(built, tmp_path / "b")
+    assert not remote.pull(cache, b.root, key, "main.tok")
+    assert capsys.readouterr().err.splitlines() == [
+        f"ingot: main.tok: the remote's entry {key[:12]} is damaged (its manifest.json names files outside the "
+        "entry: ../../evil); treated as missing"]
+    assert not (b.root / "build").exists() and not (tmp_path / "evil").exists()
