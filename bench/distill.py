@@ -31,9 +31,7 @@ Run: `python bench/distill.py [--steps 200] [--warmup 20] [--rounds 4] [--keep]`
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +45,7 @@ from compiler.inputs import teacher_outputs  # noqa: E402
 from compiler.inputs import tokens as tokens_input  # noqa: E402
 from compiler.specs import InitStep, ModelSpec, TeacherOutputsStep, TrainStep  # noqa: E402
 from targets import Job  # noqa: E402
+from common import scratch  # noqa: E402
 from train_overhead import BATCH, SEED, SEQ, alternate, arguments, ingot, prepare  # noqa: E402
 
 TEACHER = {"kind": "model", "name": "teacher", "hidden_size": 256, "intermediate_size": 768, "layers": 6,
@@ -96,8 +95,7 @@ def main() -> None:
     args = arguments(200)
     import torch
 
-    tmp = Path(tempfile.mkdtemp(prefix="ingot-bench-distill-"))
-    try:
+    with scratch("ingot-bench-distill-", args.keep) as tmp:
         inputs = prepare(tmp)
         teacher = make_teacher(tmp, inputs)
         train_tokens = json.loads((inputs[tokens_input("docs")] / "tokens.json").read_text())["splits"]["train"]["tokens"]
@@ -132,11 +130,6 @@ def main() -> None:
         if saved > 0:
             print(f"storing the top-64 took {one_time:.1f} s once, {saved * 1e3:.1f} ms saved per student step: "
                   f"paid back after {one_time / saved:,.0f} student steps (every later student and edit: free)")
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -25,15 +25,14 @@ Run: `python bench/finetune_overhead.py [--steps 300] [--warmup 20] [--rounds 4]
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from common import scratch  # noqa: E402
 from train_overhead import BATCH, LR, MODEL, SEED, SEQ, alternate, arguments, ingot, prepare  # noqa: E402
 
 from compiler.inputs import INIT, TOKENIZER, Input  # noqa: E402
@@ -106,8 +105,7 @@ def main() -> None:
     args = arguments(300)
     import torch
 
-    tmp = Path(tempfile.mkdtemp(prefix="ingot-bench-finetune-"))
-    try:
+    with scratch("ingot-bench-finetune-", args.keep) as tmp:
         inputs = prepare(tmp)
         inputs[INIT] = init_entry(inputs, tmp)
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -123,11 +121,6 @@ def main() -> None:
               f"(goal <= 1.05x)")
         if device == "cpu":  # on a GPU the bare loop's steps are not synchronized one by one
             print(f"ratio ingot / bare peft time per step, median step: {step['bare peft'] / step['ingot']:.3f}x")
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

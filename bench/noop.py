@@ -18,16 +18,14 @@ import argparse
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CODE = ("compiler", "targets", "runner.py", "dodo.py", "pyproject.toml")
+from common import copy_code, scratch
+
 DATASETS = 10           # each a few dozen short generated documents
 STEPS_PER_PIPELINE = 10
 VOCABS = range(260, 301)  # tiny BPE vocabularies: a handful of merges, milliseconds to train
@@ -66,12 +64,7 @@ def documents(rng: random.Random, n: int) -> list[str]:
 
 def ingot_project(root: Path, steps: int) -> int:
     """Code, data and manifests of a project with `steps` steps; returns the exact step count."""
-    for name in CODE:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
+    copy_code(root)
     datasets = min(DATASETS, max(1, steps // 10))
     rng = random.Random(0)
     for d in range(datasets):
@@ -152,8 +145,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects and say where")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="ingot-bench-noop-"))
-    try:
+    with scratch("ingot-bench-noop-", args.keep) as tmp:
         ingot, peer = tmp / "ingot", tmp / "peer"
         ingot.mkdir()
         peer.mkdir()
@@ -181,11 +173,6 @@ def main() -> None:
             "ingot: list after edit": (ingot, ("-m", "doit", "list"), edit),
         }, args.repeat)
         report(steps, cold, figures, args.repeat)
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def report(steps: int, cold: float, figures: dict[str, list[float]], repeat: int) -> None:

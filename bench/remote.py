@@ -16,31 +16,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import CODE, REPO, copy_code, scratch
+
 sys.path.insert(0, str(REPO / "tests"))
 
-from servers import Nginx, nginx_available  # noqa: E402
-
-CODE = ("compiler", "targets", "runner.py", "dodo.py", "pyproject.toml", "specs")
+from servers import NGINX_INSTALL, Nginx, nginx_binary  # noqa: E402
 
 
 def clone(dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    for name in CODE:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
+    """A checkout of the default project: this one's code and specs/, no build/."""
+    return copy_code(dest, CODE + ("specs",))
 
 
 def doit(root: Path, *args: str, remote: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -69,73 +60,72 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="turns of each throughput measurement")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
-    if not nginx_available():
-        sys.exit("bench/remote.py needs nginx with its WebDAV module: apt-get install -y nginx "
-                 "libnginx-mod-http-dav-ext")
-    tmp = Path(tempfile.mkdtemp(prefix="ingot-remote-"))
-    nginx = Nginx(tmp / "nginx", tmp / "www")
-    try:
-        a = clone(tmp / "a")
-        build_s, _ = doit(a)
-        store = a / "build" / "store"
-        entries = [p for p in store.iterdir() if not p.name.startswith(".")]
-        size = sum(f.stat().st_size for e in entries for f in e.rglob("*") if f.is_file())
-        print(f"clone A: cold `doit` of the default project {build_s:.1f} s; {len(entries)} entries, "
-              f"{size / 1e6:.1f} MB")
-        remotes = {"dir": str(tmp / "dir"), "http": f"{nginx.url}/ingot"}
-        for name, url in remotes.items():
-            seconds, _ = doit(a, "push", remote=url)
-            print(f"push to {name}: {seconds:.2f} s")
-        report = (a / "build/gladius/report/report.md").read_bytes()
-        fetch = {}
-        for name, url in remotes.items():
-            b = clone(tmp / f"b-{name}")
-            seconds, result = doit(b, remote=url)
-            assert ran(result) == [], f"clone B ran {ran(result)}"
-            assert (b / "build/gladius/report/report.md").read_bytes() == report
-            fetch[name] = seconds
-            print(f"clone B from {name}: `doit` {seconds:.2f} s, no step run, report.md identical "
-                  f"({build_s / seconds:.1f}x faster than building)")
-        # throughput, in turns: doit pull against cp / curl of the same files
-        files = remote_files(tmp / "dir")
-        names = [str(f.relative_to(tmp / "dir")) for f in files]
-        moved = sum(f.stat().st_size for f in files)
-        times: dict[str, list[float]] = {k: [] for k in ("pull dir", "cp -r", "pull http", "curl", "pull, none")}
-        for turn in range(args.repeat):
-            c = clone(tmp / f"c-dir-{turn}")
-            times["pull dir"].append(doit(c, "pull", remote=remotes["dir"])[0])
-            times["pull, none"].append(doit(c, "pull", remote=remotes["dir"])[0])  # all local: the command's own cost
-            t = time.perf_counter()
-            subprocess.run(["cp", "-r", str(tmp / "dir"), str(tmp / f"cp-{turn}")], check=True)
-            times["cp -r"].append(time.perf_counter() - t)
-            c = clone(tmp / f"c-http-{turn}")
-            times["pull http"].append(doit(c, "pull", remote=remotes["http"])[0])
-            out = tmp / f"curl-{turn}"
-            command = ["curl", "-s", "-S", "--no-progress-meter", "-f", "--parallel", "--parallel-max", "8", "--create-dirs"]
-            for rel in names:
-                command += ["-o", str(out / rel), f"{remotes['http']}/{rel}"]
-            t = time.perf_counter()
-            subprocess.run(command, check=True)
-            times["curl"].append(time.perf_counter() - t)
-        print(f"\nthroughput over {len(files)} files, {moved / 1e6:.1f} MB (median of {args.repeat}):")
-        median = {k: statistics.median(v) for k, v in times.items()}
-        for k, v in median.items():
-            rate = f"{moved / 1e6 / v:7.1f} MB/s" if k != "pull, none" else "(nothing to fetch: compile, start, a stat per file)"
-            print(f"  {k:10s} {v:6.2f} s  {rate}")
-        fixed = median["pull, none"]
-        for k in ("pull dir", "pull http"):
-            print(f"  {k} less the command's own cost: {median[k] - fixed:.2f} s, "
-                  f"{moved / 1e6 / max(median[k] - fixed, 1e-9):.1f} MB/s (checked by xxh3, fsynced, committed)")
-        print(f"\ndoit pull / cp -r (directory): {median['pull dir'] / median['cp -r']:.1f}x the time; "
-              f"doit pull / curl (http): {median['pull http'] / median['curl']:.1f}x the time")
-        print(f"second clone, `doit` from the remote vs building: dir {fetch['dir']:.2f} s, http {fetch['http']:.2f} s, "
-              f"build {build_s:.1f} s")
-    finally:
-        nginx.stop()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    if nginx_binary() is None:
+        sys.exit(f"bench/remote.py needs nginx with its WebDAV module: {NGINX_INSTALL}")
+    with scratch("ingot-remote-", args.keep) as tmp:
+        nginx = Nginx(tmp / "nginx", token="unused")
+        try:
+            measure(tmp, nginx, args.repeat)
+        finally:
+            nginx.stop()
+
+
+def measure(tmp: Path, nginx: Nginx, repeat: int) -> None:
+    a = clone(tmp / "a")
+    build_s, _ = doit(a)
+    store = a / "build" / "store"
+    entries = [p for p in store.iterdir() if not p.name.startswith(".")]
+    size = sum(f.stat().st_size for e in entries for f in e.rglob("*") if f.is_file())
+    print(f"clone A: cold `doit` of the default project {build_s:.1f} s; {len(entries)} entries, "
+          f"{size / 1e6:.1f} MB")
+    remotes = {"dir": str(tmp / "dir"), "http": nginx.url("ingot")}
+    for name, url in remotes.items():
+        seconds, _ = doit(a, "push", remote=url)
+        print(f"push to {name}: {seconds:.2f} s")
+    report = (a / "build/gladius/report/report.md").read_bytes()
+    fetch = {}
+    for name, url in remotes.items():
+        b = clone(tmp / f"b-{name}")
+        seconds, result = doit(b, remote=url)
+        assert ran(result) == [], f"clone B ran {ran(result)}"
+        assert (b / "build/gladius/report/report.md").read_bytes() == report
+        fetch[name] = seconds
+        print(f"clone B from {name}: `doit` {seconds:.2f} s, no step run, report.md identical "
+              f"({build_s / seconds:.1f}x faster than building)")
+    # throughput, in turns: doit pull against cp / curl of the same files
+    files = remote_files(tmp / "dir")
+    names = [str(f.relative_to(tmp / "dir")) for f in files]
+    moved = sum(f.stat().st_size for f in files)
+    times: dict[str, list[float]] = {k: [] for k in ("pull dir", "cp -r", "pull http", "curl", "pull, none")}
+    for turn in range(repeat):
+        c = clone(tmp / f"c-dir-{turn}")
+        times["pull dir"].append(doit(c, "pull", remote=remotes["dir"])[0])
+        times["pull, none"].append(doit(c, "pull", remote=remotes["dir"])[0])  # all local: the command's own cost
+        t = time.perf_counter()
+        subprocess.run(["cp", "-r", str(tmp / "dir"), str(tmp / f"cp-{turn}")], check=True)
+        times["cp -r"].append(time.perf_counter() - t)
+        c = clone(tmp / f"c-http-{turn}")
+        times["pull http"].append(doit(c, "pull", remote=remotes["http"])[0])
+        out = tmp / f"curl-{turn}"
+        command = ["curl", "-s", "-S", "--no-progress-meter", "-f", "--parallel", "--parallel-max", "8", "--create-dirs"]
+        for rel in names:
+            command += ["-o", str(out / rel), f"{remotes['http']}/{rel}"]
+        t = time.perf_counter()
+        subprocess.run(command, check=True)
+        times["curl"].append(time.perf_counter() - t)
+    print(f"\nthroughput over {len(files)} files, {moved / 1e6:.1f} MB (median of {repeat}):")
+    median = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in median.items():
+        rate = f"{moved / 1e6 / v:7.1f} MB/s" if k != "pull, none" else "(nothing to fetch: compile, start, a stat per file)"
+        print(f"  {k:10s} {v:6.2f} s  {rate}")
+    fixed = median["pull, none"]
+    for k in ("pull dir", "pull http"):
+        print(f"  {k} less the command's own cost: {median[k] - fixed:.2f} s, "
+              f"{moved / 1e6 / max(median[k] - fixed, 1e-9):.1f} MB/s (checked by xxh3, fsynced, committed)")
+    print(f"\ndoit pull / cp -r (directory): {median['pull dir'] / median['cp -r']:.1f}x the time; "
+          f"doit pull / curl (http): {median['pull http'] / median['curl']:.1f}x the time")
+    print(f"second clone, `doit` from the remote vs building: dir {fetch['dir']:.2f} s, http {fetch['http']:.2f} s, "
+          f"build {build_s:.1f} s")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import json
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +37,8 @@ from compiler.specs import ModelSpec, TokenizerStep, TokensStep, TrainStep  # no
 from compiler.inputs import DATASET, TOKENIZER, Input  # noqa: E402
 from compiler.inputs import tokens as tokens_input  # noqa: E402
 from targets import Job  # noqa: E402
+
+from common import scratch  # noqa: E402
 
 MODEL = {"kind": "model", "name": "bench", "hidden_size": 128, "intermediate_size": 384, "layers": 4,
          "heads": 4, "kv_heads": 2, "vocab_size": 2048, "max_positions": 256}
@@ -172,8 +173,7 @@ def main() -> None:
     args = arguments(300)
     import torch
 
-    tmp = Path(tempfile.mkdtemp(prefix="ingot-bench-train-"))
-    try:
+    with scratch("ingot-bench-train-", args.keep) as tmp:
         inputs = prepare(tmp)
         meta = json.loads((inputs[tokens_input("docs")] / "tokens.json").read_text())
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -187,11 +187,6 @@ def main() -> None:
         print(f"ratio ingot / bare torch, whole runs: {whole['ingot'] / whole['bare torch']:.3f} (goal >= 0.95)")
         if device == "cpu":  # on a GPU the bare loop's steps are not synchronized one by one
             print(f"ratio ingot / bare torch, median step: {step['ingot'] / step['bare torch']:.3f}")
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from doit.exceptions import TaskFailed
 
 from . import explain, graph, project, remote, store
 from .errors import SpecError
-from .entries import MANIFEST, EntryManifest
 from .plan import Graph, key_of
 from .remote import Remote, RemoteError
 
@@ -160,12 +159,12 @@ def status(g: Graph, defaults: list[str], cache: Remote | None, steps: list[str]
 
 
 def _remote_digest(cache: Remote, key: str) -> str | None:
-    """The output digest the remote's manifest for `key` gives, or None (none, or unreadable)."""
-    data = cache.read(f"{key}/{MANIFEST}")
+    """The output digest the remote's manifest for `key` gives, or None (none, or damaged)."""
     try:
-        return store.outputs_digest(EntryManifest.model_validate_json(data).outputs) if data else None
-    except ValueError:
+        manifest = remote.manifest_of(cache, key)
+    except remote.Damaged:
         return None
+    return store.outputs_digest(manifest.outputs) if manifest else None
 
 
 # ---------------------------------------------------------------- verify

@@ -344,6 +344,29 @@ class Progress:
 
 # ---------------------------------------------------------------- entries
 
+class Damaged(Exception):
+    """A remote entry whose manifest does not hold: the message says how."""
+
+
+def manifest_of(remote: Remote, key: str) -> EntryManifest | None:
+    """The remote's manifest for `key`, or None when it has none. One that does not read, is of
+    another key, or names files outside the entry's folder (the remote's word does not choose
+    paths in the store) is Damaged."""
+    data = remote.read(f"{key}/{MANIFEST}")
+    if data is None:
+        return None
+    try:
+        manifest = EntryManifest.model_validate_json(data)
+    except ValueError as exc:
+        raise Damaged(f"its manifest.json does not read ({str(exc).splitlines()[0]})") from None
+    if manifest.key != key:
+        raise Damaged(f"its manifest.json is of key {manifest.key[:12]}")
+    outside = [n for n in manifest.outputs if Path(n).is_absolute() or ".." in Path(n).parts]
+    if outside:
+        raise Damaged(f"its manifest.json names files outside the entry: {', '.join(outside)}")
+    return manifest
+
+
 def has(remote: Remote, key: str) -> bool:
     """The remote holds a manifest for `key` (its files are checked when pulled)."""
     return remote.size(f"{key}/{MANIFEST}") is not None
@@ -355,22 +378,17 @@ def pull(remote: Remote, root: Path | str, key: str, task: str) -> bool:
     a manifest that does not read) gives False and one warning line. Holds the key's lock, as a
     build does: a build or pull of the same key elsewhere waits, then finds it complete."""
     root = Path(root)
-    data = remote.read(f"{key}/{MANIFEST}")
-    if data is None:
-        return False
     try:
-        manifest = EntryManifest.model_validate_json(data)
-    except ValueError as exc:
-        return _bad(remote, key, task, f"its manifest.json does not read ({str(exc).splitlines()[0]})")
-    if manifest.key != key:
-        return _bad(remote, key, task, f"its manifest.json is of key {manifest.key[:12]}")
-    outside = [n for n in manifest.outputs if Path(n).is_absolute() or ".." in Path(n).parts]
-    if outside:  # a file name must stay inside the entry's folder, whoever wrote the manifest
-        return _bad(remote, key, task, f"its manifest.json names files outside the entry: {', '.join(outside)}")
+        manifest = manifest_of(remote, key)
+    except Damaged as exc:
+        return _bad(remote, key, task, str(exc))
+    if manifest is None:
+        return False
     with store.lock(root, key, task):
         if store.is_complete(root, key):
             return True
-        part = store.work_dir(root, key) / "pull"  # survives a cut-off pull: the next one resumes
+        work = store.work_dir(root, key)
+        part = work / "pull"  # survives a cut-off pull: the next one resumes
         part.mkdir(exist_ok=True)
         names = sorted(manifest.outputs)
         progress = Progress(f"pull {task}", sum(o.size for o in manifest.outputs.values()))
@@ -386,7 +404,7 @@ def pull(remote: Remote, root: Path | str, key: str, task: str) -> bool:
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(part / name, tmp / name)
         store.commit(root, key, tmp, manifest)
-        shutil.rmtree(store.work_dir(root, key), ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return True
 
 

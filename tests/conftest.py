@@ -69,6 +69,23 @@ class Project:
         return {str(p.relative_to(build)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in build.rglob("*")}
 
 
+def build_pipeline(p: Project, pipeline: str, steps: dict) -> dict:
+    """Write pipeline `pipeline` (not a default one) with `steps` and build it, and whatever it
+    needs, in this interpreter; the steps it needs must build; returns each of its own tasks'
+    result (None, or doit's TaskFailed)."""
+    import yaml
+
+    import runner
+    from compiler import graph, project
+
+    p.write(f"specs/pipelines/{pipeline}.yaml",
+            yaml.safe_dump({"kind": "pipeline", "name": pipeline, "default": False, "steps": steps}, sort_keys=False))
+    g = graph.compile_graph(project.load(p.root))
+    results = {task: runner.run(g, task) for task in g.plans if task.startswith((f"{pipeline}.", "main.", "dataset."))}
+    assert {r for t, r in results.items() if not t.startswith(f"{pipeline}.")} <= {None}
+    return {t: r for t, r in results.items() if t.startswith(f"{pipeline}.")}
+
+
 def kill_at_first_checkpoint(p: Project, task: str) -> Path:
     """Run `doit TASK` in project `p` and kill it (SIGKILL, its whole process group) as soon as a
     checkpoint of any build is on disk; returns the store's work folder."""

@@ -1,6 +1,5 @@
-"""Real servers on loopback for the remote cache (tests/test_remote.py, bench/remote.py):
-Debian's nginx with its WebDAV module, serving a folder over GET/PUT/HEAD, and moto's
-standalone S3-compatible server."""
+"""Debian's nginx with its WebDAV module on loopback, for the remote cache's tests
+(tests/test_remote.py) and bench/remote.py: started by them, stopped by them."""
 
 from __future__ import annotations
 
@@ -11,8 +10,47 @@ import subprocess
 import time
 from pathlib import Path
 
-NGINX = "/usr/sbin/nginx"
 NGINX_INSTALL = "apt-get install -y nginx libnginx-mod-http-dav-ext"
+
+NGINX_CONF = """
+daemon off;
+{user}worker_processes 1;
+pid {base}/nginx.pid;
+error_log {base}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {base}/body;
+    proxy_temp_path {base}/proxy;
+    fastcgi_temp_path {base}/fastcgi;
+    uwsgi_temp_path {base}/uwsgi;
+    scgi_temp_path {base}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 0;
+        location / {{
+            root {base}/data;
+            dav_methods PUT DELETE MKCOL;
+            create_full_put_path on;
+            dav_access user:rw group:rw all:r;
+        }}
+        location /auth/ {{
+            if ($http_authorization != "Bearer {token}") {{ return 401; }}
+            root {base}/data;
+            dav_methods PUT DELETE MKCOL;
+            create_full_put_path on;
+            dav_access user:rw group:rw all:r;
+        }}
+        location /norange/ {{
+            max_ranges 0;
+            root {base}/data;
+            dav_methods PUT DELETE MKCOL;
+            create_full_put_path on;
+            dav_access user:rw group:rw all:r;
+        }}
+    }}
+}}
+"""
 
 
 def free_port() -> int:
@@ -21,112 +59,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen | None = None, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode} before it listened on {port}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+def answers(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def nginx_conf(prefix: Path, root: Path, port: int, token: str | None = None) -> str:
-    """A WebDAV server of `root` on 127.0.0.1:`port`; under /auth/, only with `Bearer <token>`."""
-    auth = f"""
-        location /auth/ {{
-            if ($http_authorization != "Bearer {token}") {{ return 401; }}
-            alias {root}/;
-            dav_methods PUT DELETE MKCOL;
-            create_full_put_path on;
-            dav_access user:rw group:rw all:r;
-        }}""" if token else ""
-    user = "user root;" if os.geteuid() == 0 else ""  # workers write the folder as the test does
-    return f"""
-        {user}
-        daemon off;
-        worker_processes 2;
-        pid {prefix}/nginx.pid;
-        error_log {prefix}/error.log;
-        events {{ worker_connections 256; }}
-        http {{
-            access_log off;
-            client_body_temp_path {prefix}/body;
-            client_max_body_size 0;
-            server {{
-                listen 127.0.0.1:{port};
-                location / {{
-                    root {root};
-                    dav_methods PUT DELETE MKCOL;
-                    create_full_put_path on;
-                    dav_access user:rw group:rw all:r;
-                }}{auth}
-            }}
-        }}
-    """
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
 class Nginx:
-    """nginx serving `root` over WebDAV on a free loopback port, until `stop()`."""
+    """nginx serving `data/` over WebDAV PUT (creating folders) and GET/HEAD; `/auth/` the same
+    folder's `auth/` for requests with `Authorization: Bearer TOKEN` only, 401 for the rest;
+    `/norange/` without byte ranges (a GET with Range gets the whole file, 200). Request bodies
+    are spooled in `body/` until a PUT completes (an in-flight PUT is visible there)."""
 
-    def __init__(self, prefix: Path, root: Path, token: str | None = None):
-        prefix.mkdir(parents=True, exist_ok=True)
-        root.mkdir(parents=True, exist_ok=True)
-        (prefix / "body").mkdir(exist_ok=True)
-        self.root, self.port = root, free_port()
-        conf = prefix / "nginx.conf"
-        conf.write_text(nginx_conf(prefix, root, self.port, token))
-        self.proc = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        try:
-            wait_for_port(self.port, self.proc)
-        except RuntimeError as exc:
-            self.stop()
-            raise RuntimeError(f"{exc}; {(prefix / 'error.log').read_text() if (prefix / 'error.log').exists() else ''}")
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
+    def __init__(self, base: Path, token: str, binary: str | None = None):
+        """Start it in the empty folder `base`; a RuntimeError with its logs if it does not listen."""
+        self.base, self.port = base, free_port()
+        self.data, self.body = base / "data", base / "body"
+        for folder in (self.data, self.body):
+            folder.mkdir(parents=True)
+        user = "user root;\n" if os.geteuid() == 0 else ""  # CI runs as root: workers must write data/ too
+        conf = base / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(user=user, base=base, port=self.port, token=token))
+        with open(base / "stderr.log", "wb") as err:
+            self.proc = subprocess.Popen([binary or nginx_binary() or "nginx", "-p", str(base), "-e",
+                                          str(base / "error.log"), "-c", str(conf)],
+                                         stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 15
+        while not answers(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.proc.kill()
-                self.proc.wait()
+                log = "".join((base / n).read_text(errors="replace") for n in ("stderr.log", "error.log")
+                              if (base / n).exists())
+                raise RuntimeError(f"nginx did not start on 127.0.0.1:{self.port}:\n{log}")
+            time.sleep(0.05)
 
-
-def nginx_available() -> bool:
-    return Path(NGINX).exists() and shutil.which("nginx") is not None
-
-
-class MotoS3:
-    """moto's S3-compatible server on a free loopback port; `env` are the variables that point
-    boto/s3fs at it."""
-
-    def __init__(self):
-        import logging
-
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
-
-        self.port = free_port()
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-        wait_for_port(self.port)
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-
-    def bucket(self, name: str) -> str:
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
-        client.create_bucket(Bucket=name)
-        return f"s3://{name}"
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
 
     def stop(self) -> None:
-        self.server.stop()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -33,6 +33,7 @@ from compiler import graph, project, remote, store
 from compiler.entries import MANIFEST, EntryManifest
 from compiler.keys import file_digest
 from conftest import REPO, Project, code_project, ran, tiny_corpus
+from servers import NGINX_INSTALL, Nginx, free_port, nginx_binary
 
 SCHEMES = ("dir", "http", "s3")
 TOKEN = "t0ken-for-the-tests"  # what nginx's /auth/ location takes
@@ -63,106 +64,20 @@ REPORT_LINE = "report: build/main/report/report.html (Markdown: build/main/repor
 
 # ---------------------------------------------------------------- servers
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def answers(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Nginx:
-    """nginx serving `data/` over WebDAV PUT (creating folders) and GET/HEAD; `/auth/` the same
-    folder's `auth/` for requests with `Authorization: Bearer TOKEN` only, 401 for the rest;
-    `/norange/` without byte ranges (a GET with Range gets the whole file, 200). Request bodies
-    are spooled in `body/` until a PUT completes (an in-flight PUT is visible there)."""
-
-    def __init__(self, base: Path, port: int):
-        self.base, self.port = base, port
-        self.data, self.body = base / "data", base / "body"
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{path}"
-
-
-NGINX_CONF = """
-daemon off;
-{user}worker_processes 1;
-pid {base}/nginx.pid;
-error_log {base}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {base}/body;
-    proxy_temp_path {base}/proxy;
-    fastcgi_temp_path {base}/fastcgi;
-    uwsgi_temp_path {base}/uwsgi;
-    scgi_temp_path {base}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        client_max_body_size 0;
-        location / {{
-            root {base}/data;
-            dav_methods PUT DELETE MKCOL;
-            create_full_put_path on;
-            dav_access user:rw group:rw all:r;
-        }}
-        location /auth/ {{
-            if ($http_authorization != "Bearer {token}") {{ return 401; }}
-            root {base}/data;
-            dav_methods PUT DELETE MKCOL;
-            create_full_put_path on;
-            dav_access user:rw group:rw all:r;
-        }}
-        location /norange/ {{
-            max_ranges 0;
-            root {base}/data;
-            dav_methods PUT DELETE MKCOL;
-            create_full_put_path on;
-            dav_access user:rw group:rw all:r;
-        }}
-    }}
-}}
-"""
-
-
 @pytest.fixture(scope="module")
 def nginx(tmp_path_factory):
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    binary = nginx_binary()
     if binary is None:
-        message = "nginx is not installed: apt-get install -y nginx libnginx-mod-http-dav-ext"
+        message = f"nginx is not installed: {NGINX_INSTALL}"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{message} (.ci/run installs it)")
         pytest.skip(message)
-    base = tmp_path_factory.mktemp("nginx")
-    for name in ("data", "body"):
-        (base / name).mkdir()
-    port = free_port()
-    user = "user root;\n" if os.geteuid() == 0 else ""  # CI runs as root: workers must write data/ too
-    conf = base / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(user=user, base=base, port=port, token=TOKEN))
-    with open(base / "stderr.log", "wb") as err:
-        proc = subprocess.Popen([binary, "-p", str(base), "-e", str(base / "error.log"), "-c", str(conf)],
-                                stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.monotonic() + 15
-    while not answers(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log = "".join((base / n).read_text(errors="replace") for n in ("stderr.log", "error.log")
-                          if (base / n).exists())
-            pytest.fail(f"nginx did not start on 127.0.0.1:{port}:\n{log}")
-        time.sleep(0.05)
-    yield Nginx(base, port)
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        server = Nginx(tmp_path_factory.mktemp("nginx"), TOKEN, binary)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

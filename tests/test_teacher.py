@@ -18,7 +18,7 @@ import yaml
 import runner
 from compiler import graph, project
 from compiler.inputs import tokens as tokens_input
-from conftest import TINY_SPECS, Project, code_project, ran, tiny_corpus
+from conftest import TINY_SPECS, build_pipeline as build, Project, code_project, ran, tiny_corpus
 from targets import losses, trainloop
 
 # ---------------------------------------------------------------- compile time: nodes and keys
@@ -144,17 +144,6 @@ def new_project(root: Path) -> Project:
                           init2={"kind": "init", "model": "tiny", "tokenizer": "tok2", "seed": 2})
     p.write("specs/pipelines/main.yaml", yaml.safe_dump(steps, sort_keys=False))
     return p
-
-
-def build(p: Project, pipeline: str, steps: dict) -> dict:
-    """Write pipeline `pipeline` with `steps` and build it (and whatever it needs) in this
-    interpreter; return each of its tasks' result (None, or doit's TaskFailed)."""
-    p.write(f"specs/pipelines/{pipeline}.yaml",
-            yaml.safe_dump({"kind": "pipeline", "name": pipeline, "default": False, "steps": steps}, sort_keys=False))
-    g = graph.compile_graph(project.load(p.root))
-    results = {task: runner.run(g, task) for task in g.plans if task.startswith((f"{pipeline}.", "main.", "dataset."))}
-    assert {r for t, r in results.items() if not t.startswith(f"{pipeline}.")} == {None}
-    return {t: r for t, r in results.items() if t.startswith(f"{pipeline}.")}
 
 
 @pytest.fixture(scope="module")

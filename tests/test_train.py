@@ -22,7 +22,7 @@ import runner
 from compiler import graph, params, project, store
 from compiler.errors import SpecError
 from compiler.inputs import TOKENIZER, tokens
-from conftest import TINY_SPECS, Project, add_qa, code_project, kill_at_first_checkpoint, tiny_corpus
+from conftest import TINY_SPECS, build_pipeline as build, Project, add_qa, code_project, kill_at_first_checkpoint, tiny_corpus
 from targets import losses, trainloop
 
 WIDE = """
@@ -81,19 +81,6 @@ def new_project(root: Path) -> Project:
     steps["steps"].update(wideinit={"kind": "init", "model": "wide", "tokenizer": "tok", "seed": 1}, pre=PRE)
     p.write("specs/pipelines/main.yaml", yaml.safe_dump(steps, sort_keys=False))
     return p
-
-
-def build(p: Project, pipeline: str, steps: dict) -> dict:
-    """Write pipeline `pipeline` with `steps` and build it (and whatever it needs) in this
-    interpreter; return each of its tasks' result (None, or doit's TaskFailed)."""
-    p.write(f"specs/pipelines/{pipeline}.yaml",
-            yaml.safe_dump({"kind": "pipeline", "name": pipeline, "default": False, "steps": steps}, sort_keys=False))
-    results = {}
-    g = graph.compile_graph(project.load(p.root))
-    for task in g.plans:
-        if task.startswith((f"{pipeline}.", "main.", "dataset.")):
-            results[task] = runner.run(g, task)
-    return {t: r for t, r in results.items() if t.startswith(f"{pipeline}.")}
 
 
 def key_of(p: Project, task: str) -> str | None:
