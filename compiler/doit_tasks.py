@@ -102,13 +102,28 @@ def build(step: str):
     the push of the entry it made. (doit hands a parameter named `task` its Task object, hence
     `step`.)"""
     failed = RUN(GRAPH, step)
-    if failed is None and REMOTE is not None and remote.push_wanted():
+    if failed is None and REMOTE is not None and REMOTE.no_push is None and remote.push_wanted():
         try:
             if remote.push(REMOTE, GRAPH.root, GRAPH.key(step), step):
                 print(f"  [{step}] pushed entry {GRAPH.key(step)[:12]} to {REMOTE}")
         except RemoteError as exc:  # the entry is built and kept: `doit push` can try again
-            print(f"ingot: {step}: not pushed: {exc}", file=sys.stderr)
+            _down(step, exc, "not pushed", reads=False)
     return failed
+
+
+def _down(step: str, exc: RemoteError, what: str, reads: bool) -> None:
+    """A remote that failed a request is not asked again in this run, so that each step does not
+    wait on it in turn: one line says so and what happens instead. A failed read stops reads and
+    pushes; a failed push (read-only credentials, say) stops pushes only."""
+    pushing = remote.push_wanted() and REMOTE.no_push is None
+    REMOTE.no_push = REMOTE.no_push or str(exc)
+    if reads:
+        REMOTE.down = str(exc)
+        rest = "; the remote is not asked again in this run: later steps build here" + \
+            (", and are not pushed (`doit push` uploads them)" if pushing else "")
+    else:
+        rest = "; nothing more is pushed in this run (`doit push` uploads what was built)"
+    print(f"ingot: {step}: {exc}; {what}{rest}", file=sys.stderr)
 
 
 def up_to_date(step: str) -> bool:
@@ -125,14 +140,14 @@ def up_to_date(step: str) -> bool:
 
 def _pulled(step: str) -> bool:
     """Read-through: the step's entry fetched from the remote, checked and committed."""
-    key = GRAPH.key(step) if REMOTE is not None else None
+    key = GRAPH.key(step) if REMOTE is not None and REMOTE.down is None else None
     if key is None:
         return False
     try:
         if not remote.pull(REMOTE, GRAPH.root, key, step):
             return False
     except RemoteError as exc:  # unreachable, or refusing: build here instead
-        print(f"ingot: {step}: {exc}; building it here", file=sys.stderr)
+        _down(step, exc, "building it here", reads=True)
         return False
     print(f"  [{step}] pulled entry {key[:12]} from {REMOTE}")
     return GRAPH.output_digest(step) is not None

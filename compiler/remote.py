@@ -22,6 +22,7 @@ parallel (`INGOT_REMOTE_JOBS`, default 8) behind one progress bar of bytes and b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -63,6 +64,8 @@ def _from_pyproject(root: Path) -> str | None:
     url = data.get("tool", {}).get("ingot", {}).get("remote")
     if url is not None and not isinstance(url, str):
         raise RemoteError(f"{path}: `[tool.ingot] remote` must be a URL string, found {url!r}")
+    if url and "://" not in url and not Path(url).is_absolute():  # a folder beside the project, wherever doit runs
+        url = str(root.resolve() / url)
     return url
 
 
@@ -101,6 +104,8 @@ class Remote:
 
     def __init__(self, url: str):
         self.url = url.rstrip("/")
+        self.down: str | None = None  # why `doit` stopped reading from it, in this process
+        self.no_push: str | None = None  # why `doit` stopped pushing to it, in this process
 
     def size(self, rel: str) -> int | None:
         """Bytes of the file, or None when there is none."""
@@ -131,43 +136,60 @@ class DirRemote(Remote):
         super().__init__(url)
         self.path = path
 
-    def size(self, rel: str) -> int | None:
+    @contextlib.contextmanager
+    def _os(self, what: str, rel: str):
+        """An OS error (permissions, a full or read-only disk, an unmounted share) as a RemoteError
+        that says which file and why, as the other schemes say theirs."""
         try:
-            return os.stat(self.path / rel).st_size
+            yield
         except FileNotFoundError:
-            return None
+            raise
+        except OSError as exc:
+            raise RemoteError(f"remote {self.url}: {what} {rel}: {exc.strerror or exc}") from None
+
+    def size(self, rel: str) -> int | None:
+        with self._os("stat", rel):
+            try:
+                return os.stat(self.path / rel).st_size
+            except FileNotFoundError:
+                return None
 
     def read(self, rel: str) -> bytes | None:
-        try:
-            return (self.path / rel).read_bytes()
-        except FileNotFoundError:
-            return None
+        with self._os("read", rel):
+            try:
+                return (self.path / rel).read_bytes()
+            except FileNotFoundError:
+                return None
 
     def download(self, rel: str, dest: Path, offset: int, progress: Progress) -> None:
-        try:
-            src = open(self.path / rel, "rb")
-        except FileNotFoundError:  # as the other schemes say it: the pull calls the entry damaged
-            raise RemoteError(f"remote {self.url}: {rel} is gone") from None
-        with src, open(dest, "ab") as out:
-            src.seek(offset)
-            while chunk := src.read(CHUNK):
-                out.write(chunk)
-                progress.add(len(chunk))
+        with self._os("read", rel):
+            try:
+                src = open(self.path / rel, "rb")
+            except FileNotFoundError:  # as the other schemes say it: the pull calls the entry damaged
+                raise RemoteError(f"remote {self.url}: {rel} is gone") from None
+            with src, open(dest, "ab") as out:
+                src.seek(offset)
+                while chunk := src.read(CHUNK):
+                    out.write(chunk)
+                    progress.add(len(chunk))
 
     def upload(self, src: Path, rel: str, progress: Progress) -> None:
         final = self.path / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(src, "rb") as f, open(tmp, "wb") as out:
-                while chunk := f.read(CHUNK):
-                    out.write(chunk)
-                    progress.add(len(chunk))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, final)  # whole or not at all
-        finally:
-            tmp.unlink(missing_ok=True)
+        with self._os("write", rel):
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                with open(src, "rb") as f, open(tmp, "wb") as out:
+                    while chunk := f.read(CHUNK):
+                        out.write(chunk)
+                        progress.add(len(chunk))
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, final)  # whole or not at all
+            except FileNotFoundError as exc:  # the remote's folder vanished under the write
+                raise RemoteError(f"remote {self.url}: write {rel}: {exc.strerror}") from None
+            finally:
+                tmp.unlink(missing_ok=True)
 
 
 class HttpRemote(Remote):
@@ -372,6 +394,24 @@ def has(remote: Remote, key: str) -> bool:
     return remote.size(f"{key}/{MANIFEST}") is not None
 
 
+def damage(remote: Remote, key: str) -> str | None:
+    """What is wrong with the remote's entry for `key` that can be seen without downloading it (a
+    manifest that does not hold, a file missing or of another size), or None when nothing is. A
+    file of the right size but other bytes is found only by a pull's digest check."""
+    try:
+        manifest = manifest_of(remote, key)
+    except Damaged as exc:
+        return str(exc)
+    if manifest is None:
+        return "its manifest.json is gone"
+    names = sorted(manifest.outputs)
+    with ThreadPoolExecutor(jobs()) as pool:
+        sizes = list(pool.map(lambda n: remote.size(f"{key}/{n}"), names))
+    wrong = [f"{n}: {'gone' if got is None else f'{got:,} bytes, the manifest says {manifest.outputs[n].size:,}'}"
+             for n, got in zip(names, sizes) if got != manifest.outputs[n].size]
+    return "; ".join(wrong) or None
+
+
 def pull(remote: Remote, root: Path | str, key: str, task: str) -> bool:
     """Fetch the entry for `key` into the store: True when it is complete there afterwards.
     A remote without it gives False; a damaged one (a file missing, short, or of another digest;
@@ -440,9 +480,13 @@ def _bad(remote: Remote, key: str, task: str, why: str) -> bool:
 
 def push(remote: Remote, root: Path | str, key: str, task: str) -> bool:
     """Upload the local entry for `key` unless the remote has it: its files, then its manifest,
-    so that no reader sees a manifest before the files it lists. True when it was uploaded."""
+    so that no reader sees a manifest before the files it lists. An entry there whose manifest
+    does not hold or whose files are missing or of other sizes (`damage`) is uploaded again, with
+    one warning line. True when it was uploaded."""
     if has(remote, key):
-        return False
+        if (why := damage(remote, key)) is None:
+            return False
+        print(f"ingot: {task}: the remote's entry {key[:12]} is damaged ({why}); pushing it again", file=sys.stderr)
     folder = store.entry(root, key)
     try:
         manifest = manifests.load(folder)

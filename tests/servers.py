@@ -41,6 +41,9 @@ http {{
             create_full_put_path on;
             dav_access user:rw group:rw all:r;
         }}
+        location /readonly/ {{
+            alias {base}/data/;
+        }}
         location /norange/ {{
             max_ranges 0;
             root {base}/data;
@@ -72,7 +75,8 @@ def nginx_binary() -> str | None:
 class Nginx:
     """nginx serving `data/` over WebDAV PUT (creating folders) and GET/HEAD; `/auth/` the same
     folder's `auth/` for requests with `Authorization: Bearer TOKEN` only, 401 for the rest;
-    `/norange/` without byte ranges (a GET with Range gets the whole file, 200). Request bodies
+    `/norange/` without byte ranges (a GET with Range gets the whole file, 200); `/readonly/` the
+    same files as `/`, GET and HEAD only (a PUT gets 405). Request bodies
     are spooled in `body/` until a PUT completes (an in-flight PUT is visible there)."""
 
     def __init__(self, base: Path, token: str, binary: str | None = None):

@@ -428,7 +428,12 @@ def test_the_remote_can_be_named_in_pyproject_and_the_environment_wins(built, tm
     assert b.doit("status", "--remote", "dataset.docs").stdout.splitlines()[1] == \
         f"dataset.docs: missing ({key[:12]}; `doit` builds it)"
     monkeypatch.delenv("INGOT_REMOTE")
-    (b.root / "pyproject.toml").write_text(b.read("pyproject.toml").replace(f'"file://{where.folder}"', "5"))
+    shutil.copytree(where.folder, b.root / "shared-cache")  # a relative path is the project's folder, from anywhere
+    (b.root / "pyproject.toml").write_text(b.read("pyproject.toml").replace(f"file://{where.folder}", "shared-cache"))
+    assert b.doit("status", "--remote", "dataset.docs").stdout.splitlines()[1] == remote_line
+    monkeypatch.chdir(tmp_path)
+    assert remote.configured(b.root).path == b.root.resolve() / "shared-cache"
+    (b.root / "pyproject.toml").write_text(b.read("pyproject.toml").replace('"shared-cache"', "5"))
     before = b.build_files()
     result = b.doit(check=False)
     assert result.returncode == 2
@@ -766,14 +771,69 @@ def test_an_unreachable_remote_is_one_line_per_step_and_the_build_goes_on(built,
     assert ran(result) == ["dataset.docs", "main.tok"]
     keys = keys_of(b)
     refused = "[Errno 111] Connection refused"
-    assert warnings(result) == [
-        line for t in ("dataset.docs", "main.tok") for line in (
-            f"ingot: {t}: remote {url}: GET {keys[t]}/manifest.json: {refused}; building it here",
-            f"ingot: {t}: not pushed: remote {url}: HEAD {keys[t]}/manifest.json: {refused}")]
+    assert warnings(result) == [  # asked once: each step would wait on it in turn otherwise
+        f"ingot: dataset.docs: remote {url}: GET {keys['dataset.docs']}/manifest.json: {refused}; building it "
+        "here; the remote is not asked again in this run: later steps build here, and are not pushed (`doit push` "
+        "uploads them)"]
     assert all(store.verify(b.root, keys[t]) == [] for t in ("dataset.docs", "main.tok"))
     result = b.doit("push", "main.tok", check=False)
     assert result.returncode == 1
     assert f"push: remote {url}: HEAD {keys['dataset.docs']}/manifest.json: {refused}" in result.stdout.splitlines()
+
+
+def test_a_remote_that_refuses_pushes_still_serves_reads_and_is_pushed_to_once(built, nginx, tmp_path,
+                                                                              monkeypatch):
+    """Read-only credentials, as CI gives pull requests: the entries there are pulled, the first
+    push that fails says so once, and the rest of the run neither pushes nor stops reading."""
+    keys = push_entries(FolderWhere(nginx.url("ro/cache"), nginx.data / "ro" / "cache"), built,
+                        ["dataset.docs", "main.tok"])
+    url = nginx.url("readonly/ro/cache")  # the same files, GET and HEAD only
+    monkeypatch.setenv("INGOT_REMOTE", url)
+    monkeypatch.setenv("INGOT_REMOTE_PUSH", "1")
+    b = clone(built, tmp_path / "b")
+    result = b.doit()
+    assert ran(result) == ["main.tok@docs", "main.student", "main.report"]
+    assert [line for line in result.stdout.splitlines() if "pulled entry" in line] == [
+        f"  [{t}] pulled entry {keys[t][:12]} from {url}" for t in ("dataset.docs", "main.tok")]
+    tokens = keys_of(b)["main.tok@docs"]
+    first = sorted(store.read_entry(b.root, tokens).outputs)[0]
+    assert warnings(result) == [f"ingot: main.tok@docs: remote {url}: PUT {tokens}/{first}: HTTP 405 Not Allowed; "
+                                "not pushed; nothing more is pushed in this run (`doit push` uploads what was built)"]
+
+
+@pytest.mark.parametrize("damage", ["file deleted", "file cut short", "manifest not JSON"])
+def test_a_push_replaces_a_damaged_remote_entry(remote_url, built, damage, tmp_path, monkeypatch):
+    keys = push_entries(remote_url, built, ["dataset.docs", "main.tok"])
+    key, name = keys["main.tok"], "tokenizer.json"
+    data, manifest = remote_url.get(f"{key}/{name}"), remote_url.get(f"{key}/{MANIFEST}")
+    if damage == "file deleted":
+        remote_url.delete(f"{key}/{name}")
+        why = f"{name}: gone"
+    elif damage == "file cut short":
+        remote_url.put(f"{key}/{name}", data[:1000])
+        why = f"{name}: 1,000 bytes, the manifest says {len(data):,}"
+    else:
+        remote_url.put(f"{key}/{MANIFEST}", manifest[:len(manifest) // 2])
+        why = "its manifest.json does not read (1 validation error for EntryManifest)"
+    monkeypatch.setenv("INGOT_REMOTE", remote_url.url)
+    result = built.doit("push", "main.tok")
+    assert result.stdout.splitlines()[-1] == "push: 1 pushed, 1 remote, 0 not built"
+    assert warnings(result) == [f"ingot: main.tok: the remote's entry {key[:12]} is damaged ({why}); pushing it again"]
+    assert remote_url.get(f"{key}/{name}") == data and remote_url.get(f"{key}/{MANIFEST}") == manifest
+    assert built.doit("push", "main.tok").stdout.splitlines()[-1] == "push: 0 pushed, 2 remote, 0 not built"
+    b = clone(built, tmp_path / "b")
+    assert b.doit("pull", "main.tok").stdout.splitlines()[-1] == "pull: 2 pulled, 0 local, 0 missing, 0 pending"
+    assert entry_bytes(b, key) == entry_bytes(built, key)
+
+
+def test_a_directory_remote_that_cannot_be_written_is_a_remote_error_naming_the_file(built, tmp_path, monkeypatch):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the remote's folder should be\n")
+    monkeypatch.setenv("INGOT_REMOTE", str(blocker))
+    result = built.doit("push", "dataset.docs", check=False)
+    assert result.returncode == 1
+    key = keys_of(built)["dataset.docs"]
+    assert f"push: remote {blocker}: stat {key}/manifest.json: Not a directory" in result.stdout.splitlines()
 
 
 @pytest.mark.parametrize("url, why", [
@@ -840,7 +900,8 @@ def test_the_bearer_token_opens_the_http_remote(built, nginx, tmp_path, monkeypa
     result = c.doit("dataset.docs")
     assert ran(result) == ["dataset.docs"]
     assert warnings(result) == [f"ingot: dataset.docs: remote {url}: GET {keys['dataset.docs']}/manifest.json: "
-                                "HTTP 401 Unauthorized; building it here"]
+                                "HTTP 401 Unauthorized; building it here; the remote is not asked again in this "
+                                "run: later steps build here"]
 
 
 @pytest.mark.parametrize("scheme", ["http", "s3"])
@@ -887,3 +948,69 @@ def test_a_remote_manifest_naming_files_outside_its_entry_is_refused(built, tmp_
         f"ingot: main.tok: the remote's entry {key[:12]} is damaged (its manifest.json names files outside the "
         "entry: ../../evil); treated as missing"]
     assert not (b.root / "build").exists() and not (tmp_path / "evil").exists()
+
+
+# ---------------------------------------------------------------- 6. the README's CI recipes
+
+def readme_block(language: str) -> str:
+    """The first ```LANGUAGE block of the README's "In CI" paragraph."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("**In CI.**"):text.index("\n## ", text.index("**In CI.**"))]
+    start = section.index(f"```{language}\n") + len(language) + 4
+    return section[start:section.index("```", start)]
+
+
+@pytest.mark.slow  # the default project's cold `ci` build (~30 s), then two clones that build nothing or the report
+def test_the_readmes_ci_recipes_run_as_written(tmp_path):
+    """The shell recipe, run by bash in clone A with the venv of this test run as its .venv
+    (its one placeholder, the remote's folder /cache/ingot, pointed at a folder here), builds the
+    `ci` profile and pushes it; the GitHub Actions workflow's `run:` steps, run in order by bash
+    in clone B with the workflow's `env:` (the remote pointed at the same folder, secrets left
+    out), build nothing and keep A's report as the artifact; after a template edit, only the
+    report. Not exercised here: the `uses:` actions (checkout, setup-python, upload-artifact)
+    and the pip install step, which the test environment stands for."""
+    import yaml
+
+    activate = Path(sys.prefix) / "bin" / "activate"
+    assert activate.exists(), f"the tests run from a virtual environment (the README's), not {sys.prefix}"
+    cache = tmp_path / "cache" / "ingot"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INGOT_", "PYTHONPATH"))}
+
+    def fresh(name: str) -> Project:
+        p = code_project(tmp_path / name)
+        shutil.copytree(REPO / "specs", p.root / "specs")
+        (p.root / ".venv").symlink_to(sys.prefix)
+        return p
+
+    def bash(p: Project, script: str, extra: dict) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=p.root, env={**env, **extra},
+                              capture_output=True, text=True, timeout=900, check=True)
+
+    a = fresh("a")
+    script = readme_block("sh")
+    assert "/cache/ingot" in script
+    result = bash(a, script.replace("/cache/ingot", str(cache)), {})
+    built = ran(result)
+    assert "gladius.report" in built and warnings(result) == []
+    assert len([line for line in result.stdout.splitlines() if " pushed entry " in line]) == len(built)
+    report = a.read("build/@ci/gladius/report/report.md")
+    assert (a.root / "artifacts" / "report.md").read_text() == report
+
+    workflow = yaml.safe_load(readme_block("yaml"))
+    job = workflow["jobs"]["build"]
+    job_env = {k: str(v) for k, v in job["env"].items() if "${{" not in str(v)}  # secrets: none here
+    assert job_env["INGOT_REMOTE_PUSH"] == "1" and "INGOT_REMOTE" in job_env
+    runs = [s["run"] for s in job["steps"] if "run" in s and not s["run"].startswith("pip install")]
+    assert runs[0] == "doit profile=ci" and len(runs) == 2
+    script = "\n".join([". .venv/bin/activate", *runs])
+    b = fresh("b")
+    result = bash(b, script, {**job_env, "INGOT_REMOTE": str(cache)})
+    assert ran(result) == [] and warnings(result) == []
+    assert sorted(line.split("]")[0][3:] for line in result.stdout.splitlines() if " pulled entry " in line) == \
+        sorted(built)
+    assert (b.root / "report" / "report.md").read_text() == report
+    template = b.root / TEMPLATE
+    template.write_text(template.read_text() + "\nA line a pull request adds.\n")
+    result = bash(b, script, {**job_env, "INGOT_REMOTE": str(cache)})
+    assert ran(result) == ["gladius.report"]
+    assert (b.root / "report" / "report.md").read_text().endswith("\n\nA line a pull request adds.\n")
