@@ -44,6 +44,16 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
 
 
+class Resources(Spec):
+    """What a step asks of a machine when `INGOT_EXECUTOR=ray` runs it on a cluster. Never part of
+    a content key: where a step runs does not change what it writes."""
+    cpus: float | None = Field(None, ge=0, le=4096)
+    """CPU cores (Ray's `num_cpus`). Default: 1 (a dataset's `workers` ask for their own)."""
+    gpus: float | None = Field(None, ge=0, le=4096)
+    """GPUs (Ray's `num_gpus`). Default: 1 for a train or teacher-outputs step that runs on CUDA
+    (its `nproc_per_node` under `distributed:`), else 0."""
+
+
 class Manifest(Spec):
     name: Name = Field(json_schema_extra=UNKEYED)
     """Unique name of this manifest among those of its kind; other manifests refer to it by it."""
@@ -207,6 +217,11 @@ class DatasetSpec(Manifest):
     """The deterministic train/validation split."""
     shard_docs: int = Field(10_000, ge=1, le=100_000_000)
     """Documents per output shard file."""
+    workers: int = Field(1, ge=1, le=1024, json_schema_extra=UNKEYED)
+    """Ray workers that compute the near-dedup MinHash signatures in parallel (one deterministic
+    merge: the output is the same bytes for any number); 1 computes them here."""
+    resources: Resources | None = Field(None, json_schema_extra=UNKEYED)
+    """What the build asks of a Ray cluster (`INGOT_EXECUTOR=ray`)."""
 
     @model_validator(mode="after")
     def _one_shape(self) -> "DatasetSpec":
@@ -332,6 +347,8 @@ class ModelSpec(Manifest):
 class Step(Spec):
     description: str = Field("", json_schema_extra=UNKEYED)
     """Free text for people. Never part of a content key."""
+    resources: Resources | None = Field(None, json_schema_extra=UNKEYED)
+    """What the step asks of a Ray cluster (`INGOT_EXECUTOR=ray`)."""
 
 
 class SpecialTokens(Spec):
@@ -701,6 +718,21 @@ class Lora(Spec):
     order is not part of the key."""
 
 
+class Distributed(Spec):
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """`ddp`: every process holds the whole model and the gradients are averaged
+    (DistributedDataParallel); `fsdp`: parameters, gradients and optimizer state are sharded
+    over the processes (FSDP2's `fully_shard`, per decoder layer and the whole model)."""
+    nproc_per_node: int = Field(ge=1, le=1024)
+    """Processes on each machine, one per GPU on CUDA (gloo processes on the CPU)."""
+    nnodes: int = Field(1, ge=1, le=4096)
+    """Machines; with more than one, torchrun meets the others at `MASTER_ADDR:MASTER_PORT`, and
+    each machine runs `doit` with its own `NODE_RANK` (0 on the one whose store keeps the entry)."""
+
+    def world(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
 class TrainStep(Step):
     kind: Literal["train"]
     """Train a model: pretrain, supervised fine-tuning or distillation."""
@@ -762,6 +794,14 @@ class TrainStep(Step):
     """QLoRA: hold the frozen base in 4-bit NF4 (bitsandbytes; double quantization, bfloat16
     compute) while the adapters train. Needs `lora:` and a CUDA GPU; the merged model is the
     unquantized base plus the adapters."""
+    distributed: Distributed | None = None
+    """Train in several processes under torchrun: DDP or FSDP, `nproc_per_node` on each of
+    `nnodes` machines (gloo on the CPU, NCCL on CUDA). Each micro-batch of `batch_size`
+    sequences is split evenly over the processes, so the global batch, and the losses, stay
+    those of one process. Part of the key: a world size sums in another order."""
+    compile: bool = False
+    """Compile the model with `torch.compile` before training (CUDA: faster steps after a warm-up
+    compile; its kernels round differently, so it is part of the key)."""
 
     def summary(self) -> str:
         start = f"model '{self.model}'" if self.model else f"'{self.init}'"

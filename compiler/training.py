@@ -122,6 +122,7 @@ def resolve_train(project: Project, node: Node) -> None:
         node.models["model"] = model_of(project, node.deps[INIT])
     model = node.models["model"]
     _lora(node, model)
+    _distributed(node)
     check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
     datasets = _datasets(project, node)
     first = [spec.data] if spec.data is not None else list(spec.stages[0].datasets)
@@ -174,6 +175,24 @@ def _lora(node: Node, model: ModelSpec) -> None:
         if name in seen:
             raise node.error(where, "each module once", f"'{name}' a second time", "remove the repeated entry")
         seen.add(name)
+
+
+def _distributed(node: Node) -> None:
+    """Each micro-batch is split evenly over the processes; QLoRA's 4-bit base is one GPU's."""
+    spec, d = node.spec, node.spec.distributed
+    if d is None:
+        return
+    world = d.world()
+    if spec.batch_size % world:
+        near = [n for n in ((spec.batch_size // world) * world, (spec.batch_size // world + 1) * world) if n]
+        raise node.error(("batch_size",), f"a multiple of the {world} processes of `distributed` "
+                                          f"({d.nproc_per_node} per node × {d.nnodes} node{'s' if d.nnodes > 1 else ''}): "
+                                          "each takes an equal share of every micro-batch",
+                         f"{spec.batch_size}", f"use batch_size {' or '.join(map(str, near))}, or change nproc_per_node")
+    if spec.quantize_base is not None:
+        raise node.error(("distributed",), "one process with `quantize_base` (QLoRA holds its 4-bit base on one GPU)",
+                         f"distributed over {world} processes", "remove `distributed:`, or `quantize_base` to "
+                                                                "train LoRA adapters over a full-precision base")
 
 
 def _same_tokenizer(project: Project, node: Node, weights: str) -> None:

@@ -725,3 +725,49 @@ def test_a_lora_pipeline_compiles_and_its_targets_are_a_set(make_project):
     assert bases(p.root) == before
     write(p, with_ft("{r: 8, targets: [v_proj, q_proj, k_proj]}", exports))
     assert sorted(t for t, b in bases(p.root).items() if b != before[t]) == ["main.ft"]
+
+
+DISTRIBUTED = {
+    "batch-not-divided-by-the-processes": (
+        edit(PIPELINE, "    max_steps: 10\n", "    max_steps: 10\n    batch_size: 6\n"
+                                             "    distributed: {strategy: fsdp, nproc_per_node: 4}\n"),
+        "specs/pipelines/main.yaml:14: steps.teacher.batch_size: expected a multiple of the 4 processes of "
+        "`distributed` (4 per node × 1 node): each takes an equal share of every micro-batch; found 6\n"
+        "  fix: use batch_size 4 or 8, or change nproc_per_node"),
+    "batch-below-the-processes-of-two-nodes": (
+        edit(PIPELINE, "    max_steps: 10\n", "    max_steps: 10\n    batch_size: 2\n"
+                                             "    distributed: {nproc_per_node: 2, nnodes: 2}\n"),
+        "specs/pipelines/main.yaml:14: steps.teacher.batch_size: expected a multiple of the 4 processes of "
+        "`distributed` (2 per node × 2 nodes): each takes an equal share of every micro-batch; found 2\n"
+        "  fix: use batch_size 4, or change nproc_per_node"),
+    "qlora-distributed": (
+        with_ft(extra="    quantize_base: nf4\n    batch_size: 4\n    distributed: {nproc_per_node: 2}\n"),
+        "specs/pipelines/main.yaml:38: steps.ft.distributed: expected one process with `quantize_base` (QLoRA holds "
+        "its 4-bit base on one GPU); found distributed over 2 processes\n"
+        "  fix: remove `distributed:`, or `quantize_base` to train LoRA adapters over a full-precision base"),
+    "no-processes": (
+        edit(PIPELINE, "    max_steps: 10\n", "    max_steps: 10\n    distributed: {nproc_per_node: 0}\n"),
+        "specs/pipelines/main.yaml:14: steps.teacher.distributed.nproc_per_node: expected a number ≥ 1; found 0\n"
+        "  fix: use a value ≥ 1"),
+}
+
+
+@pytest.mark.parametrize("files, expected", DISTRIBUTED.values(), ids=DISTRIBUTED.keys())
+def test_distributed_mistakes(make_project, files, expected):
+    assert load_error(make_project(), files, {}) == expected
+
+
+def test_distributed_and_resources_in_the_key(make_project):
+    """A world size sums in another order: part of the key; where a step runs (resources) is not."""
+    p = make_project()
+
+    def key(files):
+        write(p, files)
+        return graph.compile_graph(project.load(p.root))["main.teacher"].base
+
+    plain = key({})
+    ddp = key(edit(PIPELINE, "    max_steps: 10\n", "    max_steps: 10\n    distributed: {nproc_per_node: 2}\n"))
+    fsdp = key(edit(PIPELINE, "    max_steps: 10\n", "    max_steps: 10\n    distributed: {strategy: fsdp, "
+                                                     "nproc_per_node: 2}\n"))
+    placed = key(edit(PIPELINE, "    max_steps: 10\n", "    max_steps: 10\n    resources: {cpus: 2, gpus: 1}\n"))
+    assert len({plain, ddp, fsdp}) == 3 and placed == plain
