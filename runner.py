@@ -45,16 +45,13 @@ def run(graph: Graph, task: str) -> TaskFailed | None:
 
 
 def _build(graph: Graph, plan: Plan, key: str) -> TaskFailed | None:
-    from targets import BuildError, Job
+    from targets import BuildError
 
     root = Path(plan.root)
     builder = importlib.import_module(f"targets.{plan.builder}")
     tmp = store.staging(root, key)
     inputs = graph.inputs(plan.task)
-    job = Job(plan.task, _spec(plan), tmp, root=root, work=store.work_dir(root, key), key=key,
-              inputs={Input.parse(name): store.entry(root, i["key"]) for name, i in inputs.items()},
-              models={f: ModelSpec.model_validate(m) for f, m in plan.models.items()},
-              files=[[Path(p) for p in paths] for paths in plan.files])
+    job = job_of(graph, plan, key, tmp)
     started = time.time()
     try:
         metrics = builder.build(job) or {}
@@ -75,6 +72,18 @@ def _build(graph: Graph, plan: Plan, key: str) -> TaskFailed | None:
     store.commit(root, key, tmp, manifest)
     shutil.rmtree(job.work, ignore_errors=True)  # the entry is complete: resume state is spent
     return None
+
+
+def job_of(graph: Graph, plan: Plan, key: str, out: Path):
+    """The builder's Job for a plan whose inputs are built: its spec, staging folder `out`, work
+    folder, input entries, models and source files."""
+    from targets import Job
+
+    root = Path(plan.root)
+    return Job(plan.task, _spec(plan), out, root=root, work=store.work_dir(root, key), key=key,
+               inputs={Input.parse(name): store.entry(root, i["key"]) for name, i in graph.inputs(plan.task).items()},
+               models={f: ModelSpec.model_validate(m) for f, m in plan.models.items()},
+               files=[[Path(p) for p in paths] for paths in plan.files])
 
 
 def _spec(plan: Plan):

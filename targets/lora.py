@@ -84,7 +84,26 @@ def load_adapter(model, state: dict, what: str) -> None:
     set_peft_model_state_dict(model, state)
 
 
-ADAPTERS = Trained(ADAPTER_WEIGHTS, adapter_weights, load_adapter)  # what a LoRA checkpoint keeps of the model
+def adapter_weights_of_state(model, state: dict) -> dict:
+    """`adapter_weights` of a peft model whose full state dict is `state`."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model, state_dict=state).items()}
+
+
+def adapter_state(model, adapters: dict) -> dict:
+    """The entries of the full state dict of a peft model that `adapter_weights` names: peft's
+    file leaves the adapter's name out of each key, the model's parameters have it."""
+    name = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapter[0]
+    out = {}
+    for key, value in adapters.items():
+        stem, _, leaf = key.rpartition(".")
+        out[f"{stem}.{name}.{leaf}"] = value
+    return out
+
+
+# what a LoRA checkpoint keeps of the model
+ADAPTERS = Trained(ADAPTER_WEIGHTS, adapter_weights, load_adapter, adapter_weights_of_state, adapter_state)
 
 
 def save_adapter(model, entry: Path) -> None:

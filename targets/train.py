@@ -30,6 +30,7 @@ whole state and the loop's, RNG included, are restored exactly, or the resume is
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -41,9 +42,9 @@ from pathlib import Path
 from compiler.inputs import INIT, TOKENIZER, Role, of_role, teacher
 from targets import TOKENIZER_JSON, BuildError, Job, link_or_copy, load_tokenizer, lora, losses
 from targets.trainloop import (FULL, IGNORE, LoopState, Progress, StoredOutputs, StoredTeacher, TokenData, adamw,
-                               build_model, checkpoints, clear_partial, device_for, inputs_and_labels, load_checkpoint,
-                               lr_at, prune, read_metrics, save_checkpoint, segment_at, segments, truncate_metrics,
-                               weights)
+                               build_model, check_optimizer_fits, checkpoints, clear_partial, device_for,
+                               inputs_and_labels, load_checkpoint, lr_at, prune, read_checkpoint, read_metrics,
+                               save_checkpoint, segment_at, segments, truncate_metrics, weights, write_checkpoint)
 
 OUTPUTS = ("model.safetensors", "config.json", "metrics.jsonl", "checkpoints/*")
 
@@ -54,6 +55,10 @@ def outputs(spec) -> tuple[str, ...]:
 
 
 def build(job: Job) -> dict:
+    if job.spec.distributed is not None:  # in processes of torchrun's, each a Trainer with its Parallel
+        from targets import distributed
+
+        return distributed.launch(job)
     trainer = Trainer(job)
     trainer.resume()
     trainer.run()
@@ -61,17 +66,19 @@ def build(job: Job) -> dict:
 
 
 class Trainer:
-    """The state of one train step: model, optimizer, data, teachers and the loop's counters."""
+    """The state of one train step: model, optimizer, data, teachers and the loop's counters.
+    With a `Parallel` (targets/distributed.py), this process's part of a step trained in several."""
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, parallel=None):
         import torch
 
         if job.work is None:
             raise RuntimeError(f"{job.task}: a train step needs a work directory for its checkpoints")
-        self.job, self.spec = job, job.spec
+        self.job, self.spec, self.parallel = job, job.spec, parallel
+        self.main = parallel is None or parallel.main  # writes metrics, checkpoints and outputs
         spec = self.spec
         self.model_spec = job.models["model"]
-        self.device = device_for(spec.device)
+        self.device = device_for(spec.device) if parallel is None else parallel.device()
         if spec.quantize_base is not None:  # before any data is read or model loaded
             lora.require_qlora(self.device)
         self.data = TokenData(job.inputs, self.model_spec.vocab_size)
@@ -96,6 +103,10 @@ class Trainer:
                              "is undefined: raise eval.batches or the dataset's split.validation")
         torch.manual_seed(spec.seed)
         self.model, self.config = self._model()
+        if parallel is not None:
+            self.model = parallel.wrap(self.model)
+        if spec.compile:  # in place: the module keeps its parameter names (checkpoints, state dicts)
+            (self.model if parallel is None else parallel.plain(self.model)).compile()
         self.trained = lora.ADAPTERS if spec.lora is not None else FULL  # what checkpoints keep of the model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = adamw(self.model, spec.optimizer)
@@ -109,6 +120,7 @@ class Trainer:
         self.state = LoopState(total_steps=self.total)
         self.resumed_from = None
         self.progress = None
+        self.inspect_gradients = None  # called with the step index once its gradients are final (tests read them)
 
     def _model(self):
         """The model to train, and the config.json of the one the step writes: the built model;
@@ -124,15 +136,39 @@ class Trainer:
     # ------------------------------------------------------------ resume and loop
 
     def resume(self) -> None:
-        clear_partial(self.ckpt_root)
-        found = checkpoints(self.ckpt_root)
+        if self.main:
+            clear_partial(self.ckpt_root)
+        found = checkpoints(self.ckpt_root) if self.main else []
+        if self.parallel is not None:  # rank 0's checkpoints decide
+            found = [Path(p) for p in self.parallel.broadcast([str(p) for p in found[-1:]])]
         if not found:
-            self.metrics_path.unlink(missing_ok=True)
+            if self.main:
+                self.metrics_path.unlink(missing_ok=True)
             return
-        load_checkpoint(found[-1], self.model, self.optimizer, self.state, self.trained)
+        if self.parallel is None:
+            load_checkpoint(found[-1], self.model, self.optimizer, self.state, self.trained)
+        else:
+            self._load_parallel(found[-1])
         self.resumed_from = self.state.step
-        truncate_metrics(self.metrics_path, self.state.step)
+        if self.main:
+            truncate_metrics(self.metrics_path, self.state.step)
         self.job.log(f"resuming from checkpoint {self._rel(found[-1])} (step {self.state.step} of {self.total})")
+
+    def _load_parallel(self, path: Path) -> None:
+        """Checkpoint `path`, read by rank 0, into every process's part of the model and optimizer."""
+        parallel, plain = self.parallel, self.parallel.plain(self.model)
+        expected = parallel.optimizer_state(self.model, self.optimizer)  # the names and groups a fit needs
+        model_state, optimizer_state, loop = {}, {}, None
+        if parallel.main:
+            tensors, optimizer_state, loop = read_checkpoint(path, self.trained.file)
+            source = f"checkpoint {path}"
+            check_optimizer_fits(optimizer_state, expected, f"{source}: optimizer.safetensors")
+            model_state = self.trained.to_state(plain, tensors)
+            unknown = sorted(set(model_state) - set(plain.state_dict()))
+            if unknown:
+                raise BuildError(f"{source} does not fit the model: unexpected {unknown}")
+        parallel.load_state(self.model, self.optimizer, model_state, optimizer_state)
+        self.state.load_state_dict(parallel.broadcast(loop), f"checkpoint {path}: state.json")
 
     def run(self) -> None:
         spec, state = self.spec, self.state
@@ -142,8 +178,8 @@ class Trainer:
         self.job.log(f"{n:,} parameters{trainable} on {self.device.type} ({spec.dtype}): {self.total:,} steps of "
                      f"{spec.batch_size}×{spec.grad_accum} sequences, {spec.objective}")
         self.t_start = time.perf_counter()
-        progress = self.progress = Progress(self.total, state.step)
-        with open(self.metrics_path, "a", encoding="utf-8") as log:
+        progress = self.progress = Progress(self.total, state.step) if self.main else None
+        with open(self.metrics_path, "a", encoding="utf-8") if self.main else contextlib.nullcontext() as log:
             for i in range(state.step, self.total):
                 if state.stopped_early:
                     break
@@ -151,20 +187,22 @@ class Trainer:
                 step = i + 1
                 row["val_loss"] = self.evaluate() if step % spec.eval.every == 0 or step == self.total else None
                 row["wall_time"] = round(self.elapsed(), 4)
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                progress.update(step, row["loss"], row["lr"], row["tokens_per_s"])
+                if log is not None:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                    progress.update(step, row["loss"], row["lr"], row["tokens_per_s"])
                 state.step, state.val_loss = step, row["val_loss"]
                 state.tokens_seen += row["tokens"]
                 if step % spec.checkpoints.every == 0 or step == self.total or state.stopped_early:
                     self.checkpoint()
-        progress.close()
+        if progress is not None:
+            progress.close()
 
     def step(self, i: int) -> dict:
         """One optimizer step (step index `i`, 0-based): grad_accum micro-batches, clip, AdamW."""
         import torch
 
-        spec = self.spec
+        spec, parallel = self.spec, self.parallel
         stage, phase = segment_at(self.stages, i), segment_at(self.phases, i)
         teachers, weights_ = self.teachers_for(phase)
         lr = lr_at(spec, i, self.total)
@@ -174,47 +212,60 @@ class Trainer:
         length, mix = self.lengths[stage], self.mixes[stage]
         # whole stored windows while a stored teacher teaches; random offsets otherwise
         stored = any(isinstance(t, StoredTeacher) for _, t in teachers)
-        batches = [self.batch(i, micro, mix, length, stored) for micro in range(spec.grad_accum)]
+        share = parallel.share(spec.batch_size) if parallel is not None else None
+        batches = [self.batch(i, micro, mix, length, stored, share) for micro in range(spec.grad_accum)]
         # the mean over what is counted in the whole optimizer step: every token, or for sft
         # every response token (a micro-batch of prompts only weighs nothing, and is no NaN)
         scale = sum(int((y != IGNORE).sum()) for _, y, _ in batches) if self.sft else spec.grad_accum
+        world = 1 if parallel is None else parallel.world
+        if parallel is not None and self.sft:  # the response tokens of every process's share
+            scale = int(parallel.total(torch.tensor([scale], dtype=torch.int64, device=self.device)))
+        # the processes' gradients are averaged: an sft share's sum counts `world` times over the global count
+        factor = world if self.sft else 1
         sums = torch.zeros(3 + len(teachers), device=self.device)
-        for x, y, picks in batches if scale else ():
-            loss, ce, kd, parts = self.objective(x.to(self.device, non_blocking=True),
-                                                 y.to(self.device, non_blocking=True), teachers, weights_, picks)
-            (loss / scale).backward()
+        for micro, (x, y, picks) in enumerate(batches if scale else ()):
+            with parallel.sync(self.model, micro == len(batches) - 1) if parallel else contextlib.nullcontext():
+                loss, ce, kd, parts = self.objective(x.to(self.device, non_blocking=True),
+                                                     y.to(self.device, non_blocking=True), teachers, weights_, picks)
+                (loss * factor / scale).backward()
             kd = kd if kd is not None else ce.new_zeros(())
             sums += torch.cat([torch.stack([loss, ce, kd]), parts if parts is not None else ce.new_zeros(0)]).detach()
         if spec.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, spec.clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        if parallel is not None:  # the losses of every share: sums of response tokens, or of `world` equal means
+            sums = parallel.total(sums) / (1 if self.sft else world)
         loss_v, ce_v, kd_v, *per_teacher = (sums / max(scale, 1)).tolist()
-        grad_norm = float(norm)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP's is a DTensor
+        if self.inspect_gradients is not None:
+            self.inspect_gradients(i)
         self.guard(i + 1, loss_v, grad_norm)
         if scale:  # no response token in the whole step: nothing to learn, the weights stay
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
-        tokens = spec.batch_size * spec.grad_accum * length
+        tokens = spec.batch_size * spec.grad_accum * length  # the global batch's
         return {"step": i + 1, "phase": self.phases[phase].name, "stage": self.stages[stage].name,
                 "loss": loss_v, "ce": ce_v, "kd": kd_v if teachers else None,
                 "kd_teachers": dict(zip((n for n, _ in teachers), per_teacher)) if teachers else None,
                 "lr": lr, "grad_norm": grad_norm,
                 "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
 
-    def batch(self, i: int, micro: int, mix: dict[str, float], length: int, stored: bool = False):
+    def batch(self, i: int, micro: int, mix: dict[str, float], length: int, stored: bool = False,
+              share: tuple[int, int] | None = None):
         """(inputs, labels, picks) of micro-batch `micro` of step index `i`, as CPU tensors; with
-        `stored`, whole windows of the stored teacher outputs, and `picks` says which (else None)."""
+        `stored`, whole windows of the stored teacher outputs, and `picks` says which (else None);
+        with `share`, this process's rows of it only."""
         import torch
 
         spec = self.spec
         picks = None
         if stored:
             drawn, picks = self.data.window_batch(spec.seed, i, micro, mix, spec.batch_size, length,
-                                                  spec.distill.windows)
+                                                  spec.distill.windows, share)
         else:
-            drawn = self.data.train_batch(spec.seed, i, micro, mix, spec.batch_size, length, self.sft)
+            drawn = self.data.train_batch(spec.seed, i, micro, mix, spec.batch_size, length, self.sft, share)
         x, y = (torch.from_numpy(t) for t in inputs_and_labels(*(drawn if self.sft else [drawn])))
         return x, y, picks
 
@@ -315,8 +366,17 @@ class Trainer:
     def checkpoint(self) -> None:
         # no data cursor or schedule position to save: windows are drawn by default_rng([seed, 0,
         # step index, micro-batch]) and the learning rate is a function of the step index
-        save_checkpoint(self.ckpt_root, self.model, self.optimizer, replace(self.state, elapsed_s=self.elapsed()),
-                        self.trained)
+        loop = replace(self.state, elapsed_s=self.elapsed())
+        if self.parallel is None:
+            save_checkpoint(self.ckpt_root, self.model, self.optimizer, loop, self.trained)
+        else:  # the whole state, gathered to rank 0, which writes it
+            parallel = self.parallel
+            model_state = parallel.model_state(self.model)
+            optimizer_state = parallel.optimizer_state(self.model, self.optimizer)
+            if not self.main:
+                return
+            write_checkpoint(self.ckpt_root, self.trained.file,
+                             self.trained.of_state(parallel.plain(self.model), model_state), optimizer_state, loop)
         prune(self.ckpt_root, self.spec.checkpoints.keep)
 
     # ------------------------------------------------------------ teachers
@@ -411,9 +471,14 @@ class Trainer:
 
     # ------------------------------------------------------------ outputs
 
-    def finish(self) -> dict:
+    def finish(self) -> dict | None:
+        """Write the outputs and return the metrics (rank 0 of several processes: None elsewhere)."""
         from safetensors.torch import save_file
 
+        if self.parallel is not None:
+            self.model = self._gathered()
+            if self.model is None:
+                return None
         out = self.job.out
         model, config = self.final_model()
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -437,6 +502,24 @@ class Trainer:
             "checkpoints": [c.name for c in kept], "teacher_forwards": s.teacher_forwards,
             "teachers": self.teacher_summary(),
         }
+
+    def _gathered(self):
+        """The trained model whole on rank 0's CPU (None elsewhere): the full state gathered from
+        every process into a plain model built as a one-process step builds it."""
+        import torch
+
+        state = self.parallel.model_state(self.model)
+        if not self.main:
+            return None
+        model, _ = build_model(self.job, torch.device("cpu"))
+        if self.spec.lora is not None:
+            model = lora.wrap(model, self.spec.lora, self.spec.seed)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+        if set(missing) - tied or unexpected:
+            raise BuildError(f"the state gathered from the {self.parallel.world} processes does not fit the model: "
+                             f"missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+        return model
 
     def final_model(self):
         """The model the step writes whole, and its config.json: the trained one; for LoRA, the

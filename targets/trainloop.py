@@ -121,10 +121,11 @@ class TokenData:
                                  f"seq_len or {fix}")
 
     def train_batch(self, seed: int, i: int, micro: int, datasets: dict[str, float], batch: int, seq_len: int,
-                    mask: bool = False):
+                    mask: bool = False, share: tuple[int, int] | None = None):
         """`batch` windows of seq_len + 1 tokens (int64), each from a dataset drawn by weight at
         a uniformly random offset; a pure function of (seed, step index, micro-batch). With
-        `mask`, also the response masks of the same windows (uint8)."""
+        `mask`, also the response masks of the same windows (uint8). With `share` (lo, hi), only
+        rows lo..hi-1 of them are read: one process's share of a micro-batch split over several."""
         import numpy as np
 
         names, which, where = _draws(seed, i, micro, datasets, batch)
@@ -133,8 +134,9 @@ class TokenData:
             rows = np.flatnonzero(which == d)
             if rows.size:
                 plan.append((name, rows, (where[rows] * (len(self.train[name]) - seq_len)).astype(np.int64)))
-        out = _windows(self.train, plan, batch, seq_len, np.int64)
-        return (out, _windows(self.masks["train"], plan, batch, seq_len, np.uint8)) if mask else out
+        plan, count = _shared(plan, share, batch)
+        out = _windows(self.train, plan, count, seq_len, np.int64)
+        return (out, _windows(self.masks["train"], plan, count, seq_len, np.uint8)) if mask else out
 
     def windows(self, name: str, seq_len: int, most: int | None = None) -> int:
         """Consecutive windows of seq_len + 1 tokens the train stream of `name` is cut into, as a
@@ -144,12 +146,13 @@ class TokenData:
         return count if most is None else min(count, most)
 
     def window_batch(self, seed: int, i: int, micro: int, datasets: dict[str, float], batch: int, seq_len: int,
-                     most: int | None = None):
+                     most: int | None = None, share: tuple[int, int] | None = None):
         """`batch` whole windows (int64, seq_len + 1 tokens: see `windows`), each from a dataset drawn
         by weight and a window drawn uniformly, and the (dataset, rows, window indices) of each
         dataset drawn, by which the windows' stored teacher outputs are read. A pure function of
         (seed, step index, micro-batch), from the same draws as `train_batch`: the same rows come
-        from the same datasets, each at the start of the window its offset falls in."""
+        from the same datasets, each at the start of the window its offset falls in. `share` as for
+        `train_batch` (the picks' rows then count from the share's first row)."""
         import numpy as np
 
         names, which, where = _draws(seed, i, micro, datasets, batch)
@@ -159,8 +162,9 @@ class TokenData:
             if rows.size:
                 count = self.windows(name, seq_len, most)
                 picks.append((name, rows, np.minimum((where[rows] * count).astype(np.int64), count - 1)))
+        picks, count = _shared(picks, share, batch)
         plan = [(name, rows, windows * seq_len) for name, rows, windows in picks]
-        return _windows(self.train, plan, batch, seq_len, np.int64), picks
+        return _windows(self.train, plan, count, seq_len, np.int64), picks
 
     def validation_batches(self, datasets: dict[str, float], batches: int, batch: int, seq_len: int,
                            mask: bool = False) -> list:
@@ -185,6 +189,21 @@ class TokenData:
             return [out[c] for c in cut]
         masks = _windows(self.masks["validation"], plan, count, seq_len, np.uint8)
         return [(out[c], masks[c]) for c in cut]
+
+
+def _shared(plan: list, share: tuple[int, int] | None, batch: int) -> tuple[list, int]:
+    """A batch's (dataset, rows, where) plan cut to rows lo..hi-1 of `share`, renumbered from 0,
+    and the rows it has: every draw is made for the whole batch, so the processes that split it
+    read exactly the windows one process would."""
+    if share is None:
+        return plan, batch
+    lo, hi = share
+    out = []
+    for name, rows, where in plan:
+        mine = (rows >= lo) & (rows < hi)
+        if mine.any():
+            out.append((name, rows[mine] - lo, where[mine]))
+    return out, hi - lo
 
 
 def _draws(seed: int, i: int, micro: int, datasets: dict[str, float], batch: int):
@@ -396,9 +415,22 @@ class Trained:
     file: str          # its file in the checkpoint folder
     state: Callable    # model -> {name: tensor}, as the file stores them
     load: Callable     # (model, that dict, what) -> None, in place; a misfit is a BuildError naming `what`
+    # for a model trained in several processes, whose whole state is gathered to one as a dict:
+    of_state: Callable   # (model, its full state dict) -> {name: tensor}, as the file stores them
+    to_state: Callable   # (model, that dict) -> the entries of the full state dict it sets
 
 
-FULL = Trained("model.safetensors", weights, load_weights)
+def _tied(model) -> bool:
+    config = getattr(model, "config", None)
+    return bool(config is not None and config.tie_word_embeddings)
+
+
+def weights_of_state(model, state: dict) -> dict:
+    """`weights` of a model whose full state dict is `state`."""
+    return {k: v.detach().contiguous() for k, v in state.items() if not (k == "lm_head.weight" and _tied(model))}
+
+
+FULL = Trained("model.safetensors", weights, load_weights, weights_of_state, lambda model, state: dict(state))
 
 OPTIMIZER_JSON = "optimizer"  # the `__metadata__` entry of optimizer.safetensors that holds its JSON part
 WHOLE = ("a checkpoint must hold the whole state to resume exactly: delete it to resume from the one "
@@ -547,7 +579,10 @@ def unflatten_optimizer(tensors: dict, text: str, source: str) -> dict:
 
     tree = _json(text, source)
     _same_keys(tree, ["state", "param_groups"], source)
-    out = {"state": {int(i): {k: decode(v) for k, v in s.items()} for i, s in tree["state"].items()},
+    # parameters by index (one process's optimizer.state_dict()) or by name (a full state dict
+    # gathered from several processes)
+    out = {"state": {int(i) if i.isdigit() else i: {k: decode(v) for k, v in s.items()}
+                     for i, s in tree["state"].items()},
            "param_groups": [{k: decode(v) for k, v in group.items()} for group in tree["param_groups"]]}
     if absent:
         raise BuildError(f"{source} lacks {', '.join(map(repr, absent))}, which its optimizer state names; {WHOLE}")
@@ -557,10 +592,11 @@ def unflatten_optimizer(tensors: dict, text: str, source: str) -> dict:
     return out
 
 
-def check_optimizer_fits(saved: dict, optimizer, source: str) -> None:
-    """`saved` is a whole state of `optimizer`: its parameter groups, each with the same
-    hyperparameter names and parameters, and state for none but those parameters."""
-    ours, theirs = optimizer.state_dict()["param_groups"], saved["param_groups"]
+def check_optimizer_fits(saved: dict, expected: dict, source: str) -> None:
+    """`saved` is a whole state of the optimizer whose state dict is `expected`: its parameter
+    groups, each with the same hyperparameter names and parameters, and state for none but those
+    parameters."""
+    ours, theirs = expected["param_groups"], saved["param_groups"]
     if len(theirs) != len(ours):
         raise BuildError(f"{source} holds {len(theirs)} parameter group{'s' * (len(theirs) != 1)}, the optimizer "
                          f"{len(ours)}; {WHOLE}")
@@ -578,22 +614,28 @@ def check_optimizer_fits(saved: dict, optimizer, source: str) -> None:
 
 
 def save_checkpoint(root: Path, model, optimizer, loop: LoopState, trained: Trained = FULL) -> Path:
-    """Write checkpoint `loop.step` (of the model, what `trained` keeps) into a temporary folder,
-    then rename it into place: a folder named step-NNNNNN is always complete."""
+    """Write checkpoint `loop.step` of the model (what `trained` keeps), its optimizer and loop."""
+    return write_checkpoint(root, trained.file, trained.state(model), optimizer.state_dict(), loop)
+
+
+def write_checkpoint(root: Path, file: str, tensors: dict, optimizer_state: dict, loop: LoopState) -> Path:
+    """Write checkpoint `loop.step` (the model's `tensors` as `file`, the optimizer's state dict,
+    the loop's state) into a temporary folder, then rename it into place: a folder named
+    step-NNNNNN is always complete."""
     from safetensors.torch import save_file
 
     final = root / f"step-{loop.step:06d}"
     tmp = root / f".tmp-step-{loop.step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trained.state(model), str(tmp / trained.file), metadata={"format": "pt"})
-    tensors, text = flatten_optimizer(optimizer.state_dict())
+    save_file(tensors, str(tmp / file), metadata={"format": "pt"})
+    flat, text = flatten_optimizer(optimizer_state)
     # the JSON part rides in the header of the tensors' own file, not in a sidecar: the tensors
     # and the structure that names them are written, renamed and copied as one, so they can
     # never come from two different saves
     # one metadata entry: safetensors writes several in hash-map order, which differs between
     # processes, and a checkpoint should be the same bytes for the same state
-    save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={OPTIMIZER_JSON: text})
+    save_file(flat, str(tmp / "optimizer.safetensors"), metadata={OPTIMIZER_JSON: text})
     (tmp / "state.json").write_text(json.dumps(loop.state_dict(), indent=2) + "\n")
     os.rename(tmp, final)
     return final
@@ -602,23 +644,31 @@ def save_checkpoint(root: Path, model, optimizer, loop: LoopState, trained: Trai
 def load_checkpoint(path: Path, model, optimizer, loop: LoopState, trained: Trained = FULL) -> None:
     """Restore the weights (what `trained` keeps), the optimizer's whole state and the loop's (RNG
     included) from checkpoint `path`; state that is missing, unknown or does not fit is a BuildError."""
+    tensors, saved, state = read_checkpoint(path, trained.file)
+    trained.load(model, tensors, f"checkpoint {path}")
+    source = f"checkpoint {path}: optimizer.safetensors"
+    check_optimizer_fits(saved, optimizer.state_dict(), source)
+    try:  # torch moves each state tensor to its parameter's device (and dtype, `step` aside)
+        optimizer.load_state_dict(saved)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise BuildError(f"{source} does not fit the optimizer ({exc}); {WHOLE}") from None
+    loop.load_state_dict(state, f"checkpoint {path}: state.json")
+
+
+def read_checkpoint(path: Path, file: str) -> tuple[dict, dict, dict]:
+    """The model tensors (`file`), the optimizer's state dict and the loop's state of checkpoint
+    `path`; a file missing or not as written is a BuildError."""
     from safetensors.torch import load_file
 
-    if not (path / trained.file).is_file():
-        raise BuildError(f"checkpoint {path} has no {trained.file}; {WHOLE}")
-    trained.load(model, load_file(str(path / trained.file)), f"checkpoint {path}")
+    if not (path / file).is_file():
+        raise BuildError(f"checkpoint {path} has no {file}; {WHOLE}")
+    model = load_file(str(path / file))
     source = f"checkpoint {path}: optimizer.safetensors"
     tensors, meta = _tensors(path / "optimizer.safetensors")
     if OPTIMIZER_JSON not in meta:
         raise BuildError(f"{source} has no '{OPTIMIZER_JSON}' entry in its metadata; {WHOLE}")
     saved = unflatten_optimizer(tensors, meta[OPTIMIZER_JSON], source)
-    check_optimizer_fits(saved, optimizer, source)
-    try:  # torch moves each state tensor to its parameter's device (and dtype, `step` aside)
-        optimizer.load_state_dict(saved)
-    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise BuildError(f"{source} does not fit the optimizer ({exc}); {WHOLE}") from None
-    source = f"checkpoint {path}: state.json"
-    loop.load_state_dict(_json((path / "state.json").read_text(), source), source)
+    return model, saved, _json((path / "state.json").read_text(), f"checkpoint {path}: state.json")
 
 
 def _tensors(path: Path) -> tuple[dict, dict]:

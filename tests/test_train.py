@@ -796,8 +796,8 @@ def test_an_sft_step_without_response_tokens_changes_nothing(proj, monkeypatch):
 
     real = trainloop.TokenData.train_batch
 
-    def prompts_at_step_1(self, seed, i, micro, datasets, batch, seq_len, mask=False):
-        ids, masks = real(self, seed, i, micro, datasets, batch, seq_len, mask)
+    def prompts_at_step_1(self, seed, i, micro, datasets, batch, seq_len, mask=False, share=None):
+        ids, masks = real(self, seed, i, micro, datasets, batch, seq_len, mask, share)
         return ids, masks * (i != 0)
 
     monkeypatch.setattr(trainloop.TokenData, "train_batch", prompts_at_step_1)
