@@ -178,48 +178,56 @@ def ranks(root: Path) -> dict[int, int]:
     return found
 
 
-@pytest.mark.slow  # two runs of 300 steps under torchrun, one of them killed and resumed (~60 s)
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_a_killed_process_fails_the_step_and_the_next_build_resumes_to_the_same_bytes(strategy, tmp_path):
+@pytest.fixture(scope="module")
+def clones(tmp_path_factory) -> tuple[Project, Project]:
+    """Two clones of test_train's project with the tokens and the init built, and a step
+    `dist-STRATEGY` of 300 steps under each strategy."""
     import yaml
 
-    step = distributed(with_(PRE, tokenizer="main.tok", max_steps=300, checkpoints={"every": 10, "keep": 2},
-                             eval={"every": 50, "batches": 1}), strategy)
-    clones = []
+    out = []
     for name in ("a", "b"):
-        p = new_project(tmp_path / name)
+        p = new_project(tmp_path_factory.mktemp("killed") / name)
         pipeline = yaml.safe_load(p.read("specs/pipelines/main.yaml"))
-        pipeline["steps"]["dist"] = {**step, "tokenizer": "tok"}
+        for strategy in STRATEGIES:
+            pipeline["steps"][f"dist-{strategy}"] = distributed(with_(
+                PRE, max_steps=300, checkpoints={"every": 10, "keep": 2}, eval={"every": 50, "batches": 1}), strategy)
         p.write("specs/pipelines/main.yaml", yaml.safe_dump(pipeline, sort_keys=False))
         p.doit("main.tok@docs", "main.init")
-        clones.append(p)
+        out.append(p)
+    return out[0], out[1]
+
+
+@pytest.mark.slow  # two runs of 300 steps under torchrun, one of them killed and resumed (~40 s)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_killed_process_fails_the_step_and_the_next_build_resumes_to_the_same_bytes(clones, strategy):
     a, b = clones
-    a.doit("main.dist")  # uninterrupted
+    task = f"main.dist-{strategy}"
+    a.doit(task)  # uninterrupted
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    doit = subprocess.Popen([sys.executable, "-m", "doit", "main.dist"], cwd=b.root, env=env, start_new_session=True,
+    doit = subprocess.Popen([sys.executable, "-m", "doit", task], cwd=b.root, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     work = b.root / "build" / "store" / ".work"
     deadline = time.monotonic() + 240
-    while not list(work.glob("*/checkpoints/step-000010")):
+    key = graph.compile_graph(project.load(b.root)).key(task)
+    while not (work / key / "checkpoints" / "step-000010").exists():
         assert doit.poll() is None and time.monotonic() < deadline, doit.communicate()
         time.sleep(0.02)
     victim = ranks(b.root)[1]
     os.kill(victim, signal.SIGKILL)
     out, err = doit.communicate(timeout=120)
     assert doit.returncode == 1, (out, err)
-    key = graph.compile_graph(project.load(b.root)).key("main.dist")
-    assert "main.dist: torchrun exited with status 1: a training process failed (its output is above); the " \
+    assert f"{task}: torchrun exited with status 1: a training process failed (its output is above); the " \
            "checkpoints in the step's work folder are kept, and the next build resumes from the newest" in out
-    assert not store.is_complete(b.root, key) and not (b.root / "build" / "main" / "dist").exists()
+    assert not store.is_complete(b.root, key) and not (b.root / "build" / "main" / f"dist-{strategy}").exists()
     kept = sorted(c.name for c in (work / key / "checkpoints").iterdir())
     assert kept and all(c.startswith("step-") for c in kept), kept
 
-    result = b.doit("main.dist")
-    assert ran(result) == ["main.dist"]
-    assert f"[main.dist] resuming from checkpoint build/store/.work/{key}/checkpoints/{kept[-1]} (step " \
+    result = b.doit(task)
+    assert ran(result) == [task]
+    assert f"[{task}] resuming from checkpoint build/store/.work/{key}/checkpoints/{kept[-1]} (step " \
            f"{int(kept[-1][5:])} of 300)" in result.stderr
-    fa, fb = (p.root / "build" / "main" / "dist" for p in (a, b))
+    fa, fb = (p.root / "build" / "main" / f"dist-{strategy}" for p in (a, b))
     for name in ("model.safetensors", "config.json"):
         assert (fa / name).read_bytes() == (fb / name).read_bytes(), name
     for ckpt in sorted((fa / "checkpoints").iterdir()):
