@@ -44,8 +44,16 @@ corpus is never whole in memory. The child reports its own peak resident memory 
 /proc/self/status as it ends; a child's rusage was seen to carry an earlier child's peak),
 its wall time, and documents/s with the generation time taken out. Goal: under 2,000 MB.
 
-Run: `python bench/dedup.py [--docs 100000] [--threshold 0.8] [--num-perm 128] [--seed 0]`
-and `python bench/dedup.py --million`. datasketch is not a dependency of the package
+`--ray`: Ingot alone on the 100,000-document corpus, its chunks hashed in this process, in one
+local process per core, and as Ray tasks (1 worker, and one per core) on a local Ray started once
+for the bench (its start is printed, not counted: a build started without RAY_ADDRESS pays it once,
+a cluster not at all), in alternating rounds; documents/s of the hashing (every chunk added and
+taken back) and of the whole (with the LSH and verification), medians. Chunks of `--chunk`
+documents (10,000; the dataset builder's are 2,048).
+
+Run: `python bench/dedup.py [--docs 100000] [--threshold 0.8] [--num-perm 128] [--seed 0]`,
+`python bench/dedup.py --million` and `python bench/dedup.py --ray [--chunk 2048] [--rounds 3]`
+(which needs `pip install ray==2.60.0`). datasketch is not a dependency of the package
 (requirements.txt pins it for the tests and this bench): `pip install datasketch==2.0.0`.
 """
 
@@ -280,6 +288,57 @@ def compare(args: argparse.Namespace) -> None:
           f"{'met' if ratio >= GOAL_RATIO and min(ip, ir) >= GOAL_QUALITY else 'NOT met'})")
 
 
+def hashing(args: argparse.Namespace) -> None:
+    """`--ray`: Ingot's near-dedup on the same corpus with its chunks hashed in this process, in
+    local processes, and as Ray tasks on a local Ray (started once, its start timed apart), in
+    alternating rounds; the median of each. Every run must find the same clusters."""
+    import importlib.util
+    import logging
+
+    if importlib.util.find_spec("ray") is None:
+        raise SystemExit("--ray needs Ray: run `pip install ray==2.60.0`")
+    import ray
+
+    from targets.neardup import InProcess, Processes, RayTasks
+
+    n, cores, chunk = args.docs or 100_000, os.cpu_count() or 1, args.chunk
+    started = time.perf_counter()
+    texts, _ = corpus(n, np.random.default_rng(args.seed), vocabulary(args.seed), LONG, max_edit(args.threshold))
+    print(f"corpus: {n:,} documents, made in {time.perf_counter() - started:.1f} s; chunks of {chunk:,}; "
+          f"{cores} cores", flush=True)
+    started = time.perf_counter()
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, logging_level=logging.ERROR)
+    print(f"local Ray of {cores} CPUs started in {time.perf_counter() - started:.1f} s (not counted below)", flush=True)
+    params = Params(threshold=args.threshold, num_perm=args.num_perm, seed=args.seed + 1)
+    ways = {"1 process (here)": InProcess, f"{cores} local processes": lambda: Processes(cores),
+            "Ray, 1 worker": lambda: RayTasks(1, lambda line: None),
+            f"Ray, {cores} workers": lambda: RayTasks(cores, lambda line: None)}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+    first = None
+    for round_ in range(args.rounds):
+        for name, executor in ways.items():
+            with tempfile.TemporaryDirectory(prefix="ingot-dedup-bench-") as tmp:
+                t0 = time.perf_counter()
+                index = Index(params, Path(tmp) / "shingles.u32", executor())
+                for start in range(0, n, chunk):
+                    index.add(texts[start:start + chunk])
+                index.drain()
+                t1 = time.perf_counter()
+                result = index.result()
+                times[name].append((t1 - t0, time.perf_counter() - t0))
+            first = result if first is None else first
+            assert np.array_equal(result.cluster, first.cluster), f"{name} found other clusters"
+            print(f"round {round_ + 1}, {name}: hashing {t1 - t0:.2f} s, in all {times[name][-1][1]:.2f} s", flush=True)
+    ray.shutdown()
+    print(f"\nsummary: {n:,} documents, chunks of {chunk:,}, median of {args.rounds} rounds "
+          f"(the same clusters every run)")
+    print(f"{'':24} {'hashing docs/s':>15} {'in all docs/s':>14} {'vs 1 process':>13}")
+    base = float(np.median([h for h, _ in times["1 process (here)"]]))
+    for name, runs in times.items():
+        h, whole = float(np.median([r[0] for r in runs])), float(np.median([r[1] for r in runs]))
+        print(f"{name:24} {n / h:15,.0f} {n / whole:14,.0f} {base / h:12.2f}x")
+
+
 CHILD_MARK = "--child-million"
 
 
@@ -343,9 +402,16 @@ def main() -> None:
     ap.add_argument("--num-perm", type=int, default=128, help="MinHash permutations of both sides")
     ap.add_argument("--seed", type=int, default=0, help="seed of the corpus (and, plus one, of the hashes)")
     ap.add_argument("--million", action="store_true", help="peak memory of Ingot alone on 1,000,000 short documents")
+    ap.add_argument("--ray", action="store_true",
+                    help="Ingot alone, its chunks hashed here, in local processes and as Ray tasks (needs ray)")
+    ap.add_argument("--chunk", type=int, default=CHUNK, help="documents per Index.add, with --ray (the dataset "
+                                                               "builder adds 2,048)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds, with --ray")
     args = ap.parse_args()
     if args.million:
         million(args)
+    elif args.ray:
+        hashing(args)
     else:
         compare(args)
 

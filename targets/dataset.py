@@ -12,7 +12,8 @@ per source, every filter's removals, exact and near duplicates, skipped bad reco
 per domain and origin, identified languages); and with `near_dedup`, `dedup.json` (see
 `near_dedup`). A record is filtered, deduplicated and split by its canonical text
 (`canonical`). Near-dedup needs every document before it can decide: kept records are
-staged in the work folder and written in a second pass.
+staged in the work folder and written in a second pass. Its hashing runs in local processes
+(`near_dedup.workers`), or with `workers` > 1 as Ray tasks (`neardup.RayTasks`): the same bytes.
 """
 
 from __future__ import annotations
@@ -46,14 +47,37 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
 def build(job: Job) -> dict:
+    index = near_index(job)
+    try:
+        return curate(job, index)
+    finally:
+        if index is not None:  # stops its workers (and a local Ray) when the build fails
+            index.close()
+
+
+def near_index(job: Job) -> neardup.Index | None:
+    """The near-duplicate index, hashing chunks as Ray tasks with `workers` > 1, else in
+    `near_dedup.workers` local processes (default one per core); None without near_dedup."""
+    spec, near = job.spec, job.spec.near_dedup
+    if near is None:
+        if spec.workers > 1:
+            job.log(f"workers: {spec.workers} shards only near-dedup's hashing over Ray, and this dataset has no "
+                    f"near_dedup: nothing to shard, built here")
+        return None
+    if spec.workers > 1 and near.workers is not None:
+        job.log(f"near_dedup.workers ({near.workers} local processes) is not used: workers: {spec.workers} "
+                f"hashes on Ray")
+    executor = neardup.RayTasks(spec.workers, job.log) if spec.workers > 1 else near.workers or os.cpu_count() or 1
+    job.work.mkdir(parents=True, exist_ok=True)
+    params = neardup.Params(near.threshold, near.num_perm, near.shingle, near.ngram, near.seed, near.verify)
+    return neardup.Index(params, job.work / "shingles.bin", executor)
+
+
+def curate(job: Job, index: neardup.Index | None) -> dict:
+    """Pass 1 over the sources, and with near-dedup pass 2 over the staged documents."""
     spec = job.spec
     filters = DocumentFilter(spec.filters, job.inputs.get(TOKENIZER))
-    near = spec.near_dedup
-    index = None
-    if near is not None:
-        job.work.mkdir(parents=True, exist_ok=True)
-        params = neardup.Params(near.threshold, near.num_perm, near.shingle, near.ngram, near.seed, near.verify)
-        index = neardup.Index(params, job.work / "shingles.bin", near.workers or os.cpu_count() or 1)
+    if index is not None:
         staged = open(job.work / "kept.jsonl", "w", encoding="utf-8")  # pass 1 -> pass 2
     writers = {s: ShardWriter(job.out, s, spec.shard_docs) for s in SPLITS}
     removed: Counter = Counter({r: 0 for r in (*REASONS, "exact_duplicate")})

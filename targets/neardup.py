@@ -10,7 +10,8 @@ MinHash: `num_perm` hash functions h_k(x) = ((a_k·x + b_k) mod 2^64) >> 32 (mul
 a_k odd), each document's signature the minimum of every function over its shingles. A
 chunk of documents is hashed at once: one (shingles × num_perm) block of a few MB at a time,
 reduced per document with `np.minimum.reduceat`; there is no Python loop per permutation.
-Chunks can be hashed in worker processes (`Index(workers=)`), taken back in order.
+Chunks are hashed by an `Executor`: here (`InProcess`), in local processes (`Processes`) or as
+Ray tasks (`RayTasks`), and always taken back in the order they were added.
 
 LSH: `bands` bands of `rows` rows, chosen for the Jaccard threshold by minimizing the
 weighted false-positive and false-negative areas under the S-curve 1 - (1 - s^rows)^bands
@@ -28,13 +29,20 @@ its band keys and offsets; `Index.add` takes documents a chunk at a time.
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 import xxhash
+
+from targets import BuildError
 
 BLOCK = 1 << 13        # shingles hashed against every permutation at once: num_perm x 8,192 x 8 bytes
 MASK64 = (1 << 64) - 1
@@ -188,11 +196,12 @@ class Index:
     """Add documents a chunk at a time; `result()` finds the near-duplicate clusters.
 
     Keeps per document its band keys (bands × 8 bytes) and shingle offset; the shingles go to
-    `spill` (a file), read back by memory map for the exact-Jaccard verification. With
-    `workers` > 1, chunks are shingled and hashed in that many processes, at most `workers`
-    chunks ahead, and taken back in order: the result does not depend on the workers."""
+    `spill` (a file), read back by memory map for the exact-Jaccard verification. Chunks are
+    shingled and hashed by `executor` (an `Executor`, or a number of local processes: 1 hashes
+    them here), at most `executor.ahead` chunks ahead, and taken back in the order they were
+    added: the result does not depend on where or in how many workers they were hashed."""
 
-    def __init__(self, params: Params, spill: Path, workers: int = 1):
+    def __init__(self, params: Params, spill: Path, executor: Executor | int = 1):
         self.params = params
         self.bands, self.rows = choose_bands(params.threshold, params.num_perm, *params.weights())
         perm = _constants(params.seed, 2 * params.num_perm)
@@ -201,27 +210,27 @@ class Index:
         self.keys: list[np.ndarray] = []
         self.empty: list[np.ndarray] = []
         self.offsets = [np.zeros(1, np.int64)]
+        self.count = 0
+        if isinstance(executor, int):
+            executor = InProcess() if executor <= 1 else Processes(executor)
+        self.executor = executor
+        self.pending: deque = deque()
+        executor.open(hash_chunk, params, self.a, self.b, self.bands, self.rows, self.mix)
         self.spill_path = Path(spill)
         self.spill = open(self.spill_path, "wb")
-        self.count = 0
-        self.workers = workers
-        self.pool = None
-        self.pending: deque = deque()
 
     def add(self, texts: list[str]) -> None:
-        args = (texts, self.params, self.a, self.b, self.bands, self.rows, self.mix)
-        if self.workers <= 1:
-            self._take(hash_chunk(*args))
-            return
-        if self.pool is None:
-            from concurrent.futures import ProcessPoolExecutor
+        self.pending.append(self.executor.submit(texts))
+        while len(self.pending) > self.executor.ahead:
+            self._take(self.pending.popleft().result())
 
-            self.pool = ProcessPoolExecutor(self.workers)
-        self.pending.append(self.pool.submit(hash_chunk, *args))
-        while len(self.pending) > self.workers:
+    def drain(self) -> None:
+        """Take back every chunk still being hashed (`result()` does it first)."""
+        while self.pending:
             self._take(self.pending.popleft().result())
 
     def _take(self, hashed: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """The one merge: chunks appended in the order they were added, wherever they were hashed."""
         keys, offsets, flat = hashed
         self.keys.append(keys)
         self.empty.append(np.diff(offsets) == 0)
@@ -229,13 +238,16 @@ class Index:
         flat.tofile(self.spill)
         self.count += len(offsets) - 1
 
-    def result(self) -> Result:
-        while self.pending:
-            self._take(self.pending.popleft().result())
-        if self.pool is not None:
-            self.pool.shutdown()
-            self.pool = None
+    def close(self) -> None:
+        """Stop the executor and close the spill file; `result()` does it, and a failed build
+        (nothing is taken back after it)."""
+        self.pending.clear()
+        self.executor.close()
         self.spill.close()
+
+    def result(self) -> Result:
+        self.drain()
+        self.close()
         n = self.count
         keys = np.concatenate(self.keys) if self.keys else np.zeros((0, self.bands), np.uint64)
         empty = np.concatenate(self.empty) if self.empty else np.zeros(0, bool)
@@ -256,6 +268,195 @@ class Index:
         sizes = sizes[sizes > 1]
         hist = {int(s): int(c) for s, c in zip(*np.unique(sizes, return_counts=True))}
         return Result(first, cluster, candidates, pairs, jaccard, self.bands, self.rows, hist)
+
+
+# ---------------------------------------------------------------- where chunks are hashed
+
+class Executor(Protocol):
+    """Runs `fn(texts, *constants)` for chunk after chunk. `open` once with the function and its
+    constant arguments, `submit` per chunk (a handle whose `result()` waits for the chunk's
+    value), `close` at the end. `Index` takes results back in submission order, and lets `ahead`
+    chunks wait before it takes the oldest (0: `submit` computes it)."""
+
+    ahead: int
+
+    def open(self, fn: Callable, *constants) -> None: ...
+
+    def submit(self, texts: list[str]): ...
+
+    def close(self) -> None: ...
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+class InProcess:
+    """Hashes each chunk as it is submitted, in this process."""
+
+    ahead = 0
+
+    def open(self, fn: Callable, *constants) -> None:
+        self.fn, self.constants = fn, constants
+
+    def submit(self, texts: list[str]) -> _Done:
+        return _Done(self.fn(texts, *self.constants))
+
+    def close(self) -> None:
+        pass
+
+
+class Processes:
+    """Hashes chunks in `workers` local processes, `workers` chunks ahead."""
+
+    def __init__(self, workers: int):
+        self.workers = self.ahead = workers
+        self.pool = None
+
+    def open(self, fn: Callable, *constants) -> None:
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.fn, self.constants = fn, constants
+        self.pool = ProcessPoolExecutor(self.workers)  # its processes start with the first chunk
+
+    def submit(self, texts: list[str]):
+        return self.pool.submit(self.fn, texts, *self.constants)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+
+class RayTasks:
+    """Hashes chunks as Ray tasks of one CPU each: at most `workers` running, and another
+    `workers` finished or queued ahead of the one `Index` waits for (so a slow chunk does not idle
+    the others, and memory stays flat). The constant arrays go to the object store once.
+
+    Connects as `ray.init(address=RAY_ADDRESS)` would: RAY_ADDRESS set, to that cluster (`auto`:
+    the one `ray start` began on this machine); unset, to a local Ray started for this build (and
+    stopped by `close`, which `log`s it); inside a Ray driver or task already, to that one. This
+    module's functions travel by value, so a cluster's workers need numpy and xxhash, not Ingot.
+    A task that dies (after Ray's `retries`) is a BuildError naming the chunk."""
+
+    def __init__(self, workers: int, log: Callable[[str], None] = print, retries: int = 3):
+        self.workers, self.ahead = workers, 2 * workers
+        self.log, self.retries = log, retries
+        self.ray = self.task = self.address = None
+        self.started_here = False
+        self.running: list = []   # object refs of submitted chunks that may still be running
+        self.chunks = self.docs = 0   # submitted
+        self.hashed = self.hashed_docs = 0   # come back from Ray
+
+    def open(self, fn: Callable, *constants) -> None:
+        try:
+            import ray
+            import ray.cloudpickle
+        except ImportError:
+            raise BuildError(f"workers: {self.workers} hashes on Ray, which is not installed: run `pip install "
+                             f"ray==2.60.0`, or set `workers: 1` to hash in local processes") from None
+        self.ray = ray
+        self.address = connect_ray(self.log)
+        self.started_here = self.address is None
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        self.task = ray.remote(num_cpus=1, max_retries=self.retries)(fn)
+        self.constants = [ray.put(c) if isinstance(c, np.ndarray) else c for c in constants]
+
+    def submit(self, texts: list[str]) -> "_RayChunk":
+        while len(self.running) >= self.workers:
+            _, self.running = self.ray.wait(self.running, num_returns=1)
+        ref = self.task.remote(texts, *self.constants)
+        self.running.append(ref)
+        chunk = _RayChunk(self, ref, self.chunks, self.docs, len(texts))
+        self.chunks += 1
+        self.docs += len(texts)
+        return chunk
+
+    def close(self) -> None:
+        if self.ray is None:
+            return
+        where = "a local Ray started for this build" if self.started_here else (self.address or "this Ray")
+        self.log(f"near-dedup: {self.hashed:,} chunk{'' if self.hashed == 1 else 's'} ({self.hashed_docs:,} "
+                 f"documents) hashed as Ray tasks on {where}, {self.workers} at a time")
+        self.running = []
+        if self.started_here:
+            self.ray.shutdown()
+        self.ray = None
+
+
+class _RayChunk:
+    def __init__(self, tasks: RayTasks, ref, number: int, first: int, docs: int):
+        self.tasks, self.ref, self.number, self.first, self.docs = tasks, ref, number, first, docs
+
+    def result(self):
+        from ray import exceptions
+
+        try:
+            value = self.tasks.ray.get(self.ref)
+        except exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, ImportError):
+                raise BuildError(f"{self._name()} failed on Ray: its worker cannot import "
+                                 f"{exc.cause.name or exc.cause} (install requirements.txt's numpy and xxhash "
+                                 f"on every node of the cluster, the versions this machine has)") from None
+            raise  # an exception of the hashing code itself: a bug, with its traceback
+        except exceptions.RayError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            retries = self.tasks.retries
+            raise BuildError(f"{self._name()} died on Ray ({type(exc).__name__}: {reason}; retried {retries} "
+                             f"time{'' if retries == 1 else 's'}); build again, and if it dies again, read the "
+                             f"worker's log on its node (/tmp/ray/session_latest/logs): a worker killed for memory "
+                             f"needs fewer `workers` per node or more memory") from None
+        self.tasks.hashed += 1
+        self.tasks.hashed_docs += self.docs
+        # arrays copied out of the object store, which the rest of the build must not pin
+        return tuple(np.array(part) if isinstance(part, np.ndarray) else part for part in value)
+
+    def _name(self) -> str:
+        last = self.first + self.docs - 1
+        return f"near-dedup chunk {self.number} (kept documents {self.first:,} to {last:,}, in reading order)"
+
+
+def connect_ray(log: Callable[[str], None]) -> str | None:
+    """Connect this process to Ray (see `RayTasks`); the address, or None where it started a
+    local Ray, which the caller stops."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR)
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        log(f"RAY_ADDRESS is not set: started a local Ray ({cpus} CPUs) for this build; set RAY_ADDRESS to "
+            f"use a cluster")
+        return None
+    fix = ("start the cluster (`ray start --head` on its head node) or set RAY_ADDRESS to the address it "
+           "printed; or unset RAY_ADDRESS to start a local Ray for this build")
+    _reachable(address, fix)
+    try:
+        ray.init(address=address, logging_level=logging.ERROR)
+    except Exception as exc:  # ConnectionError, ValueError, RuntimeError: Ray raises several
+        raise BuildError(f"RAY_ADDRESS={address}: could not connect to Ray ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}); {fix}") from None
+    return address
+
+
+def _reachable(address: str, fix: str) -> None:
+    """Fail in seconds where nothing listens at `address` (Ray itself retries for minutes)."""
+    if address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not port.isdigit():
+        raise BuildError(f"RAY_ADDRESS={address}: expected host:port (or ray://host:port, or auto); {fix}")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=10).close()
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise BuildError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({reason}); {fix}") from None
 
 
 def candidate_pairs(keys: np.ndarray, empty: np.ndarray) -> np.ndarray:

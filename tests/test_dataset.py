@@ -7,6 +7,7 @@ a real project and `doit`, as a user would.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -217,6 +218,133 @@ def test_near_dedup_output_is_byte_identical_across_builds(tmp_path):
     first = build(tmp_path, [[data]], near_dedup=NEAR)
     second = build(tmp_path, [[data]], near_dedup=NEAR)
     assert first.files() == second.files() and first.stats["removed"]["near_duplicate"] > 50
+
+
+# ---------------------------------------------------------------- near-dedup hashed on Ray
+
+RAY_DOCS = 6000  # three batches of dataset.BATCH records: three chunks hashed
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    from test_neardup import start_local_ray
+
+    yield from start_local_ray()
+
+
+@pytest.mark.slow
+def test_ray_workers_write_the_bytes_of_one_process_and_of_local_processes(local_ray, tmp_path, capfd):
+    from test_neardup import corpus
+
+    docs, _ = corpus(RAY_DOCS, seed=13)
+    data = write_jsonl(tmp_path / "data/a.jsonl", docs)
+    here = build(tmp_path, [[data]], near_dedup={**NEAR, "workers": 1})
+    processes = build(tmp_path, [[data]], near_dedup={**NEAR, "workers": 2})
+    capfd.readouterr()
+    on_ray = build(tmp_path, [[data]], near_dedup=NEAR, workers=2)
+    log = capfd.readouterr().err
+    assert sorted(here.files()) == ["dedup.json", "stats.json", "train-00000.jsonl", "validation-00000.jsonl"]
+    assert here.files() == processes.files() == on_ray.files()
+    assert here.stats["removed"]["near_duplicate"] > 200
+    kept = here.stats["near_dedup"]["documents"]
+    assert f"near-dedup: 3 chunks ({kept:,} documents) hashed as Ray tasks on {local_ray}, 2 at a time" in log
+    assert "near_dedup.workers" not in log and "RAY_ADDRESS" not in log  # Ray was running: nothing started
+
+
+@pytest.mark.slow  # the module's local Ray takes seconds to start
+def test_ray_workers_with_local_process_workers_say_which_is_used(local_ray, tmp_path, capfd):
+    data = write_jsonl(tmp_path / "data/a.jsonl", ["one two three four", "one two three four five", "six"])
+    build(tmp_path, [[data]], near_dedup={**NEAR, "workers": 3}, workers=2)
+    log = capfd.readouterr().err
+    assert "near_dedup.workers (3 local processes) is not used: workers: 2 hashes on Ray" in log
+    assert "near-dedup: 1 chunk (3 documents) hashed as Ray tasks" in log
+
+
+def test_workers_without_near_dedup_have_nothing_to_shard(tmp_path, capfd):
+    data = write_jsonl(tmp_path / "data/a.jsonl", ["alpha beta", "gamma delta", "alpha beta"])
+    alone = build(tmp_path, [[data]])
+    sharded = build(tmp_path, [[data]], workers=4)
+    assert alone.files() == sharded.files()
+    assert ("workers: 4 shards only near-dedup's hashing over Ray, and this dataset has no near_dedup: nothing "
+            "to shard, built here") in capfd.readouterr().err
+
+
+RAY_SPEC = """
+    kind: dataset
+    name: docs
+    sources:
+      - type: files
+        glob: data/*.jsonl
+    near_dedup:
+      threshold: 0.7
+    workers: 2
+"""
+
+
+def ray_project(make_project, docs: list[str]):
+    project = make_project()
+    project.write("data/docs.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in docs))
+    project.write("specs/datasets/docs.yaml", RAY_SPEC)
+    return project
+
+
+def one_process(project, tmp_path: Path) -> Built:
+    """RAY_SPEC built by the builder in this process, hashing here."""
+    return build(tmp_path, [[project.root / "data" / "docs.jsonl"]], near_dedup={"threshold": 0.7, "workers": 1},
+                 sources=[{"type": "files", "glob": "data/*.jsonl"}])
+
+
+def entry_files(project) -> dict[str, bytes]:
+    entry = project.root / "build" / "dataset" / "docs"
+    return {n: (entry / n).read_bytes() for n in json.loads((entry / "manifest.json").read_text())["outputs"]}
+
+
+@pytest.mark.slow
+def test_doit_hashes_on_the_ray_cluster_at_ray_address(local_ray, make_project, tmp_path, monkeypatch):
+    from test_neardup import corpus
+
+    docs, _ = corpus(RAY_DOCS, seed=14)
+    project = ray_project(make_project, docs)
+    monkeypatch.setenv("RAY_ADDRESS", local_ray)
+    result = project.doit("dataset.docs")
+    assert entry_files(project) == one_process(project, tmp_path).files()
+    assert f"hashed as Ray tasks on {local_ray}, 2 at a time" in result.stderr
+    assert "started a local Ray" not in result.stderr
+
+
+@pytest.mark.slow
+def test_doit_without_ray_address_starts_a_local_ray_for_the_build(make_project, tmp_path, monkeypatch):
+    from test_neardup import corpus, require_ray
+
+    require_ray()
+    docs, _ = corpus(RAY_DOCS, seed=15)
+    project = ray_project(make_project, docs)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    result = project.doit("dataset.docs")
+    assert entry_files(project) == one_process(project, tmp_path).files()
+    assert re.search(r"RAY_ADDRESS is not set: started a local Ray \(\d+ CPUs\) for this build; set RAY_ADDRESS to "
+                     r"use a cluster\n", result.stderr)
+    assert "hashed as Ray tasks on a local Ray started for this build, 2 at a time" in result.stderr
+
+
+def test_an_unreachable_ray_address_fails_the_task_naming_it_and_the_fix(make_project, monkeypatch):
+    import socket
+
+    from test_neardup import require_ray
+
+    require_ray()
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    project = ray_project(make_project, ["one two three four five"])
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    result = project.doit("dataset.docs", check=False)
+    assert result.returncode == 1 and ran(result) == ["dataset.docs"]
+    assert (f"dataset.docs: RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there (Connection refused); start "
+            f"the cluster (`ray start --head` on its head node) or set RAY_ADDRESS to the address it printed; or "
+            f"unset RAY_ADDRESS to start a local Ray for this build\n") in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert complete_entries(project.root) == []
 
 
 # ---------------------------------------------------------------- records and metadata

@@ -3,6 +3,7 @@ near-duplicates, and against datasketch's choice of bands and rows."""
 
 from __future__ import annotations
 
+import os
 import random
 from itertools import combinations
 
@@ -142,3 +143,107 @@ def test_bands_and_rows_are_datasketchs(threshold, num_perm, weights):
     from datasketch.lsh import _optimal_param
 
     assert neardup.choose_bands(threshold, num_perm, *weights) == _optimal_param(threshold, num_perm, *weights)
+
+
+# ---------------------------------------------------------------- chunks hashed as Ray tasks
+
+def require_ray():
+    """Ray (`pip install ray==2.60.0`): under CI=true its absence fails, elsewhere the test skips."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        if os.environ.get("CI"):
+            pytest.fail("ray is not installed; run `pip install ray==2.60.0`")
+        pytest.skip("ray is not installed: run `pip install ray==2.60.0`")
+
+
+def start_local_ray():
+    """One local Ray of 2 CPUs for a module's tests (starting one takes seconds): builds in this
+    process reuse it, a `doit` subprocess reaches it by RAY_ADDRESS, which this yields."""
+    require_ray()
+    import logging
+
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    yield from start_local_ray()
+
+
+@pytest.mark.slow  # the module's local Ray takes seconds to start
+def test_ray_tasks_give_the_result_and_spill_of_one_process(local_ray, tmp_path):
+    docs, _ = corpus(3000, seed=3)
+    here = run(docs, PARAMS, tmp_path, chunk=3000)
+    log: list[str] = []
+    index = neardup.Index(PARAMS, tmp_path / "ray.bin", neardup.RayTasks(2, log.append))
+    for start in range(0, len(docs), 200):
+        index.add(docs[start:start + 200])
+    on_ray = index.result()
+    np.testing.assert_array_equal(here.cluster, on_ray.cluster)
+    np.testing.assert_array_equal(here.pairs, on_ray.pairs)
+    np.testing.assert_array_equal(here.jaccard, on_ray.jaccard)
+    assert (tmp_path / "ray.bin").read_bytes() == (tmp_path / "spill-3000-1.bin").read_bytes()
+    assert log == [f"near-dedup: 15 chunks (3,000 documents) hashed as Ray tasks on {local_ray}, 2 at a time"]
+
+
+@pytest.mark.slow  # the module's local Ray takes seconds to start
+def test_ray_tasks_run_elsewhere_at_most_workers_at_a_time_and_come_back_in_order(local_ray):
+    import time
+
+    def slow(texts, pause):
+        started = time.time()
+        time.sleep(pause * (2 if texts[0] == "0" else 1))  # the first chunk finishes last
+        return os.getpid(), started, time.time(), texts[0]
+
+    for workers in (1, 2):
+        tasks = neardup.RayTasks(workers, lambda line: None)
+        tasks.open(slow, 0.3)
+        handles = [tasks.submit([str(k)]) for k in range(5)]
+        results = [h.result() for h in handles]
+        tasks.close()
+        assert [r[3] for r in results] == ["0", "1", "2", "3", "4"]
+        assert os.getpid() not in {r[0] for r in results}
+        spans = [(r[1], r[2]) for r in results]
+        most = max(sum(a < t < b for a, b in spans) for t in [s for s, _ in spans])
+        assert most == workers - 1, (workers, spans)  # other tasks running when each one starts
+
+
+@pytest.mark.slow  # the module's local Ray takes seconds to start
+def test_a_ray_task_that_dies_is_a_build_error_naming_the_chunk(local_ray):
+    from targets import BuildError
+
+    def dies_on(texts):
+        if "die" in texts:
+            os._exit(1)  # the worker process ends, as when the kernel kills it for memory
+        return (len(texts),)
+
+    tasks = neardup.RayTasks(2, lambda line: None, retries=0)
+    tasks.open(dies_on)
+    first, second = tasks.submit(["a", "b", "c"]), tasks.submit(["d", "die"])
+    assert first.result() == (3,)
+    with pytest.raises(BuildError, match=r"^near-dedup chunk 1 \(kept documents 3 to 4, in reading order\) "
+                                         r"died on Ray \(WorkerCrashedError: .*; retried 0 times\); build again"):
+        second.result()
+    tasks.close()
+
+
+@pytest.mark.slow  # the module's local Ray takes seconds to start
+def test_a_ray_worker_without_a_library_is_a_build_error_naming_it(local_ray):
+    from targets import BuildError
+
+    def needs_a_missing_library(texts):
+        import ingot_no_such_library  # noqa: F401
+
+    tasks = neardup.RayTasks(1, lambda line: None)
+    tasks.open(needs_a_missing_library)
+    with pytest.raises(BuildError, match=r"^near-dedup chunk 0 \(kept documents 0 to 0, in reading order\) failed "
+                                         r"on Ray: its worker cannot import ingot_no_such_library \(install"):
+        tasks.submit(["x"]).result()
+    tasks.close()
