@@ -17,20 +17,22 @@ from typing import Any, Callable
 
 from doit.reporter import ConsoleReporter
 
-from . import commands, graph, project, remote, store
+from . import commands, executor, graph, project, remote, store
 from .errors import SpecError
+from .executor import ExecutorError, RayExecutor
 from .plan import Graph, Plan
 from .remote import Remote, RemoteError
 
 GRAPH: Graph | None = None  # the graph of this process's compile
 RUN: Callable[[Graph, str], Any] | None = None  # the runner's `run`, handed in by dodo.py
 REMOTE: Remote | None = None  # the remote cache (compiler/remote.py), when one is configured
+EXECUTOR: RayExecutor | None = None  # `INGOT_EXECUTOR=ray` (compiler/executor.py); None: steps build here
 
 
 def compile_here(dodo_file: str, run: Callable[[Graph, str], Any]) -> tuple[dict, list[dict]]:
     """DOIT_CONFIG and task dicts for the project whose dodo.py is `dodo_file`; `run(graph,
     task)` builds a step."""
-    global GRAPH, RUN, REMOTE
+    global GRAPH, RUN, REMOTE, EXECUTOR
     from doit import get_var
 
     root = Path(dodo_file).resolve().parent
@@ -39,11 +41,12 @@ def compile_here(dodo_file: str, run: Callable[[Graph, str], Any]) -> tuple[dict
         GRAPH, RUN = graph.compile_graph(loaded), run
         plans = GRAPH.plans
         REMOTE = remote.configured(root)
+        EXECUTOR = executor.configured(REMOTE)
     except SpecError as exc:
         n = len(exc.problems)
         print(f"ingot: {n} problem{'s' if n > 1 else ''} found; nothing was built\n{exc}", file=sys.stderr)
         sys.exit(2)
-    except RemoteError as exc:
+    except (RemoteError, ExecutorError) as exc:
         print(f"ingot: {exc}; nothing was built", file=sys.stderr)
         sys.exit(2)
     for warning in loaded.warnings:
@@ -52,6 +55,8 @@ def compile_here(dodo_file: str, run: Callable[[Graph, str], Any]) -> tuple[dict
     defaults = _defaults(plans)
     config = {"dep_file": str(root / "build" / ".doit.db"), "backend": "sqlite3", "verbosity": 2,
               "default_tasks": defaults, "reporter": Reporter}
+    if EXECUTOR is not None:  # `doit -n N` as threads: one Ray connection of this process serves them all
+        config["par_type"] = "thread"
     return config, [task(p, GRAPH) for p in plans.values()] + commands.tasks(GRAPH, defaults, REMOTE)
 
 
@@ -100,7 +105,10 @@ def _defaults(plans: dict[str, Plan]) -> list[str]:
 def build(step: str):
     """A step's action: the runner's `run` on this compile's graph, and with `INGOT_REMOTE_PUSH=1`
     the push of the entry it made. (doit hands a parameter named `task` its Task object, hence
-    `step`.)"""
+    `step`.) With `INGOT_EXECUTOR=ray` the step is built on the cluster instead, and its entry pulled
+    here (the worker pushed it)."""
+    if EXECUTOR is not None:
+        return EXECUTOR.build(GRAPH, step, RUN)
     failed = RUN(GRAPH, step)
     if failed is None and REMOTE is not None and REMOTE.no_push is None and remote.push_wanted():
         try:

@@ -87,6 +87,12 @@ class Graph:
             self._outputs[task] = out
         return out
 
+    def pin(self, task: str, key: str, output_digest: str) -> None:
+        """Take the step's key and output digest as given rather than resolved from this store: a
+        Ray worker pins the producers of the step it builds as the driver, whose store holds their
+        entries, resolved them (compiler/executor.py)."""
+        self._keys[task], self._outputs[task] = key, output_digest
+
     def pending_on(self, task: str) -> list[str]:
         """The step's producers whose entries are not in the store yet: what keeps its key pending."""
         out: list[str] = []

@@ -48,7 +48,8 @@ class Resources(Spec):
     """What a step asks of a machine when `INGOT_EXECUTOR=ray` runs it on a cluster. Never part of
     a content key: where a step runs does not change what it writes."""
     cpus: float | None = Field(None, ge=0, le=4096)
-    """CPU cores (Ray's `num_cpus`). Default: 1 (a dataset's `workers` ask for their own)."""
+    """CPU cores (Ray's `num_cpus`). Default: 1; a train step of several processes on the CPU,
+    its `nproc_per_node` (a dataset's `workers` ask for their own)."""
     gpus: float | None = Field(None, ge=0, le=4096)
     """GPUs (Ray's `num_gpus`). Default: 1 for a train or teacher-outputs step that runs on CUDA
     (its `nproc_per_node` under `distributed:`), else 0."""
