@@ -2,9 +2,9 @@
 
 With `distributed: {strategy, nproc_per_node, nnodes}` the train builder does not train in the
 `doit` process: `launch` writes the job (spec, inputs, folders) as JSON into the step's work
-folder and runs `python -m torch.distributed.run ... -m targets.distributed JOB` (rendezvous on
+folder and runs `python -m torch.distributed.run ... -m targets.rank JOB` (rendezvous on
 loopback for one node; `MASTER_ADDR`, `MASTER_PORT` and `NODE_RANK` from the environment for
-several). Each process (`main`) builds the same Trainer as a one-process step, with a
+several). Each process (targets/rank.py) builds the same Trainer as a one-process step, with a
 `Parallel` that:
 
 * splits every micro-batch of `batch_size` sequences into equal shares, one per process, each
@@ -58,7 +58,7 @@ def launch(job: Job) -> dict:
     (folder / JOB_FILE).write_text(json.dumps(job_to_json(job), indent=1) + "\n")
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={d.nproc_per_node}",
                f"--nnodes={d.nnodes}", "--max-restarts=0", *_rendezvous(d.nnodes),
-               "-m", "targets.distributed", str(folder / JOB_FILE)]
+               "-m", "targets.rank", str(folder / JOB_FILE)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1])]
                                         + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -123,17 +123,6 @@ def job_to_json(job: Job) -> dict:
             "inputs": {str(i): str(p) for i, p in job.inputs.items()},
             "models": {f: m.model_dump(mode="json") for f, m in job.models.items()},
             "files": [[str(p) for p in paths] for paths in job.files]}
-
-
-def job_from_json(data: dict) -> Job:
-    from compiler.inputs import Input
-    from compiler.specs import ModelSpec, TrainStep
-
-    return Job(data["task"], TrainStep.model_validate(data["spec"]), Path(data["out"]), root=Path(data["root"]),
-               work=Path(data["work"]), key=data["key"],
-               inputs={Input.parse(i): Path(p) for i, p in data["inputs"].items()},
-               models={f: ModelSpec.model_validate(m) for f, m in data["models"].items()},
-               files=[[Path(p) for p in paths] for paths in data["files"]])
 
 
 # ---------------------------------------------------------------- one process of the group
@@ -253,32 +242,3 @@ class Parallel:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def main(argv: list[str]) -> int:
-    """One process of the group: train as rank `RANK`, rank 0 writing the outputs and result."""
-    from targets.train import Trainer
-
-    path = Path(argv[0])
-    job = job_from_json(json.loads(path.read_text()))
-    parallel = Parallel.start(job.spec)
-    if not parallel.main:
-        job.log = lambda message: None  # one voice: rank 0's
-    try:
-        trainer = Trainer(job, parallel)
-        trainer.resume()
-        trainer.run()
-        result = trainer.finish()
-    except BuildError as exc:
-        if parallel.main:
-            (path.parent / RESULT_FILE).write_text(json.dumps({"error": str(exc)}) + "\n")
-        parallel.close()
-        return 1
-    if parallel.main:
-        (path.parent / RESULT_FILE).write_text(json.dumps(result) + "\n")
-    parallel.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

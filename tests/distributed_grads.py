@@ -10,14 +10,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from targets import distributed  # noqa: E402
+from targets import distributed, rank  # noqa: E402
 from targets.train import Trainer  # noqa: E402
 
 
 def main(job_file: str, out: str) -> None:
     from safetensors.torch import save_file
 
-    job = distributed.job_from_json(json.loads(Path(job_file).read_text()))
+    job = rank.job_from_json(json.loads(Path(job_file).read_text()))
     parallel = distributed.Parallel.start(job.spec)
     trainer = Trainer(job, parallel)
     grads = {}

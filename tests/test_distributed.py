@@ -140,9 +140,10 @@ def test_the_gradients_after_the_first_step_are_one_processs(base, strategy, tmp
     path, job = job_file(base, f"g.pretrain-{strategy}", tmp_path)
     out = tmp_path / "grads.safetensors"
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                    str(REPO / "tests" / "distributed_grads.py"), str(path), str(out)], env=env, check=True,
-                   capture_output=True, timeout=300)
+    ran_ = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(REPO / "tests" / "distributed_grads.py"), str(path), str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert ran_.returncode == 0, ran_.stderr[-4000:]
     two = load_file(str(out))
 
     single = job.spec.model_copy(update={"distributed": None})
@@ -173,7 +174,7 @@ def ranks(root: Path) -> dict[int, int]:
             environ = dict(e.split(b"=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in e)
         except OSError:
             continue
-        if b"targets.distributed" in cmdline and any(a.startswith(bytes(root)) for a in cmdline) and b"RANK" in environ:
+        if b"targets.rank" in cmdline and any(a.startswith(bytes(root)) for a in cmdline) and b"RANK" in environ:
             found[int(environ[b"RANK"])] = pid
     return found
 

@@ -89,7 +89,7 @@ def stderr(*problems: str) -> str:
 KNOWN_MODEL_KEYS = ("name, description, profiles, kind, architecture, hidden_size, intermediate_size, layers, "
                     "heads, kv_heads, head_dim, vocab_size, max_positions, rope_theta, rope_scaling, sliding_window, rms_norm_eps, "
                     "tie_embeddings, expect_params")
-KNOWN_TOKENIZER_KEYS = "description, path, hub, revision, kind, dataset, family, vocab_size, min_frequency, special_tokens, add_bos_token, max_length"
+KNOWN_TOKENIZER_KEYS = "description, resources, path, hub, revision, kind, dataset, family, vocab_size, min_frequency, special_tokens, add_bos_token, max_length"
 
 # (files replacing those of VALID, command-line arguments after `list`, the whole stderr)
 CASES = {
