@@ -391,10 +391,7 @@ def adamw(model, o):
 
 def weights(model) -> dict:
     """The model's tensors as safetensors stores them: a tied LM head is the embedding, once."""
-    state = model.state_dict()
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    return {k: v.detach().contiguous() for k, v in state.items()}
+    return weights_of_state(model, model.state_dict())
 
 
 def load_weights(model, state: dict, what: str) -> None:
