@@ -241,4 +241,7 @@ class Parallel:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # together: a process that tears down gloo while another still works in the group is
+            # aborted ("terminate called without an active exception", seen in CI after FSDP)
+            dist.barrier()
             dist.destroy_process_group()
