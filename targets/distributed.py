@@ -24,9 +24,10 @@ several). Each process (targets/rank.py) builds the same Trainer as a one-proces
   one-process step builds it and writes the outputs (and `result.json`, the metrics, for the
   launcher) from it.
 
-Gloo on the CPU, NCCL on CUDA (one GPU per process, `LOCAL_RANK`). A process that dies takes
-torchrun and the others down; the step fails, nothing reaches the store, and the checkpoints in
-the work folder stay for the next attempt, which resumes from the newest.
+Gloo on the CPU (with one thread for its collectives), NCCL on CUDA (one GPU per process,
+`LOCAL_RANK`). A process that dies takes torchrun and the others down; the step fails, nothing
+reaches the store, and the checkpoints in the work folder stay for the next attempt, which
+resumes from the newest.
 """
 
 from __future__ import annotations
@@ -127,6 +128,24 @@ def job_to_json(job: Job) -> dict:
 
 # ---------------------------------------------------------------- one process of the group
 
+GLOO = "gloo_serial"  # gloo with one worker thread: see _gloo_one_thread
+
+
+def _gloo_one_thread(store, rank, size, timeout):
+    """Gloo as torch makes it, but with one thread running the collectives instead of two. With
+    two, FSDP2's overlapping all-gathers hung (rank 1 spinning in a gloo buffer's destructor
+    inside allgather_coalesced, rank 0 waiting to send) or aborted a process ("terminate called
+    without an active exception"), in about one run in ten on a loaded 2-core machine; with
+    one, 30 runs of the same step under the same load all passed (tests/test_distributed.py)."""
+    from torch._C._distributed_c10d import ProcessGroupGloo
+
+    options = ProcessGroupGloo._Options()
+    options._timeout = timeout
+    options._devices = [ProcessGroupGloo.create_default_device()]
+    options._threads = 1
+    return ProcessGroupGloo(store, rank, size, options)
+
+
 @dataclass
 class Parallel:
     """This process's place in the group, and the strategy's way with models and state."""
@@ -146,7 +165,12 @@ class Parallel:
         local_rank = int(os.environ["LOCAL_RANK"])
         if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            dist.init_process_group("nccl")
+        else:
+            if GLOO not in dist.Backend.backend_list:
+                dist.Backend.register_backend(GLOO, _gloo_one_thread, devices=["cpu"])
+            dist.init_process_group(GLOO)
         return cls(spec.distributed.strategy, dist.get_rank(), dist.get_world_size(), local_rank, cuda)
 
     @property
@@ -241,7 +265,5 @@ class Parallel:
         import torch.distributed as dist
 
         if dist.is_initialized():
-            # together: a process that tears down gloo while another still works in the group is
-            # aborted ("terminate called without an active exception", seen in CI after FSDP)
-            dist.barrier()
+            dist.barrier()  # together: no process tears the group down while another still uses it
             dist.destroy_process_group()
