@@ -16,6 +16,7 @@ import os
 from . import pretrained, quants, templates
 from .errors import SpecError, a_step
 from .inputs import DATA, EVALUATE, GGUF, MODEL, OWN_TEMPLATE, TOKENIZER, TRAIN, Role, tokens
+from .inputs import compare as compare_input
 from .inputs import export as export_input
 from .nodes import Node, Project, need_step
 from .paths import OUTSIDE_FIX, inside
@@ -115,6 +116,16 @@ def report(project: Project, node: Node) -> None:
             raise node.error(("exports", i), f"an export step of the weights reported on ('{spec.train}')", found,
                              "list the exports of the train step this report is about")
         node.deps[export_input(ref)] = task
+    for i, ref in enumerate(spec.compare):
+        task = node.step_task(ref)
+        need_step(project, node, ("compare", i), ref, task)
+        if task == train or task in {t for i, t in node.deps.items() if i.role is Role.COMPARE}:
+            raise node.error(("compare", i), "each train step once, and not `train` itself", f"'{ref}', listed before",
+                             "remove the repeated entry")
+        if project.nodes[task].kind != "train":
+            raise node.error(("compare", i), "a train step", f"'{ref}', {a_step(project.nodes[task].kind)}",
+                             "list train steps to compare with the one reported on")
+        node.deps[compare_input(task)] = task
     template_files(project, node)
 
 

@@ -28,10 +28,11 @@ class Role(str, Enum):
     TRAIN = "train"          # the train step a report is about
     EVALUATE = "evaluate"    # a report's evaluate step
     EXPORT = "export"        # an export a report lists (one per export)
+    COMPARE = "compare"      # a train step a report shows beside its own (one per step)
     DATA = "data"            # a train or evaluate step's dataset, until the compiler puts the tokens of it in its place
 
 
-NAMED = {Role.TOKENS, Role.TEACHER, Role.TEACHER_OUTPUTS, Role.EXPORT}  # roles a step can have several of, told apart by name
+NAMED = {Role.TOKENS, Role.TEACHER, Role.TEACHER_OUTPUTS, Role.EXPORT, Role.COMPARE}  # roles a step can have several of, told apart by name
 
 
 @dataclass(frozen=True, order=True)
@@ -76,6 +77,10 @@ def teacher_outputs(teacher: str, dataset: str, seq_len: int) -> Input:
 
 def export(step: str) -> Input:
     return Input(Role.EXPORT, step)
+
+
+def compare(step: str) -> Input:
+    return Input(Role.COMPARE, step)
 
 
 def of_role(inputs: dict[Input, object], role: Role) -> dict[str, object]:

@@ -62,6 +62,7 @@ class Project:
     pipelines: dict[str, tuple[PipelineSpec, Document]] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     profiles: set[str] = field(default_factory=set)
+    variants: dict[str, list[str]] = field(default_factory=dict)  # pipeline -> its variants' names
     warnings: list[SpecWarning] = field(default_factory=list)  # printed by every compile, build or not
 
 
@@ -88,6 +89,12 @@ def need_step(project: Project, node: Node, fname: str | tuple, value: str, task
     if task in project.nodes:
         return
     pipeline, _, step = task.partition(".")
+    if pipeline in project.variants:
+        names = project.variants[pipeline]
+        raise node.error(at, f"a step of one variant of pipeline '{pipeline}', which is built as its variants "
+                         f"({one_of(names)})", f"'{value}'",
+                         f"name the variant's step, e.g. '{pipeline}@{names[0]}.{step}' (a step every variant "
+                         f"shares resolves to the shared one)")
     if pipeline not in project.pipelines:
         raise node.error(at, f"`pipeline.step` naming a declared pipeline ({one_of(project.pipelines)})",
                          f"'{value}', but no pipeline is named '{pipeline}'",

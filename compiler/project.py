@@ -17,7 +17,7 @@ from . import curation, distillation, evaluation, params, pretrained, pydantic_e
 from .errors import SpecError, a_step, did_you_mean, either, one_of
 from .inputs import TOKENIZER, Input, Role
 from .nodes import Node, Project, need_step, topo_order
-from .specs import KINDS, Manifest, ModelSpec
+from .specs import KINDS, Manifest, ModelSpec, PipelineSpec
 from .yamlfile import Document, fmt_path, read
 
 SPECS = "specs"
@@ -56,7 +56,54 @@ def load(root: Path, profile: str | None = None) -> Project:
             RESOLVE[node.kind](project, node)
     for node in project.nodes.values():
         _check_pairing(project, node)
+    _share_variants(project)
     return project
+
+
+def _share_variants(project: Project) -> None:
+    """One task `PIPELINE.STEP` for a step of a pipeline with variants that comes out the same
+    in every variant: the same kind, spec, models and inputs, once the inputs that are shared
+    are named by their shared task. Decided in dependency order, so a step that reads a
+    variant's own step stays the variant's. References to the merged tasks are renamed."""
+    if not project.variants:
+        return
+    alias: dict[str, str] = {}
+    for task in topo_order(project):
+        pipeline, _, step = task.partition(".")
+        base, _, variant = pipeline.partition("@")
+        if base not in project.variants or task in alias:
+            continue
+        group = [f"{base}@{v}.{step}" for v in project.variants[base]]
+        if not all(t in project.nodes for t in group):
+            continue
+        signatures = {_signature(project.nodes[t], alias) for t in group}
+        if len(signatures) == 1:
+            alias.update({t: f"{base}.{step}" for t in group})
+    nodes = {}
+    for task, node in project.nodes.items():
+        if alias.get(task, task) in nodes:
+            continue  # a variant's copy of a shared step: the first one stands for all
+        node.task = alias.get(task, task)
+        node.deps = {i: alias.get(t, t) for i, t in node.deps.items()}
+        node.spec = _renamed(node.spec, alias)
+        nodes[node.task] = node
+    project.nodes = nodes
+
+
+def _signature(node: Node, alias: dict[str, str]) -> str:
+    import json
+
+    spec = _renamed(node.spec, alias).model_dump(mode="json")
+    deps = sorted((str(i), alias.get(t, t)) for i, t in node.deps.items())
+    models = {f: m.model_dump(mode="json") for f, m in node.models.items()}
+    return json.dumps([node.kind, spec, deps, models, node.default], sort_keys=True)
+
+
+def _renamed(spec, alias: dict[str, str]):
+    """`spec` with the task names it holds (a tokens step's tokenizer, a teacher-outputs step's
+    teacher) renamed to their shared tasks."""
+    update = {f: alias[v] for f in type(spec).model_fields if isinstance(v := getattr(spec, f), str) and v in alias}
+    return spec.model_copy(update=update) if update else spec
 
 
 def _unknown_profile(profile: str, declared: set[str]) -> SpecError:
@@ -91,11 +138,32 @@ def _validate(doc: Document, profile: str | None) -> tuple[Manifest, Document, s
     # Every overlay is checked, selected or not: a typo in the `ci` profile must fail on
     # the laptop too, not first in CI.
     for name, overlay in overlays.items():
-        merged = _overlay(doc, name, overlay)
+        merged = _overlay(doc, ("profiles", name), overlay)
         merged_spec = _checked(cls, merged.data, merged)
         if name == profile:
             chosen = (merged_spec, merged)
     return chosen[0], chosen[1], set(overlays)
+
+
+def variants(spec: PipelineSpec, doc: Document) -> dict[str, tuple[PipelineSpec, Document]]:
+    """Each variant of a pipeline: its `variants.NAME` overlay merged over the pipeline (after
+    the profile's), validated as a pipeline of its own. Every variant is checked."""
+    if not spec.variants:
+        return {}
+    base = Document(doc.file, copy.deepcopy(doc.data), dict(doc.lines), profile=doc.profile,
+                    overlaid=dict(doc.overlaid))
+    base.data.pop("variants", None)
+    out, problems = {}, []
+    for name, overlay in spec.variants.items():
+        try:
+            merged = _overlay(base, ("variants", name), overlay)
+            merged.variant = name
+            out[name] = (_checked(PipelineSpec, merged.data, merged), merged)
+        except SpecError as exc:
+            problems += exc.problems
+    if problems:
+        raise SpecError(problems)
+    return out
 
 
 def _checked(cls: type[BaseModel], data: Any, doc: Document) -> Any:
@@ -108,13 +176,14 @@ def _checked(cls: type[BaseModel], data: Any, doc: Document) -> Any:
     return spec
 
 
-def _overlay(doc: Document, name: str, overlay: Any) -> Document:
-    """The document with profile `name` merged over it; overlaid values keep their lines."""
-    base = ("profiles", name)
+def _overlay(doc: Document, base: tuple, overlay: Any) -> Document:
+    """The document with the overlay at `base` (`("profiles", NAME)` or `("variants", NAME)`)
+    merged over it; overlaid values keep their lines."""
     if not isinstance(overlay, dict):
         raise SpecError.one(doc.file, doc.line(base), fmt_path(base), "a mapping of fields to override",
                             pydantic_errors.found(overlay))
-    merged = Document(doc.file, copy.deepcopy(doc.data), dict(doc.lines), profile=name)
+    profile = base[1] if base[0] == "profiles" else doc.profile
+    merged = Document(doc.file, copy.deepcopy(doc.data), dict(doc.lines), profile=profile, overlaid=dict(doc.overlaid))
     merged.data.pop("profiles", None)
 
     def merge(into: dict, over: dict, path: tuple) -> None:
@@ -123,7 +192,7 @@ def _overlay(doc: Document, name: str, overlay: Any) -> Document:
                 merge(into[k], v, path + (k,))
             else:
                 into[k] = copy.deepcopy(v)
-                merged.overlaid.add(path + (k,))  # errors here are named `profiles.NAME...`
+                merged.overlaid[path + (k,)] = base  # errors here are named `profiles.NAME...`
 
     merge(merged.data, overlay, ())
     # every value the overlay writes keeps its own line: one pass over the lines, not one per key
@@ -144,6 +213,10 @@ def _add(project: Project, validated: tuple[Manifest, Document, set[str]]) -> No
         raise SpecError.one(doc.file, doc.line(("name",)), "name",
                             f"a pipeline name other than {either(RESERVED_PIPELINES)}", f"'{spec.name}'",
                             f"rename the pipeline: build/{spec.name}/ is Ingot's own folder")
+    if spec.kind == "pipeline" and spec.variants:
+        for variant, (vspec, vdoc) in variants(spec, doc).items():
+            project.pipelines[f"{spec.name}@{variant}"] = (vspec, vdoc)
+        project.variants[spec.name] = list(spec.variants)
     table[spec.name] = (spec, doc)
 
 
@@ -182,6 +255,8 @@ def _make_nodes(project: Project) -> None:
     for name, (spec, doc) in project.datasets.items():
         project.nodes[f"dataset.{name}"] = Node(f"dataset.{name}", "dataset", spec, doc, ())
     for pname, (pipe, doc) in project.pipelines.items():
+        if pname in project.variants:
+            continue  # built as its variants, `pname@VARIANT`
         for sname, step in pipe.steps.items():
             task = f"{pname}.{sname}"
             project.nodes[task] = Node(task, step.kind, step, doc, ("steps", sname), pipe.default)

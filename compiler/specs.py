@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
-STEP_REF_PATTERN = r"^([a-z0-9][a-z0-9_-]*\.)?[a-z0-9][a-z0-9_-]*$"
+STEP_REF_PATTERN = r"^([a-z0-9][a-z0-9_-]*(@[a-z0-9][a-z0-9_-]*)?\.)?[a-z0-9][a-z0-9_-]*$"  # `step`, `pipeline.step`, `pipeline@variant.step`
 UNKEYED = {"keyed": False}
 UNORDERED = {"unordered": True}  # a set written as a list: its order enters no key
 
@@ -933,6 +933,9 @@ class ReportStep(Step):
     """An evaluate step of the same weights: perplexity, GGUF and generation tables."""
     exports: tuple[Annotated[str, Field(pattern=STEP_REF_PATTERN)], ...] = ()
     """Export steps whose files the report lists (size, SHA-256) and, for GGUF, tabulates."""
+    compare: tuple[Annotated[str, Field(pattern=STEP_REF_PATTERN)], ...] = ()
+    """Other train steps shown side by side with `train` (the variants of a pipeline, say
+    `forge@memory.train`): their losses, tokens, time, parameters and last metrics in one table."""
     template: str = "specs/templates/training-report.md.jinja"
     """Jinja template of the Markdown report (relative to the project root), rendered in Jinja's
     sandbox with undefined variables as errors; the HTML version is made from its output."""
@@ -954,6 +957,22 @@ class PipelineSpec(Manifest):
     """Whether a plain `doit` builds this pipeline; `false` for one meant for a bigger machine."""
     steps: dict[Name, AnyStep] = Field(min_length=1)
     """Steps by name, in any order: the graph follows references, not the listing."""
+    variants: dict[Name, dict[str, Any]] | None = Field(None, max_length=64, json_schema_extra=UNKEYED)
+    """Variants of the pipeline by name, each an overlay of `steps:` merged over it as a
+    profile's is (`{fast: {steps: {train: {seq_len: 64}}}}`). Each variant's steps are tasks
+    `PIPELINE@VARIANT.STEP`, linked under build/PIPELINE@VARIANT/; a step that comes out the
+    same in every variant (and reads only such steps) is one task `PIPELINE.STEP` that all
+    share. The pipeline itself is built only as its variants."""
+
+    @field_validator("variants")
+    @classmethod
+    def _steps_only(cls, value):
+        for name, overlay in (value or {}).items():
+            other = sorted(set(overlay) - {"steps"})
+            if other:
+                raise ValueError(f"variant '{name}' overrides {', '.join(map(repr, other))}: a variant overrides "
+                                 "steps only (`variants: {NAME: {steps: {STEP: {FIELD: VALUE}}}}`)")
+        return value
 
 
 KINDS: dict[str, type[Manifest]] = {"dataset": DatasetSpec, "model": ModelSpec, "pipeline": PipelineSpec}

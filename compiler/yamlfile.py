@@ -45,15 +45,17 @@ _WHAT = {"null": "an empty value", "bool": "true or false", "int": "an integer",
 class Document:
     """One parsed manifest: its data, its file (relative to the project) and key lines.
 
-    A document with a profile overlaid over it (`profile` set) remembers which paths
-    the overlay wrote, so that an error there names the overlay's own path.
+    A document with overlays merged over it (a profile's, then a pipeline variant's)
+    remembers which paths each overlay wrote, so that an error there names the overlay's own
+    path (`profiles.ci.steps...`, `variants.fast.steps...`).
     """
 
     file: str
     data: Any
     lines: dict[tuple, int] = field(default_factory=dict)
     profile: str | None = None
-    overlaid: set[tuple] = field(default_factory=set)
+    overlaid: dict[tuple, tuple] = field(default_factory=dict)  # path written -> its overlay's base
+    variant: str | None = None
 
     def line(self, path: tuple) -> int | None:
         """The line of `path`, or of its nearest ancestor that has one."""
@@ -65,14 +67,18 @@ class Document:
         return self.lines.get((), 1)
 
     def field(self, path: tuple) -> str:
-        """How an error names `path`: as written in the file, including `profiles.NAME.` when
-        the selected overlay wrote it, or flagged with the profile when only the merge broke it."""
+        """How an error names `path`: as written in the file, including `profiles.NAME.` or
+        `variants.NAME.` when that overlay wrote it, or flagged with the profile and variant
+        when only the merge broke it."""
         path = tuple(path)
-        if self.profile is None:
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.overlaid:
+                return fmt_path(self.overlaid[path[:n]] + path)
+        merged = [f"profile '{self.profile}'"] * (self.profile is not None) + \
+                 [f"variant '{self.variant}'"] * (self.variant is not None)
+        if not merged:
             return fmt_path(path)
-        if any(path[:n] in self.overlaid for n in range(1, len(path) + 1)):
-            return fmt_path(("profiles", self.profile) + path)
-        return f"{fmt_path(path)} (with profile '{self.profile}')" if path else f"with profile '{self.profile}'"
+        return f"{fmt_path(path)} (with {' and '.join(merged)})" if path else f"with {' and '.join(merged)}"
 
 
 def fmt_path(path: tuple) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from compiler import entries, params, templates
 from compiler.entries import Environment, ExportEntry, GgufMetrics, TrainEntry, TrainMetrics, TrainRow
-from compiler.inputs import EVALUATE, TRAIN, export, teacher
+from compiler.inputs import EVALUATE, TRAIN, Input, Role, export, teacher
 from targets import BuildError, Job, safetensors_header
 
 OUTPUTS = ("report.md", "report.html", "loss.png", "lr.png")
@@ -99,6 +99,8 @@ def report_context(job: Job, rows: list[TrainRow]) -> dict:
         "artifacts": artifacts,
         "loss_data": [{"step": r.step, "phase": r.phase, "stage": r.stage, "loss": r.loss, "val_loss": r.val_loss,
                        "lr": r.lr} for r in rows],
+        "compared": (compared := compared_context(job)),
+        "compared_table": compared_table(compared),
         "config": config,
     }
 
@@ -195,6 +197,62 @@ def train_context(manifest: TrainEntry, rows: list[TrainRow], loss_rows: int) ->
         "lr_max": max(r.lr for r in rows), "lr_final": rows[-1].lr,
         "convergence": convergence(rows), "curve": curve(rows, loss_rows),
     }
+
+
+# the fields of a metrics row that are not a metric of the model (what `compared` leaves out of `last`)
+ROW_FIELDS = {"step", "phase", "stage", "lr", "tokens", "tokens_per_s", "wall_time", "loss", "val_loss", "ce", "kd",
+              "kd_teachers", "grad_norm"}
+
+
+def compared_context(job: Job) -> list[dict]:
+    """The train step reported on and each of `compare`, one row each, in the listed order: the
+    run's figures and the last value of every other numeric metric of its metrics.jsonl (a
+    plug-in architecture's auxiliary metrics, say). Empty without `compare`."""
+    if not job.spec.compare:
+        return []
+    pipeline = job.task.partition(".")[0]
+    folders = [job.inputs[TRAIN]] + [job.inputs[Input(Role.COMPARE, ref if "." in ref else f"{pipeline}.{ref}")]
+                                     for ref in job.spec.compare]
+    out = []
+    for folder in folders:
+        manifest = entries.load(folder, TrainEntry)
+        m = manifest.metrics
+        lines = (folder / entries.TRAIN_ROWS).read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        pipeline = manifest.task.partition(".")[0]
+        out.append({"task": manifest.task, "variant": pipeline.partition("@")[2] or None,
+                    "parameters": m.parameters, "steps": m.steps, "tokens_seen": m.tokens_seen,
+                    "final_loss": m.final_loss, "final_val_loss": m.final_val_loss,
+                    "best_val_loss": m.best_val_loss, "seconds": m.seconds, "duration": duration(m.seconds),
+                    "last": dict(sorted(_numbers(last).items()))})
+    return out
+
+
+def compared_table(compared: list[dict]) -> dict:
+    """`compared` as a table: its header and rows of cells (Markdown-ready strings)."""
+    extra = list(dict.fromkeys(k for c in compared for k in c["last"]))
+
+    def num(v, form):
+        return "–" if v is None else format(v, form)
+
+    return {"header": ["Step", "Parameters", "Steps", "Tokens", "Final loss", "Final val. loss", "Best val. loss",
+                       "Training time"] + extra,
+            "rows": [[c["task"], f"{c['parameters']:,}", str(c["steps"]), f"{c['tokens_seen']:,}",
+                      num(c["final_loss"], ".4f"), num(c["final_val_loss"], ".4f"), num(c["best_val_loss"], ".4f"),
+                      c["duration"]] + [num(c["last"].get(k), ".4g") for k in extra] for c in compared]}
+
+
+def _numbers(row: dict, prefix: str = "") -> dict[str, float]:
+    """The numeric metrics of a metrics row, one level of nesting named `outer.inner`."""
+    out = {}
+    for k, v in row.items():
+        if not prefix and k in ROW_FIELDS:
+            continue
+        if isinstance(v, dict) and not prefix:
+            out.update(_numbers(v, f"{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[prefix + k] = v
+    return out
 
 
 def segments(rows: list[TrainRow], field: str) -> list[dict]:

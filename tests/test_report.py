@@ -370,8 +370,8 @@ def test_a_generated_text_becomes_one_safe_table_cell():
 
 # ---------------------------------------------------------------- template errors
 
-CAN_USE = ("a report template can use artifacts, config, distill, environment, evaluation, exports, loss_data, "
-           "model, params, quantizations, report, train")
+CAN_USE = ("a report template can use artifacts, compared, compared_table, config, distill, environment, evaluation, "
+           "exports, loss_data, model, params, quantizations, report, train")
 
 
 def test_an_undefined_variable_fails_the_build_naming_file_and_line(project):
