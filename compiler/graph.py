@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import evaluation, pretrained, sources
+from . import evaluation, plugins, pretrained, sources
 from .inputs import OWN_TEMPLATE
 from .keys import Code, FileDigests, code_of, keyed
 from .nodes import Node, Project, topo_order
@@ -97,8 +97,18 @@ def source_files(project: Project, node: Node) -> dict[str, Path]:
     tokenizer folder (labelled by their name inside it: moving the folder keys nothing)."""
     if node.kind == "pretrained" or (node.kind == "tokenizer" and not node.spec.trained()):
         return pretrained.source_files(project, node)
-    files = _root_files(project, node)
+    files = _root_files(project, node) + plugin_files(project, node)
     return {sources.label(p, project.root): p for p in files}
+
+
+def plugin_files(project: Project, node: Node) -> list[Path]:
+    """The files of the plug-ins a step runs (compiler/plugins.py): the architecture of each
+    model it builds or loads, and a train step's optimizer."""
+    refs = [m.architecture for m in node.models.values() if plugins.is_plugin(getattr(m, "architecture", None))]
+    optimizer = getattr(node.spec, "optimizer", None)
+    if plugins.is_plugin(getattr(optimizer, "kind", None)):
+        refs.append(optimizer.kind)
+    return [path for ref in dict.fromkeys(refs) for path in plugins.files(ref, project.root)]
 
 
 def _root_files(project: Project, node: Node) -> list[Path]:
