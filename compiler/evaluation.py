@@ -3,7 +3,9 @@
 An evaluate step reads the weights of an init or train step, the validation tokens of a
 dataset (a `tokens` node shared with training, added here when no train step made it),
 and optionally the GGUF files of an export of the same weights, with limits on their KL
-divergence (`max_kld`) that name only types the export writes. A report step reads a train
+divergence (`max_kld`) that name only types the export writes; with a `prompt_set`, the
+dataset of instruction/response records it scores (its `dataset` input) and, for a judge, the
+rubric template, parsed now and digested into its key. A report step reads a train
 step, its teachers, an evaluate step and export steps of the same weights, and a Jinja
 template that is parsed and compiled now, so a broken template builds nothing.
 """
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
 from . import pretrained, quants, templates
-from .errors import SpecError, a_step
-from .inputs import DATA, EVALUATE, GGUF, MODEL, OWN_TEMPLATE, TOKENIZER, TRAIN, Role, tokens
+from .errors import SpecError, a_step, did_you_mean, one_of
+from .inputs import DATA, DATASET, EVALUATE, GGUF, MODEL, OWN_TEMPLATE, TOKENIZER, TRAIN, Role, tokens
 from .inputs import compare as compare_input
 from .inputs import export as export_input
 from .nodes import Node, Project, need_step
@@ -58,6 +61,8 @@ def evaluate(project: Project, node: Node) -> None:
                              "minutes on 2 cores), or leave `gguf` out")
     if spec.max_kld is not None:
         _max_kld(project, node)
+    if spec.prompt_set is not None:
+        _prompt_set(project, node)
 
 
 def _max_kld(project: Project, node: Node) -> None:
@@ -72,6 +77,94 @@ def _max_kld(project: Project, node: Node) -> None:
         if name not in types:
             raise node.error(("max_kld", name), f"a type among the files of '{spec.gguf}' ({', '.join(types)})",
                              f"'{name}'", f"add {name} to `types` of '{spec.gguf}', or remove it from `max_kld`")
+
+
+SCORING_ONLY = {"pattern": "number", "timeout": "python", "memory_mb": "python", "judge": "judge",
+                "reference": "judge"}  # field of a prompt set -> the only scoring that reads it
+
+
+def _prompt_set(project: Project, node: Node) -> None:
+    """The prompt set's dataset (instruction/response records, with records in the split read)
+    becomes the step's `dataset` input; each field fits its `scoring`; the judge's rubric parses."""
+    ps, at = node.spec.prompt_set, ("prompt_set",)
+    if ps.dataset not in project.datasets:
+        names = list(project.datasets)
+        raise node.error(at + ("dataset",), f"the name of a dataset ({one_of(names) if names else 'none is declared'})",
+                         f"'{ps.dataset}'", did_you_mean(ps.dataset, names) or
+                         f"declare a dataset named '{ps.dataset}', or fix the name")
+    data = project.datasets[ps.dataset][0]
+    if not data.chat():
+        raise node.error(at + ("dataset",), "a dataset of instruction/response records",
+                         f"'{ps.dataset}', a dataset of texts", "map its sources' `fields: {instruction: ..., "
+                         "response: ...}`, or name a dataset of instruction/response records")
+    if ps.split == "validation" and data.split.validation == 0:
+        raise node.error(at + ("split",), f"a split that dataset '{ps.dataset}' has records in",
+                         "'validation', and its `split.validation` is 0", "use `split: all`, or give the dataset "
+                         "a validation split")
+    for field, scoring in SCORING_ONLY.items():
+        if field in ps.model_fields_set and getattr(ps, field) is not None and ps.scoring != scoring:
+            raise node.error(at + (field,), f"`{field}` only with `scoring: {scoring}`",
+                             f"`{field}` and `scoring: {ps.scoring}`", f"remove `{field}`, or use `scoring: {scoring}`")
+    if ps.scoring == "number" and ps.pattern is not None:
+        _pattern(node, ps.pattern)
+    if ps.scoring == "judge":
+        for field in ("judge", "reference"):
+            if getattr(ps, field) is None:
+                raise node.error(at, f"`{field}:` with `scoring: judge`", f"no `{field}`",
+                                 f"add `{field}: {{url: http://127.0.0.1:8080/v1, model: NAME}}` (an OpenAI-"
+                                 "compatible endpoint)")
+        judge_files(project, node)
+    task = f"dataset.{ps.dataset}"
+    if _reaches(project, task, node.task):  # a failures dataset of this very step, or of one after it
+        raise node.error(at + ("dataset",), "a dataset that does not depend on this step",
+                         f"'{ps.dataset}', built from what this step writes", "score a dataset made before this "
+                         "step, e.g. the prompt set the failures came from")
+    node.deps[DATASET] = task
+
+
+def _reaches(project: Project, start: str, target: str) -> bool:
+    """Whether `start` depends, through any chain of inputs, on `target`."""
+    seen, todo = set(), [start]
+    while todo:
+        task = todo.pop()
+        if task == target:
+            return True
+        if task not in seen:
+            seen.add(task)
+            todo += project.nodes[task].deps.values()
+    return False
+
+
+def _pattern(node: Node, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise node.error(("prompt_set", "pattern"), "a Python regular expression", f"{pattern!r}: {exc}",
+                         "fix the expression (a final number by default needs no `pattern`)") from None
+
+
+def judge_files(project: Project, node: Node) -> list:
+    """The judge's rubric and every template it pulls in, checked: the files to digest (none
+    without a judge)."""
+    ps = node.spec.prompt_set
+    if ps is None or ps.judge is None:
+        return []
+    where = ("prompt_set", "judge", "template")
+    rel = ps.judge.template
+    path = inside(node, where, rel, project.root)
+    try:
+        files = templates.check(path)
+    except templates.TemplateProblem as exc:
+        found = f"{str(exc.file).removeprefix(str(project.root) + '/')}{f':{exc.line}' if exc.line else ''}"
+        raise node.error(where, "a Jinja template that parses", f"{found}: {exc.message}",
+                         f"fix the template at {found}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise node.error(where, "a Jinja template of UTF-8 text", str(exc), "save the template as UTF-8") from None
+    for file in files:
+        if not file.resolve().is_relative_to(project.root):
+            raise node.error(where, "templates inside the project", f"'{rel}' pulls in "
+                             f"'{os.path.relpath(file, path.parent)}', which resolves to {file.resolve()}", OUTSIDE_FIX)
+    return files
 
 
 def _data_of(project: Project, node: Node, weights: str) -> str:

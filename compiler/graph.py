@@ -113,8 +113,11 @@ def plugin_files(project: Project, node: Node) -> list[Path]:
 
 def _root_files(project: Project, node: Node) -> list[Path]:
     template = getattr(node.spec, "chat_template", None) if node.kind in ("export", "evaluate", "tokens") else None
-    if template is not None and template != OWN_TEMPLATE:
-        return [project.root / template]
+    chat = [project.root / template] if template is not None and template != OWN_TEMPLATE else []
+    if node.kind == "evaluate":  # and the judge's rubric, with what it includes
+        return chat + evaluation.judge_files(project, node)
+    if chat:
+        return chat
     if node.kind == "report":
         return evaluation.template_files(project, node)
     if node.kind != "train" or node.spec.distill is None:

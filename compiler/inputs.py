@@ -30,9 +30,10 @@ class Role(str, Enum):
     EXPORT = "export"        # an export a report lists (one per export)
     COMPARE = "compare"      # a train step a report shows beside its own (one per step)
     DATA = "data"            # a train or evaluate step's dataset, until the compiler puts the tokens of it in its place
+    FAILURES = "failures"    # the evaluate step a dataset's `type: failures` source reads (one per step)
 
 
-NAMED = {Role.TOKENS, Role.TEACHER, Role.TEACHER_OUTPUTS, Role.EXPORT, Role.COMPARE}  # roles a step can have several of, told apart by name
+NAMED = {Role.TOKENS, Role.TEACHER, Role.TEACHER_OUTPUTS, Role.EXPORT, Role.FAILURES, Role.COMPARE}  # roles a step can have several of, told apart by name
 
 
 @dataclass(frozen=True, order=True)
@@ -81,6 +82,12 @@ def export(step: str) -> Input:
 
 def compare(step: str) -> Input:
     return Input(Role.COMPARE, step)
+
+
+def failures(step: str) -> Input:
+    """A dataset's input: the entry of evaluate step `step` (`pipeline.step`) whose failed items
+    a `type: failures` source reads (`failures.cogumi.evaluate`)."""
+    return Input(Role.FAILURES, step)
 
 
 def of_role(inputs: dict[Input, object], role: Role) -> dict[str, object]:

@@ -38,12 +38,15 @@ class Node:
 
     def where(self, i: Input) -> tuple:
         """The spec field that names input `i`, for an error about it: a teacher's `step`, a
-        dataset's `filters.tokenizer`, or the field of the role's name (none for what the
-        compiler added, such as the tokens of a dataset)."""
+        dataset's `filters.tokenizer` or a failures source's `from`, or the field of the role's
+        name (none for what the compiler added, such as the tokens of a dataset)."""
         if i.role is Role.TEACHER:
             return ("distill", "teachers", i.name, "step")
         if self.kind == "dataset" and i.role is Role.TOKENIZER:
             return ("filters", "tokenizer")
+        if self.kind == "dataset" and i.role is Role.FAILURES:  # the first source reading that step
+            return next(("sources", n, "from") for n, s in enumerate(self.spec.sources)
+                        if s.type == "failures" and s.from_ == i.name)
         return (i.role.value,) if not i.name and i.role.value in type(self.spec).model_fields else ()
 
     def error(self, sub: tuple, expected: str, found: str, fix: str = "") -> SpecError:

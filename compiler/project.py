@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import curation, distillation, evaluation, params, pretrained, pydantic_errors, training
+from . import curation, distillation, evaluation, params, plugins, pretrained, pydantic_errors, sources, training
 from .errors import SpecError, a_step, did_you_mean, either, one_of
 from .inputs import TOKENIZER, Input, Role
 from .nodes import Node, Project, need_step, topo_order
@@ -22,7 +22,7 @@ from .yamlfile import Document, fmt_path, read
 
 SPECS = "specs"
 SKIP_DIRS = {"templates"}
-RESERVED_PIPELINES = {"dataset", "store"}  # names taken by build/dataset/ and build/store/
+RESERVED_PIPELINES = {"dataset", "store", "cache"}  # names taken by build/dataset/, build/store/ and build/cache/
 RESOLVE = {**training.RESOLVE, **distillation.RESOLVE, **evaluation.RESOLVE}  # kind -> its compile-time resolution and checks
 
 
@@ -38,6 +38,7 @@ def load(root: Path, profile: str | None = None) -> Project:
             _add(project, _validate(read(path, str(path.relative_to(root))), profile))
         except SpecError as exc:
             problems += exc.problems
+    problems += _plugin_problems(project)
     if problems:
         raise SpecError(problems)
     if profile is not None and profile not in project.profiles:
@@ -47,13 +48,16 @@ def load(root: Path, profile: str | None = None) -> Project:
     for node in list(project.nodes.values()):
         if node.kind == "dataset":
             curation.check(project, node)  # filters: regexes, languages, the tokenizer step they count with
+            sources.failures(project, node)  # the evaluate steps of `type: failures` sources are inputs
     training.teacher_deps(project)  # teachers are inputs too: a loop through them is a cycle
     training.check_chain(project)  # before the recursive walks below follow the chains
+    sources.failure_cycles(project)  # named on the failures source, before the general check names it elsewhere
     _check_cycles(project)
     for task in topo_order(project):  # in dependency order: a step's `init` or teacher comes first
         node = project.nodes[task]
         if node.kind in RESOLVE:
             RESOLVE[node.kind](project, node)
+    sources.failure_cycles(project)  # again: a curriculum's datasets became inputs just now
     for node in project.nodes.values():
         _check_pairing(project, node)
     _share_variants(project)
@@ -238,11 +242,27 @@ def _check_model(m: ModelSpec, doc: Document) -> None:
     if m.heads % m.kv_heads:
         raise fail("kv_heads", f"a divisor of heads ({m.heads})", str(m.kv_heads),
                    f"use {either(_nearest_divisors(m.heads, m.kv_heads))}")
-    if m.expect_params is not None and (n := params.count(m)) != m.expect_params:
+    # a plug-in's count is its own `parameter_count`, which the train builder checks against it
+    if m.expect_params is not None and not plugins.is_plugin(m.architecture) and \
+            (n := params.count(m)) != m.expect_params:
         off = f"{n - m.expect_params:,} too many" if n > m.expect_params else f"{m.expect_params - n:,} too few"
         raise fail("expect_params", f"{n:,}, the parameter count derived from the architecture",
                    f"{m.expect_params:,}", f"if the architecture is right, set `expect_params: {n}`; "
                    f"if {m.expect_params:,} is right, the architecture has {off}")
+
+
+def _plugin_problems(project: Project) -> list:
+    """Each model manifest naming a plug-in architecture: its file inside the project, parsing, and
+    defining the class at its top level (compiler/plugins.py). Never imported here."""
+    problems = []
+    for name, (m, doc) in project.models.items():
+        if plugins.is_plugin(m.architecture):
+            try:
+                plugins.check(Node(f"model.{name}", "model", m, doc, ()), ("architecture",), m.architecture,
+                              project.root)
+            except SpecError as exc:
+                problems += exc.problems
+    return problems
 
 
 def _nearest_divisors(total: int, near: int, k: int = 3) -> list[int]:

@@ -77,16 +77,21 @@ def _problem(err: dict, path: tuple, model: Any, tp: Any, doc: Document) -> Prob
     return Problem(doc.file, doc.line(path), doc.field(path), expected, shown, fix)
 
 
+def _written(model) -> dict:
+    """A model's fields by the key a manifest writes: the alias where there is one (`from`)."""
+    return {info.alias or name: info for name, info in getattr(model, "model_fields", {}).items()}
+
+
 def _missing(value, ctx, path, model, tp):
     # the field's docstring says what the value means, which is what someone adding it needs
-    info = getattr(model, "model_fields", {}).get(path[-1])
+    info = _written(model).get(path[-1])
     about = (info.description or "").split("\n")[0].split(". ")[0].rstrip(".") if info else ""
     fix = f"add `{path[-1]}:`" + (f" ({about})" if about else "")
     return "a value for this required field", "nothing", fix, path
 
 
 def _extra(value, ctx, path, model, tp):
-    known = list(getattr(model, "model_fields", {}))
+    known = list(_written(model))
     expected = "a known key (" + ", ".join(known) + ")" if known else "no key here"
     return expected, f"unknown key '{path[-1]}'", did_you_mean(path[-1], known) or "remove it", path
 
@@ -246,7 +251,7 @@ def _tags(model: type) -> set:
 
 def _child_type(tp: Any, part: Any) -> Any:
     if isinstance(tp, type) and issubclass(tp, BaseModel):
-        info = tp.model_fields.get(part)
+        info = _written(tp).get(part)
         return info.annotation if info else None
     origin = typing.get_origin(tp)
     if origin is dict:

@@ -1,10 +1,14 @@
-"""The files a dataset reads, found at compile time so their digests enter its key.
+"""What a dataset reads, found at compile time: the files whose digests enter its key, and
+the evaluate steps its `type: failures` sources read.
 
 Local globs are resolved against the project root and refused if they escape it (a
 symbolic link out of the project included); a wildcard never walks into build/ (the store:
 outputs, not sources) nor into hidden folders (.git, .venv);
 the Python documentation corpus is `pydoc_data/topics.py` plus the source files of
 the named standard-library modules (read with `ast` by the builder, never imported).
+A failures source reads no file: its evaluate step becomes an input of the dataset
+(`failures.PIPELINE.STEP`), so the dataset's key follows what that step wrote, doit builds
+the step first, and the builder finds its entry in `job.inputs`.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from .errors import did_you_mean
-from .nodes import Node
-from .specs import FilesSource, PydocsSource
+from .errors import a_step, did_you_mean
+from .inputs import failures as failures_input
+from .nodes import Node, Project, need_step
+from .specs import FailuresSource, FilesSource, PydocsSource
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SKIP_PARTS = {"test", "tests", "idle_test", "__pycache__", "site-packages"}
@@ -43,6 +48,8 @@ def label(path: Path, root: Path) -> str:
 def _files(node: Node, i: int, src, root: Path) -> list[Path]:
     if isinstance(src, FilesSource):
         return _glob(node, i, src.glob, root)
+    if isinstance(src, FailuresSource):
+        return []  # an entry of the store, which reaches the builder as an input
     assert isinstance(src, PydocsSource)
     out = [STDLIB / "pydoc_data" / "topics.py"] if src.topics else []
     for j, module in enumerate(src.modules):
@@ -103,3 +110,74 @@ def _module_files(node: Node, where: tuple, module: str) -> list[Path]:
     known = sorted(m for m in sys.stdlib_module_names if not m.startswith("_") and m != module)
     raise node.error(("sources",) + where, "a standard-library module written in Python", f"'{module}'",
                      did_you_mean(module, known) or "remove it; C modules such as 'sys' have no source to read")
+
+
+# ---------------------------------------------------------------- failures of an evaluate step
+
+def failures(project: Project, node: Node) -> None:
+    """Each `type: failures` source of a dataset node: its evaluate step, checked, becomes an
+    input of the dataset (`node.deps[failures(STEP)]`)."""
+    for i, src in enumerate(node.spec.sources):
+        if isinstance(src, FailuresSource):
+            _evaluate_step(project, node, i, src)
+            node.deps[failures_input(src.from_)] = src.from_
+
+
+def _evaluate_step(project: Project, node: Node, i: int, src: FailuresSource) -> None:
+    where = ("sources", i, "from")
+    need_step(project, node, where, src.from_, src.from_)  # the pattern asks for `pipeline.step`
+    step = project.nodes[src.from_]
+    if step.kind != "evaluate":  # `dataset.NAME` is a dataset's own task name
+        raise node.error(where, "an evaluate step that scores a prompt set",
+                         f"'{src.from_}', {'a dataset' if step.kind == 'dataset' else a_step(step.kind)}",
+                         "name a step of kind `evaluate` as `pipeline.step`")
+    scored = step.spec.prompt_set
+    if scored is None:
+        raise node.error(where, "an evaluate step that scores a prompt set (`prompt_set:`)",
+                         f"'{src.from_}', which measures perplexity and speed only ({_at(step)})",
+                         f"add `prompt_set: {{dataset: DATASET, scoring: exact}}` to step '{src.from_}'")
+    if src.response == "reference" and scored.scoring != "judge":
+        raise node.error(("sources", i, "response"), "`expected`, or no `response`: only judge scoring has "
+                                                     "reference answers",
+                         f"'reference', and '{src.from_}' scores by {scored.scoring} ({_at(step)})",
+                         "write `response: expected`, or leave `response` out")
+
+
+def _at(step: Node) -> str:
+    """Where a step is declared, for an error that names it from elsewhere."""
+    return f"{step.doc.file}:{step.line()}"
+
+
+def failure_cycles(project: Project) -> None:
+    """Refuse a failures source whose evaluate step depends on the dataset itself: it measures
+    a model trained (or evaluated) on the failures it is to find. Named on the source, with the
+    whole loop. Run before the general cycle check, and again once the steps are resolved: the
+    datasets of a curriculum become inputs of their train step only then."""
+    for node in project.nodes.values():
+        if node.kind != "dataset":
+            continue
+        for i, src in enumerate(node.spec.sources):
+            loop = _path(project, src.from_, node.task) if isinstance(src, FailuresSource) else None
+            if loop:
+                raise node.error(("sources", i, "from"), "an evaluate step that does not depend on this dataset",
+                                 "the cycle " + " -> ".join([node.task, *loop]),
+                                 f"evaluate a model that is not trained on dataset '{node.spec.name}' (the one "
+                                 "before the targeted training), and train on the failures after it")
+
+
+def _path(project: Project, start: str, goal: str) -> list[str] | None:
+    """The shortest chain of inputs from `start` down to `goal` (both included), or None: a
+    breadth-first walk, so a long pipeline costs no recursion."""
+    parent: dict[str, str | None] = {start: None}
+    queue = [start]
+    for task in queue:
+        if task == goal:
+            chain = [task]
+            while parent[chain[-1]] is not None:
+                chain.append(parent[chain[-1]])
+            return chain[::-1]
+        for dep in project.nodes[task].deps.values():
+            if dep not in parent:
+                parent[dep] = task
+                queue.append(dep)
+    return None

@@ -8,9 +8,12 @@ manifest or step and are resolved by `compiler.project`.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, WithJsonSchema,
+                      field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 STEP_REF_PATTERN = r"^([a-z0-9][a-z0-9_-]*(@[a-z0-9][a-z0-9_-]*)?\.)?[a-z0-9][a-z0-9_-]*$"  # `step`, `pipeline.step`, `pipeline@variant.step`
@@ -132,7 +135,33 @@ class FilesSource(Spec):
         return self.fields.chat()
 
 
-Source = Annotated[Union[PydocsSource, FilesSource], Field(discriminator="type")]
+class FailuresSource(Spec):
+    # `from` is a Python keyword: the field is `from_`, written `from` in manifests and in dumps
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    type: Literal["failures"]
+    """The items an evaluate step's model got wrong, as instruction/response records: each
+    prompt it failed (`passed: false` under exact, number or python scoring) or lost or tied
+    against the reference model (judge scoring), in the order of the prompt set, for a targeted
+    fine-tune on them. The dataset is built after the evaluate step and follows its results."""
+    from_: str = Field(alias="from", pattern=r"^[a-z0-9][a-z0-9_-]*(@[a-z0-9][a-z0-9_-]*)?\.[a-z0-9][a-z0-9_-]*$")
+    """The evaluate step (`pipeline.step`, or `pipeline@variant.step`) whose per-item results
+    (its `items.jsonl`) are read; it must score items, and must not measure a model trained on
+    this dataset (a cycle)."""
+    response: Literal["reference", "expected"] | None = None
+    """Which answer becomes the response: `reference` (the reference model's answer, judge
+    scoring only), or `expected` (the prompt set's own response). Default: the reference answer
+    where the item has one, else the expected one. The model's own wrong answer never is."""
+    include: tuple[Literal["loss", "tie"], ...] = Field(("loss", "tie"), min_length=1,
+                                                         json_schema_extra=UNORDERED)
+    """Which judge verdicts count as failures: `[loss]` leaves ties out. An item that failed
+    exact, number or python scoring always counts."""
+
+    def pairs(self) -> bool:
+        return True
+
+
+Source = Annotated[Union[PydocsSource, FilesSource, FailuresSource], Field(discriminator="type")]
 
 
 LANGUAGE_CODE = r"^[a-z]{2,3}$"
@@ -237,7 +266,8 @@ class DatasetSpec(Manifest):
         return self.sources[0].pairs()
 
     def summary(self) -> str:
-        kinds = ", ".join(s.glob if isinstance(s, FilesSource) else "python docs" for s in self.sources)
+        kinds = ", ".join(s.glob if isinstance(s, FilesSource) else f"failures of {s.from_}"
+                          if isinstance(s, FailuresSource) else "python docs" for s in self.sources)
         near = f", near-dup at Jaccard {self.near_dedup.threshold:g}" if self.near_dedup else ""
         return f"documents from {kinds}; {self.dedup} dedup{near}, {self.split.validation:.0%} validation"
 
@@ -285,13 +315,34 @@ class RopeScaling(Spec):
         return self
 
 
+HF_ARCHITECTURES = ("llama", "qwen2", "mistral")
+# compiler.plugins.PATTERN, written out: that module imports the node type, which imports this one
+PLUGIN_PATTERN = r"^module:[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$"
+OptionName = Annotated[str, Field(pattern=r"^[_A-Za-z][_0-9A-Za-z]*$", max_length=64)]
+
+
+def _scalar(value: Any) -> Any:
+    if value is None or not isinstance(value, (int, float, bool, str)):
+        raise PydanticCustomError("option_value", "A number, true or false, or a string (each option is one value)")
+    return value
+
+
+OptionValue = Annotated[Any, AfterValidator(_scalar),
+                        WithJsonSchema({"type": ["integer", "number", "boolean", "string"]})]
+
+
 class ModelSpec(Manifest):
     kind: Literal["model"]
     """A model architecture."""
-    architecture: Literal["llama", "qwen2", "mistral"] = "llama"
+    architecture: str = Field("llama", json_schema_extra={"anyOf": [{"enum": list(HF_ARCHITECTURES)},
+                                                                    {"pattern": PLUGIN_PATTERN}]})
     """Model family, as transformers names it: `llama` (RMSNorm, RoPE, SwiGLU, grouped-query
     attention), `qwen2` (the same with biases on the query, key and value projections) or
-    `mistral` (Llama's layout, with an optional sliding attention window)."""
+    `mistral` (Llama's layout, with an optional sliding attention window); or a plug-in
+    `module:PATH:CLASS`: a torch module of the project (PATH a .py file from the project root)
+    that builds itself from this manifest's fields and `options` (README, "Plug-in
+    architectures"); its source, and the project files it imports, enter the keys of the steps
+    that run it."""
     hidden_size: int = Field(ge=1, le=131_072)
     """Width of the residual stream."""
     intermediate_size: int = Field(ge=1, le=1_048_576)
@@ -321,13 +372,46 @@ class ModelSpec(Manifest):
     """Epsilon of every RMSNorm."""
     tie_embeddings: bool = False
     """Share the input embedding with the LM head."""
+    options: dict[OptionName, OptionValue] = Field(default_factory=dict, max_length=256)
+    """A plug-in architecture's own hyperparameters (`{max_steps: 8, ponder_weight: 0.01}`),
+    handed to it under `options` beside the fields above; plug-ins only."""
     expect_params: int | None = Field(None, ge=1, le=10**16, json_schema_extra=UNKEYED)
-    """When given, compiling fails unless the derived parameter count equals it."""
+    """When given, compiling fails unless the derived parameter count equals it (a plug-in's
+    count comes from its `parameter_count`, checked when a train step builds it)."""
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, value: str) -> str:
+        if value in HF_ARCHITECTURES or re.match(PLUGIN_PATTERN, value):
+            return value
+        raise ValueError("one of 'llama', 'qwen2' or 'mistral', or a plug-in `module:PATH:CLASS` (PATH a .py file "
+                         "from the project root, CLASS a class it defines)")
+
+    @field_validator("rope_scaling")
+    @classmethod
+    def _scaling_of_hf(cls, scaling: RopeScaling | None, info: ValidationInfo) -> RopeScaling | None:
+        arch = info.data.get("architecture")
+        if scaling is not None and arch is not None and arch not in HF_ARCHITECTURES:
+            raise ValueError(f"no `rope_scaling` for the plug-in architecture {arch}, which places positions its "
+                             "own way (remove `rope_scaling`, and give the plug-in what it needs under `options`)")
+        return scaling
+
+    @field_validator("options")
+    @classmethod
+    def _options_of_plugin(cls, options: dict, info: ValidationInfo) -> dict:
+        arch = info.data.get("architecture")
+        if options and arch in HF_ARCHITECTURES:
+            raise ValueError(f"no `options` for architecture {arch}, whose hyperparameters are the fields above "
+                             "(remove `options`, or name a plug-in `architecture: module:PATH:CLASS`)")
+        return options
 
     @field_validator("sliding_window")
     @classmethod
     def _window_of_mistral(cls, window: int | None, info: ValidationInfo) -> int | None:
         arch = info.data.get("architecture")
+        if window is not None and arch is not None and arch not in HF_ARCHITECTURES:
+            raise ValueError(f"no `sliding_window` for the plug-in architecture {arch} (remove `sliding_window`, and "
+                             "give the plug-in its window under `options` if it has one)")
         if window is not None and arch is not None and arch != "mistral":
             raise ValueError(f"no `sliding_window` for architecture {arch}, which attends to every earlier position "
                              "(only `mistral` has a window: remove `sliding_window`, or set `architecture: mistral`)")
@@ -579,15 +663,108 @@ class TeacherOutputsStep(Step):
                 f"windows of {self.seq_len}, align {self.align}")
 
 
-class Optimizer(Spec):
-    lr: float = Field(3e-4, gt=0)
-    """Peak learning rate of AdamW."""
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
-    """AdamW's beta1 and beta2."""
+OPTIMIZER_KINDS = ("adamw", "muon", "sgd")
+
+
+def _option(value: Any) -> Any:
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(v is not None and isinstance(v, (int, float, bool, str)) for v in items):
+        raise PydanticCustomError("option_value", "A number, true or false, a string, or a list of them")
+    return value
+
+
+OPTION_SCALAR = {"type": ["integer", "number", "boolean", "string"]}
+OptimizerOption = Annotated[Any, AfterValidator(_option),
+                            WithJsonSchema({"anyOf": [OPTION_SCALAR, {"type": "array", "items": OPTION_SCALAR}]})]
+
+
+class Muon(Spec):
+    """Muon's settings for the hidden layers' weight matrices (PyTorch's `torch.optim.Muon`)."""
+    lr: float = Field(0.02, gt=0)
+    """Peak learning rate of the matrices; the schedule scales it as it scales `optimizer.lr`."""
+    momentum: float = Field(0.95, ge=0, lt=1)
+    """Momentum of the gradient before it is orthogonalized."""
+    nesterov: bool = True
+    """Nesterov momentum."""
+    ns_steps: int = Field(5, ge=1, le=99)
+    """Newton–Schulz iterations that orthogonalize each update."""
     weight_decay: float = Field(0.0, ge=0)
-    """Decoupled weight decay of the matrices (norms and embeddings are not decayed)."""
+    """Decoupled weight decay of the matrices (`optimizer.weight_decay` is that of the AdamW part)."""
+    adjust_lr: Literal["original", "match_rms_adamw"] = "original"
+    """How the step follows a matrix's shape (rows A, columns B): `original`, Keller Jordan's
+    lr · sqrt(max(1, A / B)); or `match_rms_adamw`, Moonshot's lr · 0.2 · sqrt(max(A, B)), which
+    gives updates of AdamW's size, so that AdamW's learning rate and weight decay carry over."""
+
+
+class Grokfast(Spec):
+    """Grokfast's gradient filter (Lee et al., 2024, "Grokfast: Accelerated Grokking by Amplifying
+    Slow Gradients"), its EMA form: after the gradients of a step are accumulated and before they
+    are clipped, h ← alpha · h + (1 − alpha) · g, then g ← g + lambda · h (h starts as the first
+    step's gradient, as in the paper's code). h is part of the optimizer's state, so checkpoints
+    keep it."""
+    model_config = ConfigDict(serialize_by_alias=True)  # `lambda` is a Python keyword: the field is lambda_
+
+    alpha: float = Field(0.98, ge=0, lt=1)
+    """Decay of the slow-gradient average h (the paper's default 0.98)."""
+    lambda_: float = Field(2.0, gt=0, alias="lambda")
+    """How much of h is added to each gradient (the paper's default 2)."""
+
+
+class Optimizer(Spec):
+    kind: str = Field("adamw", json_schema_extra={"anyOf": [{"enum": list(OPTIMIZER_KINDS)},
+                                                            {"pattern": PLUGIN_PATTERN}]})
+    """`adamw`; `muon`: Muon (PyTorch's) for the 2-D weights of the hidden layers' linear maps,
+    AdamW for the rest (embeddings, LM head, norms, biases), as Muon is meant to be used; `sgd`:
+    SGD with momentum; or a plug-in `module:PATH:CLASS`, a `torch.optim.Optimizer` subclass defined
+    in a Python file of the project (README, Optimizers), built as `CLASS(param_groups, lr=lr,
+    **options)`."""
+    lr: float = Field(3e-4, gt=0)
+    """Peak learning rate: AdamW's (with `muon`, that of the AdamW part), SGD's or the plug-in's."""
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
+    """AdamW's beta1 and beta2 (`adamw`, and the AdamW part of `muon`)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """Weight decay of the matrices (norms and embeddings are not decayed): decoupled for AdamW and
+    Muon's AdamW part (whose matrix is the LM head), L2 for SGD, in the groups a plug-in gets."""
     eps: float = Field(1e-8, gt=0)
-    """AdamW's epsilon."""
+    """AdamW's epsilon (`adamw`, and the AdamW part of `muon`)."""
+    momentum: float | None = Field(None, ge=0, lt=1, validate_default=True)
+    """`sgd` only: its momentum; 0.9 when left out (0 for plain SGD)."""
+    nesterov: bool | None = Field(None, validate_default=True)
+    """`sgd` only: Nesterov momentum (needs momentum above 0); false when left out."""
+    muon: Muon | None = Field(None, validate_default=True)
+    """`muon` only: the matrices' learning rate, momentum, Newton–Schulz steps and weight decay;
+    Muon's defaults when left out."""
+    options: dict[OptionName, OptimizerOption] = Field(default_factory=dict, max_length=256)
+    """A plug-in only: keyword arguments of its constructor beside `lr` (numbers, strings, booleans
+    and lists of them), e.g. `{betas: [0.9, 0.99]}`."""
+    grokfast: Grokfast | None = None
+    """Amplify the slow part of the gradients (Grokfast's EMA filter), with any kind."""
+    qk_clip: float | None = Field(None, gt=0)
+    """QK-clip at this threshold τ (MuonClip, Kimi K2): after each optimizer step, every attention
+    head whose largest pre-softmax logit (q · k / sqrt(head_dim), causal positions) in that step's
+    forward passes exceeded τ gets its query and key weights (and biases) scaled by
+    sqrt(τ / max_logit) each, which scales that logit to τ. With grouped-query attention a key
+    head shared by several query heads is scaled by the square root of the mildest of their
+    factors, and each query head by the rest of its own factor, so a head under τ is left as it
+    is. Any kind; not with LoRA (the weights it would scale are frozen) or FSDP."""
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind in OPTIMIZER_KINDS or re.match(PLUGIN_PATTERN, kind):
+            return kind
+        from pydantic_core import PydanticCustomError
+
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {
+            "expected": "'adamw', 'muon', 'sgd' or 'module:PATH:CLASS' (PATH a .py file relative to the "
+                        "project root, CLASS the torch.optim.Optimizer subclass it defines)"})
+
+    @field_validator("momentum", "nesterov", "muon")
+    @classmethod
+    def _kind_defaults(cls, value: Any, info: ValidationInfo) -> Any:
+        # filled in here, so that writing a kind's default out keys the step as leaving it out
+        defaults = {("sgd", "momentum"): 0.9, ("sgd", "nesterov"): False, ("muon", "muon"): Muon()}
+        return defaults.get((info.data.get("kind"), info.field_name)) if value is None else value
 
 
 class Schedule(Spec):
@@ -734,6 +911,33 @@ class Distributed(Spec):
         return self.nproc_per_node * self.nnodes
 
 
+class MlflowTracking(Spec):
+    uri: str | None = Field(None, min_length=1)
+    """Where the runs go: a tracking URI as MLflow takes it (`sqlite:////abs/path/mlflow.db`,
+    `http://host:5000` for an MLflow server), or a path under `build/` of a SQLite database
+    file, made on first use (`build/mlflow.db`). Default: the `MLFLOW_TRACKING_URI` environment
+    variable, else `build/mlflow.db`."""
+    experiment: str | None = Field(None, min_length=1, max_length=256)
+    """The MLflow experiment, made on first use. Default: the pipeline's name (shared by its variants)."""
+
+    @field_validator("uri")
+    @classmethod
+    def _inside_build(cls, uri: str | None) -> str | None:
+        if uri is None or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):
+            return uri
+        parts = uri.replace("\\", "/").split("/")
+        if parts[0] != "build" or len(parts) < 2 or ".." in parts or not parts[-1]:
+            raise ValueError("a path under build/ of a SQLite database file (a spec writes nowhere else), such as "
+                             "build/mlflow.db, or a tracking URI such as sqlite:////abs/path/mlflow.db")
+        return uri
+
+
+class Tracking(Spec):
+    mlflow: MlflowTracking | None = None
+    """Log the metrics, parameters and tags to MLflow as well: one run per train step, tagged
+    `ingot.step` (the step's name) and `ingot.key` (its content key). `{}` takes every default."""
+
+
 class TrainStep(Step):
     kind: Literal["train"]
     """Train a model: pretrain, supervised fine-tuning or distillation."""
@@ -771,7 +975,8 @@ class TrainStep(Step):
     clip: float | None = Field(1.0, gt=0)
     """Clip the gradient norm to this; no clipping when absent."""
     optimizer: Optimizer = Optimizer()
-    """AdamW settings."""
+    """The optimizer (AdamW unless `kind` says otherwise), its learning rate and settings, and
+    Grokfast's filter and QK-clip on top of it."""
     schedule: Schedule = Schedule()
     """Learning-rate schedule."""
     eval: Evaluation = Evaluation()
@@ -803,6 +1008,10 @@ class TrainStep(Step):
     compile: bool = False
     """Compile the model with `torch.compile` before training (CUDA: faster steps after a warm-up
     compile; its kernels round differently, so it is part of the key)."""
+    tracking: Tracking | None = Field(None, json_schema_extra=UNKEYED)
+    """Experiment trackers beside TensorBoard, whose event files every train step writes into its
+    entry (`tensorboard/<step>/`): `{mlflow: {...}}`. Never part of the key: where the numbers
+    are sent changes nothing that is trained."""
 
     def summary(self) -> str:
         start = f"model '{self.model}'" if self.model else f"'{self.init}'"
@@ -889,6 +1098,83 @@ DEFAULT_PROMPTS = (
 )
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class Endpoint(Spec):
+    url: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$", json_schema_extra=UNKEYED)
+    """Base URL of an OpenAI-compatible chat API, the part before `/chat/completions`: e.g.
+    `https://api.openai.com/v1`, or `http://127.0.0.1:8080/v1` for a local llama.cpp or vLLM
+    server. Not part of any key: where a model is served does not change what it answers, its
+    `model` name does."""
+    model: str = Field(min_length=1, max_length=256)
+    """The model's name in the requests. It keys every answer cached (build/cache/llm/): give each
+    distinct model, or version of one, its own name."""
+    key_env: str | None = Field(None, pattern=ENV_NAME, json_schema_extra=UNKEYED)
+    """Name of the environment variable holding the API key (sent as a bearer token), e.g.
+    `OPENAI_API_KEY`; none for a local server that needs no key. The key itself is never written
+    to a manifest, a key or the cache."""
+    max_tokens: int = Field(512, ge=1, le=MAX_POSITIONS)
+    """Most tokens one answer may have (greedy answers: temperature 0)."""
+    concurrency: int = Field(4, ge=1, le=256, json_schema_extra=UNKEYED)
+    """Requests in flight at once."""
+    retries: int = Field(4, ge=0, le=20, json_schema_extra=UNKEYED)
+    """Retries of a request answered 408, 409, 429 or 5xx, or whose connection failed or timed
+    out, with exponential backoff (0.5 s doubling up to 8 s, or the server's `Retry-After`);
+    after the last one the step fails naming the URL and the status."""
+    timeout: float = Field(120, gt=0, le=3600, json_schema_extra=UNKEYED)
+    """Seconds one request may take."""
+
+
+class Judge(Endpoint):
+    max_tokens: int = Field(256, ge=1, le=MAX_POSITIONS)
+    """Most tokens of a verdict (its JSON, the reason included)."""
+    template: str = "specs/templates/judge.jinja"
+    """Jinja rubric (relative to the project root) rendered, in Jinja's sandbox, into the judge's
+    one message with `instruction`, `answer` (the model's), `reference` (the reference model's)
+    and `expected` (the record's response). It asks for the JSON object `{"verdict": "A" | "B" |
+    "tie", "reason": "..."}`, A being the model's answer and B the reference's. Its files enter
+    the step's key and the cache key of every verdict."""
+    response_format: Literal["json_object", "json_schema", "none"] = "json_object"
+    """How the verdict's JSON shape is asked of the server: `json_object` with its `schema`
+    (llama.cpp's servers then constrain the output to it, so even a tiny judge answers JSON),
+    `json_schema` (OpenAI's structured outputs), `none` (only the rubric asks). A verdict that
+    does not parse is counted as `unparseable`, never a failure of the step."""
+
+
+class PromptSet(Spec):
+    dataset: Name
+    """A dataset of instruction/response records: each instruction is a prompt, its response what
+    scoring compares the answer with (for `python`, the unit tests)."""
+    split: Literal["all", "train", "validation"] = "all"
+    """Records of this split (`all`: train then validation, in the dataset's order); `validation`
+    when the model was trained on the same dataset."""
+    limit: int | None = Field(None, ge=1, le=100_000_000)
+    """The first this many records of the split; all of them when absent."""
+    scoring: Literal["exact", "number", "python", "judge"]
+    """How an answer is scored. `exact`: equal to the response once runs of whitespace are one
+    space and the ends stripped. `number`: the final number of the answer equals the response's
+    (numerically; see `pattern`). `python`: the answer's code (the first ```python block, or the
+    whole answer) followed by the response's unit tests (`assert f(2) == 4` lines) passes, run in
+    a sandboxed subprocess. `judge`: `judge` compares the answer with `reference`'s answer to the
+    same instruction: a win, loss or tie."""
+    pattern: str | None = Field(None, min_length=1)
+    """`number` only: the regular expression (Python `re`) whose last match in a text is its
+    final number (its first group, if it has groups); commas are removed before comparing.
+    Default: the last number in the text, GSM8K style (`#### 72` or `... is 72.`)."""
+    timeout: float = Field(10, gt=0, le=3600)
+    """`python` only: wall-clock seconds one item's tests may run (and its CPU seconds) before
+    the process group is killed; the item fails with `timeout`."""
+    memory_mb: int = Field(1024, ge=64, le=1 << 20)
+    """`python` only: address space an item's process may take, in MiB (RLIMIT_AS)."""
+    judge: Judge | None = None
+    """`judge` only: the OpenAI-compatible endpoint that gives each verdict."""
+    reference: Endpoint | None = None
+    """`judge` only: the OpenAI-compatible endpoint of the stronger model whose answer each of
+    the model's is compared with. Its answers are cached by content: a later evaluate step of
+    another model with the same prompts and reference asks it nothing."""
+
+
 class EvaluateStep(Step):
     kind: Literal["evaluate"]
     """Measure trained weights: validation loss and perplexity, the same through llama.cpp for
@@ -918,10 +1204,15 @@ class EvaluateStep(Step):
     """Jinja chat template (relative to the project root) the prompts are rendered with; `@tokenizer`
     for the tokenizer's own. Default: the tokenizer's own when it is a pretrained or loaded one,
     else specs/templates/chat.jinja."""
+    prompt_set: PromptSet | None = None
+    """A prompt set scored answer by answer: each instruction of a dataset of instruction/response
+    records generated greedily (the chat template, `max_new_tokens`) and scored by `scoring`;
+    per-item results in the entry's `items.jsonl`, counts in its metrics."""
 
     def summary(self) -> str:
         gguf = f" and GGUF files of '{self.gguf}'" if self.gguf else ""
-        return f"perplexity and generation speed of '{self.model}'{gguf}"
+        scored = f", {self.prompt_set.scoring}-scored on '{self.prompt_set.dataset}'" if self.prompt_set else ""
+        return f"perplexity and generation speed of '{self.model}'{gguf}{scored}"
 
 
 class ReportStep(Step):

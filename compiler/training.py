@@ -9,10 +9,11 @@ a run: vocabularies, sequence lengths, unknown teachers, stages and datasets.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 
-from . import pretrained, quants, templates
+from . import plugins, pretrained, quants, templates
 from .errors import a_step, did_you_mean, one_of
 from .inputs import DATA, DATASET, INIT, MODEL, OWN_TEMPLATE, TOKENIZER
 from .inputs import teacher as teacher_input
@@ -123,6 +124,7 @@ def resolve_train(project: Project, node: Node) -> None:
     model = node.models["model"]
     _lora(node, model)
     _distributed(node)
+    _optimizer(project, node, model)
     check_seq_len(project, node, ("seq_len",), spec.seq_len, model)
     datasets = _datasets(project, node)
     first = [spec.data] if spec.data is not None else list(spec.stages[0].datasets)
@@ -193,6 +195,71 @@ def _distributed(node: Node) -> None:
         raise node.error(("distributed",), "one process with `quantize_base` (QLoRA holds its 4-bit base on one GPU)",
                          f"distributed over {world} processes", "remove `distributed:`, or `quantize_base` to "
                                                                 "train LoRA adapters over a full-precision base")
+    if d.strategy == "fsdp" and spec.optimizer.kind == "muon":
+        # torch.optim.Muon has no code for sharded parameters; through DTensor's operators a tall
+        # matrix's orthogonalized update came out wrong (tests/test_optim.py names the check)
+        raise node.error(("optimizer", "kind"), "an optimizer that works on FSDP's sharded parameters: Muon "
+                                                "orthogonalizes whole matrices, which FSDP splits over the processes",
+                         "kind muon with `distributed: {strategy: fsdp}`",
+                         "use `strategy: ddp` (every process holds whole matrices), or another optimizer kind")
+
+
+# the optimizer fields that belong to some kinds only ("plug-in": a `module:PATH:CLASS` kind)
+OPTIMIZER_FIELDS = {"momentum": ("sgd",), "nesterov": ("sgd",), "muon": ("muon",), "betas": ("adamw", "muon"),
+                    "eps": ("adamw", "muon"), "options": ("plug-in",)}
+
+
+def _optimizer(project: Project, node: Node, model: ModelSpec) -> None:
+    """Each optimizer field belongs to the kinds that read it; a plug-in optimizer's file is
+    checked; QK-clip needs attention weights it can scale."""
+    o = node.spec.optimizer
+    plugin = plugins.is_plugin(o.kind)
+    if plugin:
+        plugins.check(node, ("optimizer", "kind"), o.kind, project.root)
+    kind = "plug-in" if plugin else o.kind
+    for name, kinds in OPTIMIZER_FIELDS.items():
+        if name in o.model_fields_set and kind not in kinds:
+            raise node.error(("optimizer", name), f"`{name}` only with {_kinds(kinds)}", f"`kind: {o.kind}`",
+                             _misplaced_fix(name, kinds, plugin))
+    if o.kind == "sgd" and o.nesterov and o.momentum == 0:
+        raise node.error(("optimizer", "nesterov"), "momentum above 0 with `nesterov: true` (Nesterov's look-ahead "
+                                                    "follows the momentum)", "momentum 0",
+                         "give `momentum:` (e.g. 0.9), or remove `nesterov`")
+    if o.qk_clip is not None:
+        _qk_clip(project, node, model)
+
+
+def _kinds(kinds: tuple[str, ...]) -> str:
+    return " or ".join("a plug-in `kind: module:PATH:CLASS`" if k == "plug-in" else f"`kind: {k}`" for k in kinds)
+
+
+def _misplaced_fix(name: str, kinds: tuple[str, ...], plugin: bool) -> str:
+    if plugin:
+        return f"give a plug-in's settings in `options`, e.g. `options: {{{name}: ...}}`"
+    if name == "options":
+        return "remove `options`: the settings of Ingot's own kinds are fields of `optimizer:`"
+    also = " (Muon's own momentum is `muon.momentum`)" if name in ("momentum", "nesterov") else ""
+    return f"remove `{name}`, or set {_kinds(kinds)}{also}"
+
+
+def _qk_clip(project: Project, node: Node, model: ModelSpec) -> None:
+    """QK-clip scales the query and key weights: trainable ones, of attention it can find."""
+    tau = node.spec.optimizer.qk_clip
+    if node.spec.lora is not None:
+        raise node.error(("optimizer", "qk_clip"), "no `qk_clip` with `lora:` (QK-clip scales the query and key "
+                                                   "weights, which LoRA keeps frozen)",
+                         f"qk_clip: {tau:g} with `lora:`", "remove `qk_clip`, or `lora:` to train every weight")
+    if not plugins.is_plugin(model.architecture):
+        return
+    rel, name = plugins.parse(model.architecture)
+    if "qk_clip_targets" in plugin_methods(project.root / rel, name):
+        return
+    doc = project.models[model.name][1]
+    raise node.error(("optimizer", "qk_clip"), "a model whose attention QK-clip can reach: of architecture llama, "
+                                               "qwen2 or mistral, or a plug-in whose class defines `qk_clip_targets`",
+                     f"model '{model.name}' ({doc.file}:{doc.line(('architecture',))}) of the plug-in architecture "
+                     f"{model.architecture}, whose class defines no `qk_clip_targets`",
+                     f"define `qk_clip_targets()` in class {name} of {rel} (README, Optimizers), or remove `qk_clip`")
 
 
 def _same_tokenizer(project: Project, node: Node, weights: str) -> None:
@@ -326,8 +393,11 @@ def _export(project: Project, node: Node) -> None:
         template_file(project, node, node.spec.chat_template)
     if node.spec.adapter:
         _adapter(project, node)
+    plugin = plugins.is_plugin(node.models["model"].architecture)
+    if plugin:
+        _plugin_exporter(project, node, node.models["model"])
     if node.spec.format == "gguf":
-        if not node.spec.adapter:  # an adapter's matrices (rank r) are not the model's
+        if not node.spec.adapter and not plugin:  # an adapter's matrices (rank r) are not the model's
             _gguf(project, node)
         if node.spec.display_name is None:  # resolved here, so the name in the files is in the key
             node.spec = node.spec.model_copy(update={"display_name": node.models["model"].name})
@@ -338,6 +408,58 @@ def _export(project: Project, node: Node) -> None:
                 raise node.error((name,), f"no `{name}` for format 'hf' (a Hugging Face folder keeps the "
                                  "weights as they are)", f"{name}: {json.dumps(list(value) if isinstance(value, tuple) else value)}",
                                  f"set `format: gguf` to write GGUF files, or remove `{name}`")
+
+
+EXPORTERS = {"hf": ("export_hf", "a Hugging Face folder", "(self, folder)"),
+             "gguf": ("export_gguf", "GGUF files", "(self, folder, files, metadata)")}
+
+
+def _plugin_exporter(project: Project, node: Node, model: ModelSpec) -> None:
+    """A plug-in architecture is written out by its own method (`export_hf`, `export_gguf`) or not at
+    all: Ingot's exporters know the tensors of llama, qwen2 and mistral only. The method is looked
+    for in the class and the base classes the plug-in's file defines (never imported here)."""
+    method, what, signature = EXPORTERS[node.spec.format]
+    rel, name = plugins.parse(model.architecture)
+    if method in plugin_methods(project.root / rel, name):
+        return
+    doc = project.models[model.name][1]
+    raise node.error(("format",), f"a model Ingot can write as {what}: of architecture llama, qwen2 or mistral, "
+                                  f"or of a plug-in whose class defines `{method}`",
+                     f"model '{model.name}' ({doc.file}:{doc.line(('architecture',))}) of the plug-in architecture "
+                     f"{model.architecture}, whose class {name} defines no `{method}`",
+                     f"define `def {method}{signature}` in class {name} of {rel} (README: \"Plug-in "
+                     f"architectures\"), or remove this export")
+
+
+def plugin_methods(path, name: str) -> set[str]:
+    """Names of the functions class `name` of the module at `path` defines, with those of the base
+    classes defined in the same module (a base imported from elsewhere is not followed)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    classes = {c.name: c for c in tree.body if isinstance(c, ast.ClassDef)}
+    out: set[str] = set()
+    todo, seen = [name], set()
+    while todo:
+        cls = classes.get(todo.pop())
+        if cls is None or cls.name in seen:
+            continue
+        seen.add(cls.name)
+        out |= {f.name for f in cls.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        todo += [b.id for b in cls.bases if isinstance(b, ast.Name)]
+    return out
+
+
+def _init_step(project: Project, node: Node) -> None:
+    """An init step writes the tensors of `compiler.params`' table: llama, qwen2 and mistral only."""
+    model = node.models["model"]
+    if not plugins.is_plugin(model.architecture):
+        return
+    doc = project.models[model.name][1]
+    raise node.error(("model",), "a model of architecture llama, qwen2 or mistral (an init step writes their "
+                                 "tensors from Ingot's table)",
+                     f"model '{model.name}' ({doc.file}:{doc.line(('architecture',))}) of the plug-in architecture "
+                     f"{model.architecture}",
+                     f"start a train step from `model: {model.name}` instead (a plug-in initializes its own weights "
+                     "there, under the step's seed), and remove this init step")
 
 
 ADAPTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # what llama.cpp's convert_lora_to_gguf.py writes
@@ -438,4 +560,4 @@ def template_file(project: Project, node: Node, rel: str) -> None:
                          f"fix the template at {where}")
 
 
-RESOLVE = {"tokenizer": _tokenizer, "train": resolve_train, "export": _export, **pretrained.RESOLVE}  # kind -> its resolution, run by project.load
+RESOLVE = {"tokenizer": _tokenizer, "init": _init_step, "train": resolve_train, "export": _export, **pretrained.RESOLVE}  # kind -> its resolution, run by project.load

@@ -3,11 +3,14 @@
 Reads: the files the compiler resolved for each source (`job.files`): the Python
 documentation corpus (`pydoc_data/topics.py` and standard-library sources, parsed with
 `ast`, never imported) and local `.txt` / `.jsonl` files, streamed in batches of BATCH
-records; and, when `filters` counts tokens, the tokenizer entry (`job.inputs[TOKENIZER]`).
+records; for a `type: failures` source, `items.jsonl` of its evaluate step's entry
+(`job.inputs[failures(STEP)]`: see `FailedItems`); and, when `filters` counts tokens, the
+tokenizer entry (`job.inputs[TOKENIZER]`).
 Writes: `train-NNNNN.jsonl` and `validation-NNNNN.jsonl` shards of `{"id", "text", "source"}`
 records, or `{"id", "instruction", "response", "source"}` when the sources map
 instruction/response fields, with `meta` (domain, difficulty, source) where the sources map
-those (at least one shard per split, possibly empty); `stats.json` (documents in and out,
+those, or (source, index, scoring, passed, verdict) for a failed item (at least one shard per
+split, possibly empty); `stats.json` (documents in and out,
 per source, every filter's removals, exact and near duplicates, skipped bad records, output
 per domain and origin, identified languages); and with `near_dedup`, `dedup.json` (see
 `near_dedup`). A record is filtered, deduplicated and split by its canonical text
@@ -28,11 +31,12 @@ import time
 import unicodedata
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import xxhash
 
 from compiler.inputs import TOKENIZER
+from compiler.inputs import failures as failures_input
 from targets import BuildError, Job, StatusLine, neardup
 from targets.filters import REASONS, DocumentFilter
 
@@ -86,9 +90,11 @@ def curate(job: Job, index: neardup.Index | None) -> dict:
     seen: set[int] = set()
     total = 0
     progress = StatusLine()
+    failed: list[FailedItems] = []
     for i, (source, paths) in enumerate(zip(spec.sources, job.files)):
         count = kept = 0
-        for batch in batches(read_source(source, paths, skipped)):
+        reader = read_source(source, paths, skipped, job.inputs)
+        for batch in batches(reader):
             count += len(batch)
             fresh: list[str] = []  # kept texts of this batch, for the near-duplicate index
             records = [(normalized(value, spec.normalize), origin, meta) for value, origin, meta in batch]
@@ -117,6 +123,14 @@ def curate(job: Job, index: neardup.Index | None) -> dict:
         progress.close()
         job.log(f"source {i} ({source.type}): {count:,} documents read, {kept:,} kept "
                 f"({total / max(time.perf_counter() - progress.t0, 1e-9):,.0f} documents/s)")
+        if isinstance(reader, FailedItems):
+            per_source[-1]["items"] = reader.items  # of the evaluate step: the documents are its failures
+            failed.append(reader)
+            if not count:
+                job.log(reader.nothing())
+    if failed and total == 0:  # nothing to train on: say why, rather than leave an empty dataset to a train step
+        raise BuildError("; ".join(f.nothing() for f in failed) + ": the dataset would have no records (evaluate "
+                         "a weaker model, or a harder prompt set, or add another source)")
     stats = {"documents_in": total, "by_source": per_source}
     if index is not None:
         staged.close()
@@ -258,11 +272,19 @@ class ShardWriter:
 
 # ---------------------------------------------------------------- sources
 
-def read_source(source, paths: list[Path], skipped: Counter | None = None) -> Iterator[tuple]:
+def read_source(source, paths: list[Path], skipped: Counter | None = None,
+                inputs: dict | None = None) -> Iterable[tuple]:
     """(value, origin, meta) of each record of one source, in file order: value is the text, or
     (instruction, response) when the source maps those fields; meta the mapped metadata fields.
     A bad record raises BuildError naming file and line, or with `skipped` (bad_records: skip)
-    is counted there by kind and left out."""
+    is counted there by kind and left out. A failures source reads the entry of its evaluate
+    step, from `inputs` (`FailedItems`)."""
+    if source.type == "failures":
+        return FailedItems(source, (inputs or {})[failures_input(source.from_)])
+    return _read_files(source, paths, skipped)
+
+
+def _read_files(source, paths: list[Path], skipped: Counter | None) -> Iterator[tuple]:
     for path in paths:
         if source.type == "pydocs":
             topics = path.name == "topics.py" and path.parent.name == "pydoc_data"
@@ -408,3 +430,105 @@ def _pair(text: str, origin: str) -> tuple[str, str]:
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(STDLIB).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+# ---------------------------------------------------------------- failures of an evaluate step
+
+ITEMS = "items.jsonl"  # of an evaluate entry that scores a prompt set: one JSON object per prompt
+SCORINGS = ("exact", "number", "python", "judge")
+VERDICTS = ("win", "loss", "tie")
+ITEMS_FIX = ("targets/evaluate.py wrote what this reader does not know, or the entry was edited by hand: "
+             "`doit verify --repair` moves the entry aside, so the next `doit` rebuilds it")
+# each field of an evaluated item, what it must be, and the types (None: null) that are that
+ITEM_FIELDS = {
+    "index": ("an integer", (int,)), "instruction": ("a string", (str,)),
+    "expected": ("a string or null", (str, None)), "answer": ("a string", (str,)),
+    "reference": ("a string or null", (str, None)), "scoring": (f"one of {', '.join(SCORINGS)}", SCORINGS),
+    "passed": ("a boolean or null", (bool, None)),
+    "verdict": (f"one of {', '.join(VERDICTS)}, or null", (*VERDICTS, None)), "detail": ("a string or null", (str, None)),
+}
+
+
+class FailedItems:
+    """The failed items of an evaluate entry (its items.jsonl), as records in the order of the
+    prompt set (by `index`): an item fails when `passed` is false (exact, number or python
+    scoring) or its verdict is one of the source's `include` (judge scoring). The instruction
+    is the prompt; the response the reference model's answer or the prompt set's own
+    (`response`), never the model's wrong one; the meta says which item of which step it was.
+    items.jsonl is Ingot's own output, so a missing file or a malformed line stops the build
+    naming file and line (`bad_records: skip` does not apply). Once iterated, `items` is the
+    number of items the step evaluated."""
+
+    def __init__(self, source, entry: Path):
+        self.source, self.path = source, Path(entry) / ITEMS
+        self.items = 0
+        self.scorings: set[str] = set()
+
+    def __iter__(self) -> Iterator[tuple]:
+        items = self._read()
+        self.items, self.scorings = len(items), {item["scoring"] for _, item in items}
+        for n, item in items:
+            if item["passed"] is False or item["verdict"] in self.source.include:
+                meta = {"source": self.source.from_, **{k: item[k] for k in ("index", "scoring", "passed", "verdict")}}
+                yield (item["instruction"], self._response(n, item)), f"{self.source.from_}:{item['index']}", meta
+
+    def nothing(self) -> str:
+        """What an evaluate step without a failure had, said the way its scoring counts them."""
+        verdicts = " or ".join({"loss": "losses", "tie": "ties"}[v] for v in sorted(self.source.include))
+        what = (verdicts if self.scorings == {"judge"} else "failed items" if "judge" not in self.scorings
+                else f"failed items, {verdicts}")
+        return f"evaluate step {self.source.from_} had no {what} among its {self.items:,} items"
+
+    def _read(self) -> list[tuple[int, dict]]:
+        """(line, item) of every item, by index."""
+        if not self.path.is_file():
+            raise BuildError(f"{self.path}: expected the per-item results of evaluate step {self.source.from_}; "
+                             f"found no such file ({ITEMS_FIX})")
+        lines: dict[int, int] = {}
+        items = []
+        for n, raw in _lines(self.path):
+            try:
+                item = _record(self.path, n, raw)
+            except _BadRecord as bad:
+                raise BuildError(f"{bad} ({ITEMS_FIX})") from None
+            if item is None:
+                continue
+            _check_item(self.path, n, item)
+            if item["index"] in lines:
+                raise BuildError(f"{self.path}:{n}: expected each item's index once; found index {item['index']}, "
+                                 f"also on line {lines[item['index']]} ({ITEMS_FIX})")
+            lines[item["index"]] = n
+            items.append((n, item))
+        return sorted(items, key=lambda pair: pair[1]["index"])
+
+    def _response(self, n: int, item: dict) -> str:
+        pick = self.source.response
+        for name in (pick,) if pick else ("reference", "expected"):
+            if item[name] is not None:
+                return item[name]
+        fix = {"reference": "only judge scoring has reference answers: set `response: expected`, or leave it out",
+               "expected": "give the prompt set's record a response, or set `response: reference` (judge scoring)",
+               None: "give the prompt set's record a response"}[pick]
+        missing = f"a {pick} answer" if pick else "a reference or an expected answer"
+        raise BuildError(f"{self.path}:{n}: expected {missing} to train on for item {item['index']}; found null "
+                         f"({fix})")
+
+
+def _check_item(path: Path, n: int, item: dict) -> None:
+    """Every field of an evaluated item present, of its type, and no other."""
+    for key in item:
+        if key not in ITEM_FIELDS:
+            raise BuildError(f"{path}:{n}: expected the fields of an evaluated item ({', '.join(ITEM_FIELDS)}); "
+                             f"found the field '{key}' too ({ITEMS_FIX})")
+    for key, (what, allowed) in ITEM_FIELDS.items():
+        found = ("no such field" if key not in item else None if any(_is(item[key], a) for a in allowed)
+                 else repr(item[key]) if isinstance(item[key], str) else _json_type(item[key]))
+        if found:
+            raise BuildError(f"{path}:{n}: expected {what} in field '{key}'; found {found} ({ITEMS_FIX})")
+
+
+def _is(value, allowed) -> bool:
+    """Whether a JSON value is what `allowed` stands for: null (None), that string, or of that type."""
+    if allowed is None or isinstance(allowed, str):
+        return value == allowed
+    return isinstance(value, allowed) and not (allowed is int and isinstance(value, bool))  # JSON's true is no index

@@ -40,7 +40,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from targets import BuildError, Job
+from targets import BuildError, Job, architectures
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"  # rank 0's metrics, or {"error": message} for a BuildError
@@ -192,11 +192,14 @@ class Parallel:
         if self.strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
-            return DistributedDataParallel(model, device_ids=[self.local_rank] if self.cuda else None)
+            # a plug-in may leave parameters out of a step (a branch not taken, a memory not written)
+            return DistributedDataParallel(model, device_ids=[self.local_rank] if self.cuda else None,
+                                           find_unused_parameters=architectures.is_plugin_module(model))
         from torch.distributed.fsdp import fully_shard
 
-        for module in model.modules():  # one unit per decoder layer, the rest (embeddings, norm, head) the root's
-            if type(module).__name__.endswith("DecoderLayer"):
+        units = architectures.blocks(model)  # a plug-in's own blocks, when it names them
+        for module in units or model.modules():  # one unit per decoder layer, the rest (embeddings, norm, head) the root's
+            if units or type(module).__name__.endswith("DecoderLayer"):
                 fully_shard(module)
         fully_shard(model)
         # the gradient is the processes' mean, divided by the world size after a SUM where the

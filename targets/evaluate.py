@@ -24,40 +24,61 @@ Writes: `metrics.json` with
   the chat template: input and output tokens, latency, time to the first token, tokens/s
   (output tokens over the whole latency), their averages and peak, and the memory the
   weights take (their bytes, and the resident memory loading them added).
+* with `prompt_set`, its `scored` counts (see `score_prompt_set`).
 When `max_kld` is set, a type whose mean KL divergence is above its limit fails the step
 (a BuildError naming every such type, raised once all types are measured and before the
 generation benchmark), so nothing is written to the store.
 
+With `prompt_set`, the step also reads the records of its dataset (`job.inputs[DATASET]`,
+`train-*.jsonl` then `validation-*.jsonl`), generates an answer to each instruction (greedy,
+torch, the chat template, `max_new_tokens`), scores it (targets/scoring.py; reference answers
+and judge verdicts through targets/llm.py and its cache under build/cache/llm/, with the judge's
+rubric `prompt_set.judge.template`) and writes `items.jsonl`: one JSON object per record, in
+the prompt set's order, with exactly the keys `index`, `instruction`, `expected` (the record's
+response), `answer` (the model's), `reference` (the reference model's answer; judge only, else
+null), `scoring`, `passed` (exact, number, python; else null), `verdict` (`win`, `loss`, `tie`;
+judge only, else null) and `detail` (why: the numbers compared, the failed test, the judge's
+reason, or `unparseable: ...`). A failure is `passed: false` or a verdict of `loss` or `tie`:
+what a `type: failures` dataset source turns into records. The counts are the returned metrics'
+`prompt_set` (in the entry's manifest), not metrics.json, whose shape the report reads.
+
 Timings are measured, so they differ between builds; everything else is a function of
-the inputs. metrics.json and what is read of other entries are typed in `compiler.entries`
+the inputs (and, for a judge, of what the servers answer). metrics.json and what is read of other entries are typed in `compiler.entries`
 (`EvaluationResults`, which the report reads; the tokens entry's `TokensInfo`; the GGUF
 export's `GgufMetrics`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from compiler import entries
 from compiler.entries import (CheckpointScore, Engine, EvaluationData, EvaluationResults, GenerationRun, Generation,
                               GgufEntry, GgufFile, GgufScore, PromptText, TokensEntry)
-from compiler.inputs import GGUF, MODEL, TOKENIZER, Role, of_role
-from targets import BuildError, Job, load_tokenizer, special_ids
+from compiler.inputs import DATASET, GGUF, MODEL, TOKENIZER, Role, of_role
+from targets import BuildError, Job, load_tokenizer, llm, scoring, special_ids
 from targets.chat import chat_renderer, template_path
 from targets.layout import gguf_file
 
 OUTPUTS = ("metrics.json",)
+ITEMS = "items.jsonl"  # with a prompt set: one row per record (the contract of `score_prompt_set`)
+
+
+def outputs(spec) -> tuple[str, ...]:
+    return OUTPUTS + ((ITEMS,) if spec.prompt_set is not None else ())
 
 
 def build(job: Job) -> dict:
     spec = job.spec
     windows = validation_windows(tokens_entry(job), spec.seq_len, spec.windows)
     before, started = resident(), time.perf_counter()
-    model, weights_bytes = load_torch(job.inputs[MODEL])
+    model, weights_bytes = load_torch(job.inputs[MODEL], job.root)
     loaded = {"weights_bytes": weights_bytes, "load_seconds": time.perf_counter() - started,
               "rss_delta_bytes": resident() - before}
     n_params = sum(p.numel() for p in model.parameters())
@@ -76,6 +97,7 @@ def build(job: Job) -> dict:
     gate(spec.max_kld or {}, scores, predicted)  # before the benchmark: a failing step stops early
     prompts = prompt_set(job)
     engines = {"torch": torch_generation(job, model, prompts, loaded)}
+    scored = score_prompt_set(job, model) if spec.prompt_set is not None else None
     del model
     for name, path, _ in files:
         engines[f"gguf-{name}"] = llama_generation(job, name, path, prompts)
@@ -86,7 +108,8 @@ def build(job: Job) -> dict:
     return {"loss": loss, "perplexity": math.exp(loss),
             "gguf_perplexity": {t: g.perplexity for t, g in scores.items()},
             "gguf_kld_mean": {t: g.kld_mean for t, g in scores.items()},
-            "tokens_per_s": {e: g.avg_tokens_per_s for e, g in engines.items()}}
+            "tokens_per_s": {e: g.avg_tokens_per_s for e, g in engines.items()},
+            **({"prompt_set": scored} if scored is not None else {})}
 
 
 # ---------------------------------------------------------------- perplexity
@@ -105,14 +128,16 @@ def validation_windows(tokens: Path, seq_len: int, most: int) -> list[list[int]]
     return [stream[i * seq_len:(i + 1) * seq_len].astype(np.int64).tolist() for i in range(n)]
 
 
-def load_torch(folder: Path):
-    """The checkpoint as a float32 causal language model in eval mode, and its weights' bytes."""
+def load_torch(folder: Path, root: Path | None = None):
+    """The checkpoint as a float32 causal language model in eval mode, and its weights' bytes; a
+    plug-in architecture's is built from the project at `root` (targets/architectures.py)."""
     import torch
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from targets.architectures import causal_lm
+
     hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+    model = causal_lm(root, folder, torch.float32, "the checkpoint")
     return model, sum(p.numel() * p.element_size() for p in model.parameters())
 
 
@@ -242,14 +267,22 @@ class Prompts:
         return out, self.tok.decode(out)
 
 
-def prompt_set(job: Job) -> Prompts:
-    """Each prompt a user turn rendered with the chat template, the assistant's turn opened,
-    tokenized as transformers' apply_chat_template would (special tokens as tokens)."""
+def prompt_set(job: Job, texts: list[tuple[str, str]] | None = None) -> Prompts:
+    """Each prompt (name, text; default the benchmark's `prompts`) a user turn rendered with the
+    chat template, the assistant's turn opened, tokenized as transformers' apply_chat_template
+    would (special tokens as tokens)."""
     entry = job.inputs[TOKENIZER]
     render = chat_renderer(template_path(job), entry)
     tok = load_tokenizer(entry)
-    rendered = [(p.name, tok.encode(render(p.text, "")[0], add_special_tokens=False).ids) for p in job.spec.prompts]
+    texts = [(p.name, p.text) for p in job.spec.prompts] if texts is None else texts
+    rendered = [(name, tok.encode(render(text, "")[0], add_special_tokens=False).ids) for name, text in texts]
     return Prompts(rendered, special_ids(entry, tok), tok)
+
+
+def greedy_options(job: Job, prompts: Prompts) -> dict:
+    """What `generate()` is told: greedy, up to `max_new_tokens`, stopping at eos."""
+    return dict(max_new_tokens=job.spec.max_new_tokens, do_sample=False, eos_token_id=prompts.ids.get("eos"),
+                pad_token_id=prompts.ids.get("pad"))
 
 
 def engine(label: str, runs: list[GenerationRun], weights_bytes: int, load_seconds: float,
@@ -285,8 +318,7 @@ def torch_generation(job: Job, model, prompts: Prompts, loaded: dict) -> Engine:
         def end(self):
             pass
 
-    options = dict(max_new_tokens=job.spec.max_new_tokens, do_sample=False, eos_token_id=prompts.ids.get("eos"),
-                   pad_token_id=prompts.ids.get("pad"))
+    options = greedy_options(job, prompts)
     runs = []
     with torch.no_grad():
         model.generate(torch.tensor([prompts.rendered[0][1]]), **{**options, "max_new_tokens": 2})  # warm-up
@@ -335,3 +367,150 @@ def run_row(name: str, prompt: list[int], out: list[int], latency: float, first:
     out, text = prompts.decode(out)
     return GenerationRun(prompt=name, input_tokens=len(prompt), output_tokens=len(out), latency_s=latency,
                          first_token_s=first, tokens_per_s=len(out) / latency if latency > 0 else 0.0, text=text)
+
+
+# ---------------------------------------------------------------- a scored prompt set
+
+def score_prompt_set(job: Job, model) -> dict:
+    """Answer and score every record of `prompt_set`, write items.jsonl, and return the counts:
+    `items`; `passed`, `failed` (exact, number, python) or `wins`, `losses`, `ties`,
+    `unparseable` (judge); `failures` (what a failures source takes: failed, lost or tied);
+    `accuracy` (passed, or won, over items); for python how the sandbox confined the tests,
+    for a judge the cache's `hits` and `misses` (requests sent) per endpoint and retries."""
+    ps = job.spec.prompt_set
+    records = read_records(job.inputs[DATASET], ps.split, ps.limit)
+    if not records:
+        raise BuildError(f"the prompt set (dataset '{ps.dataset}', split '{ps.split}') has no records; use "
+                         "another split, or add records to the dataset")
+    job.log(f"prompt set: {len(records):,} records of '{ps.dataset}' ({ps.split}), scoring: {ps.scoring}")
+    answers = generate_answers(job, model, [instruction for instruction, _ in records])
+    counts: dict = {"dataset": ps.dataset, "split": ps.split, "scoring": ps.scoring, "items": len(records)}
+    references: list[str | None] = [None] * len(records)
+    if ps.scoring == "judge":
+        scores, references, counts["cache"], counts["retries"] = judge_all(job, records, answers)
+    elif ps.scoring == "python":
+        scores, confinements = python_all(records, answers, ps.timeout, ps.memory_mb)
+        counts["sandbox"] = sorted(c for c in confinements if c)
+    else:
+        scores = [scoring.exact(a, r) if ps.scoring == "exact" else scoring.number(a, r, ps.pattern)
+                  for a, (_, r) in zip(answers, records)]
+    with open(job.out / ITEMS, "w", encoding="utf-8") as f:
+        for i, ((instruction, expected), answer, reference, s) in enumerate(zip(records, answers, references, scores)):
+            f.write(json.dumps({"index": i, "instruction": instruction, "expected": expected, "answer": answer,
+                                "reference": reference, "scoring": ps.scoring, "passed": s.passed,
+                                "verdict": s.verdict, "detail": s.detail}, ensure_ascii=False) + "\n")
+    counts.update(tally(ps.scoring, scores))
+    job.log(summary_line(counts))
+    return counts
+
+
+def read_records(entry: Path, split: str, limit: int | None) -> list[tuple[str, str]]:
+    """(instruction, response) of the dataset entry's records of `split` (`all`: train, then
+    validation), in its order, the first `limit` of them."""
+    splits = ("train", "validation") if split == "all" else (split,)
+    out: list[tuple[str, str]] = []
+    for shard in [s for name in splits for s in sorted(entry.glob(f"{name}-*.jsonl"))]:
+        with open(shard, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    record = json.loads(line)
+                    pair = (record["instruction"], record["response"])
+                except (ValueError, KeyError, TypeError):
+                    raise BuildError(f"{shard.name}, line {n}: not an instruction/response record") from None
+                out.append(pair)
+                if limit is not None and len(out) == limit:
+                    return out
+    return out
+
+
+def generate_answers(job: Job, model, instructions: list[str]) -> list[str]:
+    """The checkpoint's greedy answer to each instruction, rendered with the chat template, as
+    the benchmark generates (its decoded text up to eos or `max_new_tokens`)."""
+    import torch
+
+    prompts = prompt_set(job, [(str(i), text) for i, text in enumerate(instructions)])
+    limit = model.config.max_position_embeddings
+    options = greedy_options(job, prompts)
+    answers = []
+    with torch.no_grad():
+        for n, (name, ids) in enumerate(prompts.rendered):
+            if len(ids) + job.spec.max_new_tokens > limit:
+                raise BuildError(f"prompt set record {name}: its prompt is {len(ids):,} tokens, and with "
+                                 f"max_new_tokens {job.spec.max_new_tokens:,} that passes the model's "
+                                 f"max_positions ({limit:,}); lower max_new_tokens, or `limit` the set to "
+                                 "shorter records")
+            out = model.generate(torch.tensor([ids]), **options)[0, len(ids):].tolist()
+            answers.append(prompts.decode(out)[1])
+            if (n + 1) % 100 == 0:
+                job.log(f"prompt set: {n + 1:,} of {len(instructions):,} answers")
+    return answers
+
+
+def python_all(records: list[tuple[str, str]], answers: list[str], timeout: float,
+               memory_mb: int) -> tuple[list[scoring.Score], set[str]]:
+    """Each answer's code and its record's tests in the sandbox, a few at a time (each a
+    process of its own): the scores in order, and how the children were confined."""
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(lambda item: scoring.python(item[0], item[1][1], timeout, memory_mb),
+                                zip(answers, records)))
+    return [score for score, _ in results], {confinement for _, confinement in results}
+
+
+def judge_all(job: Job, records: list[tuple[str, str]], answers: list[str]):
+    """The reference's answer to each instruction, then the judge's verdict on each pair, both
+    through the cache: (scores, reference answers, cache counts, retries)."""
+    ps = job.spec.prompt_set
+    cache = llm.project_cache(job.root)
+    reference = llm.Client(llm.Endpoint.of(ps.reference), cache, job.log, "reference")
+    judge = llm.Client(llm.Endpoint.of(ps.judge), cache, job.log, "judge")
+    asked = [llm.Request([{"role": "user", "content": instruction}]) for instruction, _ in records]
+    refs = [a.content for a in reference.complete(asked)]
+    files = rubric_files(job)
+    render, digest = scoring.rubric(files), rubric_digest(files)
+    fmt = scoring.response_format(ps.judge.response_format)
+    params = {"response_format": fmt} if fmt is not None else {}
+    verdicts = judge.complete([llm.Request([{"role": "user", "content": render(instruction, answer, ref, expected)}],
+                                           params, digest)
+                               for (instruction, expected), answer, ref in zip(records, answers, refs)])
+    cache_counts = {name: {"hits": c.hits, "misses": c.misses} for name, c in (("reference", reference),
+                                                                               ("judge", judge))}
+    return ([scoring.verdict(v.content) for v in verdicts], refs, cache_counts,
+            {"reference": reference.retried, "judge": judge.retried})
+
+
+def rubric_files(job: Job) -> list[Path]:
+    """The judge's rubric and what it includes (the compiler checked they parse)."""
+    from compiler import templates
+
+    return templates.check(job.root / job.spec.prompt_set.judge.template)
+
+
+def rubric_digest(files: list[Path]) -> str:
+    """xxh3-128 over each rubric file's name (from the rubric's folder: it includes the others by
+    it) and bytes: a verdict's cache key changes with any of them, not with where they lie."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    for file in files:
+        for part in (os.path.relpath(file, files[0].parent).encode(), file.read_bytes()):
+            h.update(len(part).to_bytes(8, "little") + part)
+    return h.hexdigest()
+
+
+def tally(kind: str, scores: list[scoring.Score]) -> dict:
+    n = len(scores)
+    if kind == "judge":
+        wins, losses, ties = (sum(s.verdict == v for s in scores) for v in ("win", "loss", "tie"))
+        return {"wins": wins, "losses": losses, "ties": ties, "unparseable": n - wins - losses - ties,
+                "failures": losses + ties, "accuracy": wins / n}
+    passed = sum(bool(s.passed) for s in scores)
+    return {"passed": passed, "failed": n - passed, "failures": n - passed, "accuracy": passed / n}
+
+
+def summary_line(c: dict) -> str:
+    if c["scoring"] == "judge":
+        cache = ", ".join(f"{name} {v['hits']:,} cached / {v['misses']:,} asked" for name, v in c["cache"].items())
+        return (f"prompt set: {c['wins']:,} wins, {c['losses']:,} losses, {c['ties']:,} ties, {c['unparseable']:,} "
+                f"unparseable of {c['items']:,} ({cache})")
+    return f"prompt set: {c['passed']:,} of {c['items']:,} passed ({c['accuracy']:.2%})"

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from compiler.inputs import MODEL, TOKENIZER
-from targets import Job, link_or_copy, safetensors_header
+from targets import Job, architectures, link_or_copy, safetensors_header
 from targets.chat import template_path
 from targets.hf import ROLES, check_safetensors, check_template, check_tokenizer
 from targets.layout import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS
@@ -45,13 +45,17 @@ def build(job: Job) -> dict:
         return build_adapter(job)
     model, tokenizer = job.inputs[MODEL], job.inputs[TOKENIZER]
     config = json.loads((model / "config.json").read_text())
-    tensors = check_safetensors(model / "model.safetensors", config)
+    plugin = architectures.is_plugin(config)
+    if plugin:  # a plug-in architecture writes its folder with its own `export_hf`
+        config = architectures.export_hf(job.root, model, job.out, f"the weights of '{job.spec.model}'")
+    tensors = check_safetensors((job.out if plugin else model) / "model.safetensors", config)
     check_tokenizer(config, tokenizer)
     template = template_path(job).read_text(encoding="utf-8")
     check_template(template, job.spec.chat_template, tokenizer)
 
-    link_or_copy(model / "model.safetensors", job.out / "model.safetensors")
-    shutil.copyfile(model / "config.json", job.out / "config.json")
+    if not plugin:
+        link_or_copy(model / "model.safetensors", job.out / "model.safetensors")
+        shutil.copyfile(model / "config.json", job.out / "config.json")
     tokenizer_files(job.out, tokenizer, config, template)
     generation = generation_config(config, job.spec)
     (job.out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")

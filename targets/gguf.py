@@ -21,7 +21,7 @@ from pathlib import Path
 
 from compiler import quants
 from compiler.inputs import MODEL, TOKENIZER
-from targets import BuildError, Job, safetensors_header
+from targets import BuildError, Job, architectures, safetensors_header
 from targets.chat import template_path
 from targets.hf import check_safetensors, check_template, check_tokenizer
 from targets.layout import adapter_file, gguf_file
@@ -51,6 +51,8 @@ def build(job: Job) -> dict:
         return write_adapters(job)
     weights, tokenizer = job.inputs[MODEL], job.inputs[TOKENIZER]
     config = json.loads((weights / "config.json").read_text())
+    if architectures.is_plugin(config):  # a plug-in architecture writes its files with its own `export_gguf`
+        return plugin_files(job, weights, tokenizer, config)
     check_safetensors(weights / "model.safetensors", config)
     check_tokenizer(config, tokenizer)
     template = template_path(job).read_text(encoding="utf-8")
@@ -81,6 +83,31 @@ def build(job: Job) -> dict:
     if need_source and "f32" not in names:
         (job.work / "source-f32.gguf").unlink(missing_ok=True)
     return {"files": {t: files[t] for t in names}}
+
+
+def plugin_files(job: Job, weights: Path, tokenizer: Path, config: dict) -> dict:
+    """The GGUF files of a plug-in's weights, written by its `export_gguf` with the tokenizer's and
+    the `general.*` metadata given, and read back as every GGUF file is."""
+    check_tokenizer(config, tokenizer)
+    template = template_path(job).read_text(encoding="utf-8")
+    check_template(template, job.spec.chat_template, tokenizer)
+    names = job.spec.gguf_types()
+    metadata = {"general.name": job.spec.display_name, "general.type": "model",
+                **tokenizer_metadata(tokenizer, config["vocab_size"], template, config)}
+    started = time.time()
+    architectures.export_gguf(job.root, weights, job.out, {t: gguf_file(t) for t in names}, metadata,
+                              f"the weights of '{job.spec.model}'")
+    seconds = round(time.time() - started, 3)  # of the one call that writes every file
+    files = {}
+    for t in names:
+        try:
+            files[t] = {**facts(job.out / gguf_file(t)), "seconds": seconds}
+        except (KeyError, ValueError) as exc:
+            raise BuildError(f"{architectures.what_of(config)}: export_gguf wrote {gguf_file(t)} without a valid "
+                             f"general.file_type ({type(exc).__name__}: {exc}): write it, as gguf-py's "
+                             "add_file_type does") from None
+        job.log(f"{gguf_file(t)}: {files[t]['bytes'] / 1e6:,.1f} MB, {files[t]['bits_per_weight']:.2f} bits per weight")
+    return {"files": files}
 
 
 # ---------------------------------------------------------------- metadata

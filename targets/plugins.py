@@ -18,6 +18,7 @@ from pathlib import Path
 from targets import BuildError
 
 PREFIX = "module:"
+STAMP = "__ingot_stamp__"  # (mtime_ns, size) of the file a plug-in module was imported from
 
 
 def is_plugin(value: object) -> bool:
@@ -30,7 +31,8 @@ def load(root: Path, ref: str, what: str):
     path = (Path(root) / rel).resolve()
     module_name = "ingot_plugin." + ".".join(Path(rel).with_suffix("").parts)
     module = sys.modules.get(module_name)
-    if module is None or getattr(module, "__file__", None) != str(path):
+    stamp = _stamp(path)
+    if module is None or getattr(module, "__file__", None) != str(path) or getattr(module, STAMP, None) != stamp:
         if str(Path(root).resolve()) not in sys.path:
             sys.path.insert(0, str(Path(root).resolve()))
         _package("ingot_plugin", Path(root).resolve())
@@ -38,6 +40,7 @@ def load(root: Path, ref: str, what: str):
         if spec is None or spec.loader is None:
             raise BuildError(f"{what}: '{rel}' cannot be imported as a Python module")
         module = importlib.util.module_from_spec(spec)
+        setattr(module, STAMP, stamp)
         sys.modules[module_name] = module
         try:
             spec.loader.exec_module(module)
@@ -49,6 +52,16 @@ def load(root: Path, ref: str, what: str):
     if not hasattr(module, name):
         raise BuildError(f"{what}: '{rel}' defines no `{name}` when it runs: define it at the module's top level")
     return getattr(module, name)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What tells an edited plug-in file from the one imported before (in a long-lived process:
+    a Ray worker, `doit -n`)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _package(name: str, root: Path) -> None:

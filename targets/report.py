@@ -99,6 +99,7 @@ def report_context(job: Job, rows: list[TrainRow]) -> dict:
         "artifacts": artifacts,
         "loss_data": [{"step": r.step, "phase": r.phase, "stage": r.stage, "loss": r.loss, "val_loss": r.val_loss,
                        "lr": r.lr} for r in rows],
+        "aux": aux_context([json.loads(line) for line in (train_dir / entries.TRAIN_ROWS).read_text().splitlines()]),
         "compared": (compared := compared_context(job)),
         "compared_table": compared_table(compared),
         "config": config,
@@ -107,7 +108,8 @@ def report_context(job: Job, rows: list[TrainRow]) -> dict:
 
 def model_context(m, config: dict, header: dict, spec: dict) -> dict:
     return {
-        "name": m.name, "architecture": m.architecture, "hf_architecture": ", ".join(config.get("architectures", [])),
+        "name": m.name, "architecture": m.architecture, "plugin": str(m.architecture).startswith("module:"),
+        "options": dict(getattr(m, "options", None) or {}), "hf_architecture": ", ".join(config.get("architectures", [])),
         "hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size, "layers": m.layers,
         "heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim, "vocab_size": m.vocab_size,
         "max_positions": m.max_positions, "rope_theta": m.rope_theta, "rms_norm_eps": m.rms_norm_eps,
@@ -123,7 +125,10 @@ def model_context(m, config: dict, header: dict, spec: dict) -> dict:
 
 def params_context(m, header: dict) -> dict:
     """Exact counts from the model spec (compiler.params), grouped and per tensor of one layer,
-    with shares; and the count of the tensors actually stored, read from the weights' header."""
+    with shares; and the count of the tensors actually stored, read from the weights' header.
+    A plug-in architecture's counts are those of its stored tensors, grouped by top-level module."""
+    if str(m.architecture).startswith("module:"):
+        return _stored_params(header)
     parts = params.breakdown(m)
     total = params.count(m)
     per_layer = params.layer_tensors(m)
@@ -151,6 +156,39 @@ def params_context(m, header: dict) -> dict:
         "layers_share": layer_total * m.layers / total,
         "components": [{"name": k, "count": n, "share": n / total} for k, n in parts.items()],
     }
+
+
+def _stored_params(header: dict) -> dict:
+    """`params_context` of a plug-in: what `model.safetensors` holds, by top-level module."""
+    groups: dict[str, int] = {}
+    for name, t in header.items():
+        groups[name.split(".")[0]] = groups.get(name.split(".")[0], 0) + math.prod(t["shape"])
+    total = sum(groups.values())
+    return {"total": total, "stored": total,
+            "groups": [{"name": k, "label": f"`{k}`", "count": n, "share": n / total if total else 0.0}
+                       for k, n in groups.items()],
+            "layer": [], "layer_total": 0, "layers_total": 0, "layers_share": 0.0,
+            "components": [{"name": k, "count": n, "share": n / total if total else 0.0} for k, n in groups.items()]}
+
+
+def aux_context(rows: list[dict]) -> list[dict]:
+    """A plug-in architecture's auxiliary metrics (each row's `aux`), per phase or stage (or the
+    whole run): mean, first and last value. Empty for a model that reports none."""
+    names = list(dict.fromkeys(k for r in rows for k in (r.get("aux") or {})))
+    if not names:
+        return []
+    field = "phase" if any(r.get("phase") for r in rows) else "stage" if any(r.get("stage") for r in rows) else None
+    segments: dict[str, list[dict]] = {}
+    for r in rows:
+        segments.setdefault((r.get(field) if field else None) or "training", []).append(r)
+    out = []
+    for segment, seg_rows in segments.items():
+        for name in names:
+            values = [r["aux"][name] for r in seg_rows if (r.get("aux") or {}).get(name) is not None]
+            if values:
+                out.append({"segment": segment, "metric": name, "mean": sum(values) / len(values),
+                            "first": values[0], "last": values[-1]})
+    return out
 
 
 def environment_context(env: Environment, metrics: TrainMetrics) -> dict:

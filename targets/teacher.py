@@ -112,8 +112,9 @@ def _teacher(job: Job):
     """The teacher in float32, eval mode, on the step's device: outputs do not depend on the
     precision a student trains in, so students of any dtype share them."""
     import torch
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
+
+    from targets.architectures import causal_lm  # a plug-in's weights too
 
     device = job.spec.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -123,8 +124,7 @@ def _teacher(job: Job):
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a local load is instant: no bar
     try:
-        model = AutoModelForCausalLM.from_pretrained(job.inputs[MODEL], dtype=torch.float32, trust_remote_code=False,
-                                                     local_files_only=True)
+        model = causal_lm(job.root, job.inputs[MODEL], torch.float32, f"teacher '{job.spec.teacher}'")
     except (OSError, ValueError) as exc:
         raise BuildError(f"teacher '{job.spec.teacher}' could not be loaded: {exc}") from None
     finally:

@@ -15,7 +15,8 @@ teachers' forward passes: a student reading stored outputs runs none.
 Writes: `model.safetensors` (float32) and `config.json` as the init step writes them, so
 the result loads with `AutoModelForCausalLM.from_pretrained` and can start or teach another
 step; `metrics.jsonl` (one line per optimizer step); `checkpoints/step-NNNNNN/` (the last
-`keep` and the best by validation loss).
+`keep` and the best by validation loss); `tensorboard/<task>/` (targets/tracking.py: every
+metric as TensorBoard scalars; with `tracking: {mlflow: ...}`, an MLflow run too).
 
 With `lora:` the `init` weights stay frozen and peft adapters train (targets/lora.py; with
 `quantize_base: nf4`, over a 4-bit base on the GPU): model.safetensors is then the base with
@@ -40,13 +41,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from compiler.inputs import INIT, TOKENIZER, Role, of_role, teacher
-from targets import TOKENIZER_JSON, BuildError, Job, link_or_copy, load_tokenizer, lora, losses
-from targets.trainloop import (FULL, IGNORE, LoopState, Progress, StoredOutputs, StoredTeacher, TokenData, adamw,
+from targets import TOKENIZER_JSON, BuildError, Job, link_or_copy, load_tokenizer, lora, losses, tracking
+from targets import optim
+from targets.trainloop import (FULL, IGNORE, LoopState, Progress, StoredOutputs, StoredTeacher, TokenData,
                                build_model, check_optimizer_fits, checkpoints, clear_partial, device_for,
                                inputs_and_labels, load_checkpoint, lr_at, prune, read_checkpoint, read_metrics,
-                               save_checkpoint, segment_at, segments, truncate_metrics, weights, write_checkpoint)
+                               save_checkpoint, scheduled, segment_at, segments, truncate_metrics, weights,
+                               write_checkpoint)
 
-OUTPUTS = ("model.safetensors", "config.json", "metrics.jsonl", "checkpoints/*")
+OUTPUTS = ("model.safetensors", "config.json", "metrics.jsonl", "checkpoints/*", f"{tracking.TENSORBOARD}/*")
 
 
 def outputs(spec) -> tuple[str, ...]:
@@ -109,7 +112,7 @@ class Trainer:
             (self.model if parallel is None else parallel.plain(self.model)).compile()
         self.trained = lora.ADAPTERS if spec.lora is not None else FULL  # what checkpoints keep of the model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = adamw(self.model, spec.optimizer)
+        self.optimizer = optim.build(self.model, spec.optimizer, job.root)
         self.teachers: dict[str, object] = {}  # name -> a live model, or a StoredTeacher
         self.stored: dict[str, dict[tuple[str, int], Path]] = {}  # teacher -> (dataset, seq_len) -> entry
         for name, folder in of_role(job.inputs, Role.TEACHER_OUTPUTS).items():
@@ -126,11 +129,17 @@ class Trainer:
         """The model to train, and the config.json of the one the step writes: the built model;
         for LoRA, inside adapters; for QLoRA, the `init` weights loaded 4-bit on the GPU inside
         adapters (its config.json comes with the merge at the end)."""
+        from targets import architectures
+
         spec = self.spec
         if spec.quantize_base is not None:
             model, config = lora.quantized_base(self.job.inputs[INIT], self.device), None
         else:
             model, config = build_model(self.job, self.device)
+        # a plug-in architecture (targets/architectures.py): called as its interface says, its aux
+        # loss joins the loss and its metrics the step's row
+        self.plugin = architectures.what_of(config) if architectures.is_plugin(config) else None
+        self.aux = architectures.AuxMeter(self.plugin) if self.plugin else None
         return (model if spec.lora is None else lora.wrap(model, spec.lora, spec.seed)), config
 
     # ------------------------------------------------------------ resume and loop
@@ -177,9 +186,10 @@ class Trainer:
                                                   f"adapters of rank {spec.lora.r}, the only ones trained)")
         self.job.log(f"{n:,} parameters{trainable} on {self.device.type} ({spec.dtype}): {self.total:,} steps of "
                      f"{spec.batch_size}×{spec.grad_accum} sequences, {spec.objective}")
+        tracker = tracking.start(self.job, self.resumed_from) if self.main else tracking.Trackers([])
         self.t_start = time.perf_counter()
         progress = self.progress = Progress(self.total, state.step) if self.main else None
-        with open(self.metrics_path, "a", encoding="utf-8") if self.main else contextlib.nullcontext() as log:
+        with tracker, open(self.metrics_path, "a", encoding="utf-8") if self.main else contextlib.nullcontext() as log:
             for i in range(state.step, self.total):
                 if state.stopped_early:
                     break
@@ -190,24 +200,27 @@ class Trainer:
                 if log is not None:
                     log.write(json.dumps(row) + "\n")
                     log.flush()
+                    tracker.log(row)
                     progress.update(step, row["loss"], row["lr"], row["tokens_per_s"])
                 state.step, state.val_loss = step, row["val_loss"]
                 state.tokens_seen += row["tokens"]
                 if step % spec.checkpoints.every == 0 or step == self.total or state.stopped_early:
+                    tracker.flush()  # what the checkpoint has seen is on disk first: a kill loses none of it
                     self.checkpoint()
         if progress is not None:
             progress.close()
 
     def step(self, i: int) -> dict:
-        """One optimizer step (step index `i`, 0-based): grad_accum micro-batches, clip, AdamW."""
+        """One optimizer step (step index `i`, 0-based): grad_accum micro-batches, Grokfast's filter,
+        clip, the optimizer, QK-clip."""
         import torch
 
         spec, parallel = self.spec, self.parallel
         stage, phase = segment_at(self.stages, i), segment_at(self.phases, i)
         teachers, weights_ = self.teachers_for(phase)
-        lr = lr_at(spec, i, self.total)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = lr_at(spec, i, self.total)  # optimizer.lr's, as the metrics log it
+        for group in self.optimizer.param_groups:  # each group's own peak (Muon's matrices have theirs)
+            group["lr"] = scheduled(group["initial_lr"], spec.schedule, i, self.total)
         t0 = time.perf_counter()
         length, mix = self.lengths[stage], self.mixes[stage]
         # whole stored windows while a stored teacher teaches; random offsets otherwise
@@ -230,6 +243,7 @@ class Trainer:
                 (loss * factor / scale).backward()
             kd = kd if kd is not None else ce.new_zeros(())
             sums += torch.cat([torch.stack([loss, ce, kd]), parts if parts is not None else ce.new_zeros(0)]).detach()
+        self.optimizer.filter_gradients()  # Grokfast, when the spec asks for it: on the accumulated gradients
         if spec.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, spec.clip)
         else:
@@ -243,6 +257,7 @@ class Trainer:
         self.guard(i + 1, loss_v, grad_norm)
         if scale:  # no response token in the whole step: nothing to learn, the weights stay
             self.optimizer.step()
+            self.optimizer.clip_qk()  # QK-clip, when the spec asks for it: by this step's largest logits
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
         tokens = spec.batch_size * spec.grad_accum * length  # the global batch's
@@ -250,7 +265,8 @@ class Trainer:
                 "loss": loss_v, "ce": ce_v, "kd": kd_v if teachers else None,
                 "kd_teachers": dict(zip((n for n, _ in teachers), per_teacher)) if teachers else None,
                 "lr": lr, "grad_norm": grad_norm,
-                "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+                "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
+                **(self.aux.row(parallel) if self.aux is not None else {})}
 
     def batch(self, i: int, micro: int, mix: dict[str, float], length: int, stored: bool = False,
               share: tuple[int, int] | None = None):
@@ -284,18 +300,38 @@ class Trainer:
         import torch
 
         with self.autocast():
-            logits = self.model(input_ids=x, use_cache=False).logits
-            if self.sft:
-                loss = losses.lm_loss_sum(logits, y)[0]
-                return loss, loss, None, None
+            logits, aux = self._forward(x)
+            if self.sft:  # a plug-in's aux loss weighs as much per response token as in the mean
+                loss, count = losses.lm_loss_sum(logits, y)
+                return (loss if aux is None else loss + aux * count), loss, None, None
             if not teachers:
                 loss = losses.lm_loss(logits, y)
-                return loss, loss, None, None
+                return (loss if aux is None else loss + aux), loss, None, None
             with torch.no_grad():
                 taught = [self._stored_targets(t, picks, x, y) if isinstance(t, StoredTeacher)
                           else self._live(t, x) for _, t in teachers]
         d = self.spec.distill
-        return losses.distill_loss(logits, taught, weights_, y, d.temperature, d.alpha)
+        loss, ce, kd, parts = losses.distill_loss(logits, taught, weights_, y, d.temperature, d.alpha)
+        return (loss if aux is None else loss + aux), ce, kd, parts
+
+    def _forward(self, x):
+        """The model's logits on `x`, and a plug-in's aux loss (None otherwise); its metrics are noted
+        for the step's row."""
+        if self.plugin is None:
+            return self.model(input_ids=x, use_cache=False).logits, None
+        from targets import architectures
+
+        out = architectures.forward(self.model, x, self.plugin, self.model_spec.vocab_size)
+        self.aux.add(out)
+        return out.logits, out.aux_loss
+
+    def _logits(self, x):
+        """The model's logits on `x` (validation: nothing noted)."""
+        if self.plugin is None:
+            return self.model(input_ids=x, use_cache=False).logits
+        from targets import architectures
+
+        return architectures.forward(self.model, x, self.plugin, self.model_spec.vocab_size).logits
 
     def _live(self, model, x):
         self.state.teacher_forwards += 1
@@ -339,8 +375,7 @@ class Trainer:
         self.model.eval()
         with torch.no_grad(), self.autocast():
             loss = losses.lm_loss_sum if self.sft else losses.lm_loss
-            values = [loss(self.model(input_ids=x.to(self.device), use_cache=False).logits, y.to(self.device))
-                      for x, y in self.val_batches]
+            values = [loss(self._logits(x.to(self.device)), y.to(self.device)) for x, y in self.val_batches]
         if self.sft:  # the mean over every response token of the validation batches
             val = float(sum(s for s, _ in values)) / sum(n for _, n in values)
         else:
@@ -437,6 +472,8 @@ class Trainer:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
+        from targets.architectures import causal_lm  # a step's entry or a folder may be a plug-in's
+
         source = self.spec.distill.teachers[name]
         dtype = torch.bfloat16 if self.spec.dtype == "bfloat16" else torch.float32
         if self.progress is not None:
@@ -446,14 +483,12 @@ class Trainer:
             if teacher(name) in self.job.inputs:
                 what = f"step '{source.step}'"
                 hf_logging.disable_progress_bar()  # a local load is instant: no bar
-                model = AutoModelForCausalLM.from_pretrained(self.job.inputs[teacher(name)], dtype=dtype,
-                                                             trust_remote_code=False, local_files_only=True)
+                model = causal_lm(self.job.root, self.job.inputs[teacher(name)], dtype, f"teacher '{name}' ({what})")
             elif source.path is not None:
                 what = f"folder '{source.path}'"
                 same_tokenizer(self.job, self.job.root / source.path, name, what)
                 hf_logging.disable_progress_bar()
-                model = AutoModelForCausalLM.from_pretrained(self.job.root / source.path, dtype=dtype,
-                                                             trust_remote_code=False, local_files_only=True)
+                model = causal_lm(self.job.root, self.job.root / source.path, dtype, f"teacher '{name}' ({what})")
             else:
                 what = f"hub model '{source.hub}'"
                 model = AutoModelForCausalLM.from_pretrained(source.hub, dtype=dtype, trust_remote_code=False)
@@ -485,6 +520,7 @@ class Trainer:
         save_file(weights(model), str(out / "model.safetensors"), metadata={"format": "pt"})
         shutil.copymode(out / "config.json", out / "model.safetensors")  # safetensors writes 0600
         shutil.copyfile(self.metrics_path, out / "metrics.jsonl")
+        tracking.write_entry(self.job, out)  # tensorboard/<task>/: every row of metrics.jsonl
         kept = checkpoints(self.ckpt_root)
         for ckpt in kept:
             _link_tree(ckpt, out / "checkpoints" / ckpt.name)
@@ -515,7 +551,9 @@ class Trainer:
         if self.spec.lora is not None:
             model = lora.wrap(model, self.spec.lora, self.spec.seed)
         missing, unexpected = model.load_state_dict(state, strict=False)
-        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+        from targets.trainloop import dropped
+
+        tied = dropped(model)  # a tied head, or a plug-in's tensor under a second name
         if set(missing) - tied or unexpected:
             raise BuildError(f"the state gathered from the {self.parallel.world} processes does not fit the model: "
                              f"missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Callable
 
 from compiler.inputs import INIT, TOKENIZER, Input, Role, of_role
-from targets import BuildError, Job, StatusLine
+from targets import BuildError, Job, StatusLine, architectures, plugins
+from targets.optim import adamw  # noqa: F401 (moved to targets/optim.py; tests build AdamW from here)
 
 CHECKPOINT = re.compile(r"^step-(\d{6,})$")
 IGNORE = -100  # a label cross-entropy skips (torch's ignore_index)
@@ -80,9 +81,13 @@ def segment_at(segs: list[Segment], i: int) -> int:
 
 
 def lr_at(spec, i: int, total: int) -> float:
-    """Learning rate of step index `i` (0-based): linear warmup, then constant or cosine down to
-    lr · min_lr_ratio, reached at the last step."""
-    lr, s = spec.optimizer.lr, spec.schedule
+    """Learning rate of step index `i` (0-based) for the peak `optimizer.lr` (see `scheduled`)."""
+    return scheduled(spec.optimizer.lr, spec.schedule, i, total)
+
+
+def scheduled(lr: float, s, i: int, total: int) -> float:
+    """Learning rate of step index `i` (0-based) for a parameter group of peak `lr` under schedule
+    `s`: linear warmup, then constant or cosine down to lr · min_lr_ratio, reached at the last step."""
     if i < s.warmup_steps:
         return lr * (i + 1) / (s.warmup_steps + 1)
     if s.kind == "constant":
@@ -346,11 +351,11 @@ def device_for(choice: str):
 
 def build_model(job: Job, device):
     """The float32 model and the config.json to write beside it: the `init` entry's (any
-    architecture transformers builds from its own config.json, a pretrained folder's too) with
-    its weights, or the model spec's with the init step's seeded weights."""
+    architecture transformers builds from its own config.json, a pretrained folder's too, or a
+    plug-in's) with its weights, or the model spec's with the init step's seeded weights (a
+    plug-in's own, drawn under the seed the trainer set)."""
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from targets import special_ids
     from targets.weights import hf_config, init_state
@@ -358,12 +363,23 @@ def build_model(job: Job, device):
     if INIT in job.inputs:  # every weights entry holds one model.safetensors (a pretrained one joins its shards)
         folder = job.inputs[INIT]
         config = json.loads((folder / "config.json").read_text())
+        if architectures.is_plugin(config):
+            model, config = architectures.load(job.root, folder, f"the weights of '{job.spec.init}'")
+            return model.to(device).train(), config
+        from transformers import AutoConfig, AutoModelForCausalLM
+
         config.pop("torch_dtype", None)  # transformers 4's name of `dtype`
         config["dtype"] = "float32"      # what training writes, whatever the weights came in
         built = AutoConfig.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
         model = AutoModelForCausalLM.from_config(built, dtype=torch.float32)
         load_weights(model, load_file(str(folder / "model.safetensors")), f"the weights of '{job.spec.init}'")
+    elif plugins.is_plugin(job.models["model"].architecture):
+        spec = job.models["model"]
+        config = architectures.config_of(spec, special_ids(job.inputs[TOKENIZER]))
+        model = architectures.build(job.root, config, spec.expect_params)
     else:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
         spec = job.models["model"]
         ids = special_ids(job.inputs[TOKENIZER])
         config = hf_config(spec, ids, "float32")
@@ -371,20 +387,6 @@ def build_model(job: Job, device):
         state = init_state(spec, ids, job.spec.seed)
         load_weights(model, {k: torch.from_numpy(v) for k, v in state.items()}, f"model '{spec.name}'")
     return model.to(device).train(), config
-
-
-def adamw(model, o):
-    """AdamW over the trainable parameters (every one, or LoRA's adapters), with weight decay on
-    the matrices only: not on norms, and not on the embedding. A group left empty is left out."""
-    import torch
-
-    decay, other = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and "embed_tokens" not in name else other).append(p)
-    groups = [{"params": params, "weight_decay": wd} for params, wd in ((decay, o.weight_decay), (other, 0.0))
-              if params]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -399,7 +401,7 @@ def load_weights(model, state: dict, what: str) -> None:
 
     state = {k: v.to(torch.float32) for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    allowed = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    allowed = dropped(model)
     if set(missing) - allowed or unexpected:
         raise BuildError(f"{what} does not fit the model: missing {sorted(set(missing) - allowed)}, "
                          f"unexpected {sorted(unexpected)}")
@@ -418,13 +420,19 @@ class Trained:
 
 
 def _tied(model) -> bool:
-    config = getattr(model, "config", None)
-    return bool(config is not None and config.tie_word_embeddings)
+    return bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+
+
+def dropped(model) -> set[str]:
+    """State-dict names a checkpoint leaves out: a tied LM head of transformers' (its embedding), or
+    any tensor a plug-in holds under a second name (kept under its first)."""
+    return {"lm_head.weight"} if _tied(model) else architectures.aliases(model)
 
 
 def weights_of_state(model, state: dict) -> dict:
     """`weights` of a model whose full state dict is `state`."""
-    return {k: v.detach().contiguous() for k, v in state.items() if not (k == "lm_head.weight" and _tied(model))}
+    leave = dropped(model)
+    return {k: v.detach().contiguous() for k, v in state.items() if k not in leave}
 
 
 FULL = Trained("model.safetensors", weights, load_weights, weights_of_state, lambda model, state: dict(state))

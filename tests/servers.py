@@ -1,5 +1,8 @@
-"""Debian's nginx with its WebDAV module on loopback, for the remote cache's tests
-(tests/test_remote.py) and bench/remote.py: started by them, stopped by them."""
+"""Servers on loopback that tests start and stop themselves: Debian's nginx with its WebDAV
+module, for the remote cache's tests (tests/test_remote.py) and bench/remote.py; a scripted
+OpenAI-compatible chat API in a thread (`ChatStub`, tests/test_llm.py); and llama-cpp-python's
+OpenAI-compatible server serving a GGUF file the project built (`LlamaServer`,
+tests/test_evaluate.py)."""
 
 from __future__ import annotations
 
@@ -111,3 +114,108 @@ class Nginx:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class ChatStub:
+    """A scripted OpenAI-compatible chat API on loopback, in a thread of the test: each POST to
+    `/v1/chat/completions` is recorded (its body, headers and arrival time) and answered by
+    `reply(n, body)` -> (status, headers, body as JSON data or text), n counting from 0. Requests
+    run concurrently (one thread each); `in_flight_peak` is the most answered at once."""
+
+    def __init__(self, reply):
+        import http.server
+        import json
+        import threading
+
+        stub = self
+        self.requests: list[dict] = []
+        self.in_flight = self.in_flight_peak = 0
+        lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    n = len(stub.requests)
+                    stub.requests.append({"path": self.path, "body": body, "headers": dict(self.headers),
+                                          "at": time.monotonic()})
+                    stub.in_flight += 1
+                    stub.in_flight_peak = max(stub.in_flight, stub.in_flight_peak)
+                try:
+                    status, headers, data = reply(n, body)
+                finally:
+                    with lock:
+                        stub.in_flight -= 1
+                raw = (data if isinstance(data, str) else json.dumps(data)).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def completion(content: str, finish_reason: str = "stop") -> dict:
+    """A chat completion's body as OpenAI's API writes it."""
+    return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "stub",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+class LlamaServer:
+    """llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`, the `[server]`
+    extra of requirements-llama.txt) on loopback, serving one GGUF file; its log (uvicorn's
+    access lines included) in `base/server.log`."""
+
+    def __init__(self, model: Path, base: Path, n_ctx: int = 2048):
+        import sys
+
+        self.port, self.log = free_port(), base / "server.log"
+        base.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+                                          "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(n_ctx),
+                                          "--n_threads", "1", "--n_threads_batch", "1", "--verbose", "false"],
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not answers(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"llama_cpp.server did not start on 127.0.0.1:{self.port}:\n"
+                                   f"{self.log.read_text(errors='replace')}")
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def chat_requests(self) -> int:
+        """Chat completions the server answered so far, by its access log."""
+        return self.log.read_text(errors="replace").count('"POST /v1/chat/completions HTTP/1.1" 200')
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

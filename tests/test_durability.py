@@ -68,7 +68,7 @@ KINDS = {
 }
 # Output files whose bytes differ between two uninterrupted builds: they hold measured times.
 # Compared below without those, field by field.
-TIMED = {"train": ("metrics.jsonl", "checkpoints/*/state.json"),
+TIMED = {"train": ("metrics.jsonl", "checkpoints/*/state.json", "tensorboard/*"),
          "evaluate": ("metrics.json",)}
 
 

@@ -256,3 +256,183 @@ def test_a_validation_split_shorter_than_a_window_is_an_error(tmp_path):
         validation_windows(tmp_path, 64, 10)
     assert str(info.value) == ("the validation split has 40 tokens, fewer than one window of seq_len 64; lower "
                                "seq_len or give the dataset a larger validation split")
+
+
+# ---------------------------------------------------------------- a scored prompt set, judged on a llama.cpp server
+
+PROBE = [{"instruction": "What is 2 + 2?", "response": "2 + 2 = 4\n#### 4"},
+         {"instruction": "Name a Python keyword.", "response": "def"},
+         {"instruction": "How many sides has a square?", "response": "#### 4"},
+         {"instruction": "What does len() return?", "response": "The number of items of an object."}]
+CODE = [{"instruction": "Write a function add(a, b) returning their sum.", "response": "assert add(1, 2) == 3\n"},
+        {"instruction": "Write a function neg(x) returning -x.", "response": "assert neg(2) == -2\n"}]
+SMALL = {"kind": "evaluate", "seq_len": 32, "windows": 1, "max_new_tokens": 8, "prompts": [{"name": "hi", "text": "Hi."}]}
+CONTRACT = ["index", "instruction", "expected", "answer", "reference", "scoring", "passed", "verdict", "detail"]
+
+
+def judged_steps(server_url: str) -> dict:
+    endpoints = {"judge": {"url": server_url, "model": "tiny-judge"},
+                 "reference": {"url": server_url, "model": "tiny-reference", "max_tokens": 16}}
+    judge = {"dataset": "probe", "scoring": "judge", **endpoints}
+    return {
+        "exact": {**SMALL, "model": "main.student", "prompt_set": {"dataset": "probe", "scoring": "exact"}},
+        "number": {**SMALL, "model": "main.student", "prompt_set": {"dataset": "probe", "scoring": "number"}},
+        "python": {**SMALL, "model": "main.student", "prompt_set": {"dataset": "code", "scoring": "python",
+                                                                     "timeout": 5}},
+        "judged": {**SMALL, "model": "main.student", "prompt_set": judge},
+        "rejudged": {**SMALL, "model": "main.init", "data": "docs", "prompt_set": judge},  # another model
+        "again": {**SMALL, "model": "main.student", "windows": 2, "prompt_set": judge},   # the same answers
+    }
+
+
+def build_tasks(p: Project, *tasks: str) -> None:
+    """Build `tasks` and what they need, in this interpreter, in dependency order."""
+    import runner
+    from compiler import graph, project
+
+    g = graph.compile_graph(project.load(p.root))
+    need, todo = set(), list(tasks)
+    while todo:
+        task = todo.pop()
+        if task not in need:
+            need.add(task)
+            todo += g.plans[task].inputs.values()
+    for task in [t for t in g.plans if t in need]:
+        assert runner.run(g, task) is None, task
+
+
+@pytest.fixture(scope="module")
+def server(built, tmp_path_factory):
+    """llama-cpp-python's server on loopback serving the f32 GGUF file of the project's student:
+    the reference model and the judge of these tests."""
+    from servers import LlamaServer
+
+    s = LlamaServer(built.root / "build/main/gguf/model-f32.gguf", tmp_path_factory.mktemp("llama-server"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def scored(built, server) -> Project:
+    """Pipeline `scored`: the prompt sets scored each way; the judged steps built one at a time,
+    the server's count of chat requests noted after each."""
+    p = built
+    p.write("probe/probe.jsonl", "".join(json.dumps(r) + "\n" for r in PROBE))
+    p.write("code/code.jsonl", "".join(json.dumps(r) + "\n" for r in CODE))
+    for name in ("probe", "code"):
+        p.write(f"specs/datasets/{name}.yaml", yaml.safe_dump({
+            "kind": "dataset", "name": name, "sources": [{"type": "files", "glob": f"{name}/*.jsonl",
+                                                          "fields": {"instruction": "instruction",
+                                                                     "response": "response"}}]}))
+    p.write("specs/templates/judge.jinja", (REPO / "specs/templates/judge.jinja").read_text())
+    p.write("specs/pipelines/scored.yaml", yaml.safe_dump({"kind": "pipeline", "name": "scored", "default": False,
+                                                           "steps": judged_steps(server.url)}, sort_keys=False))
+    p.requests = {}
+    build_tasks(p, "scored.exact", "scored.number", "scored.python")
+    for step in ("judged", "rejudged", "again"):
+        before = server.chat_requests()
+        build_tasks(p, f"scored.{step}")
+        p.requests[step] = server.chat_requests() - before
+    return p
+
+
+def items(p: Project, step: str) -> list[dict]:
+    lines = (p.root / "build/scored" / step / "items.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def scores(p: Project, step: str) -> dict:
+    return json.loads((p.root / "build/scored" / step / "manifest.json").read_text())["metrics"]["prompt_set"]
+
+
+def test_answers_are_the_checkpoints_greedy_generation(scored):
+    """Each answer recomputed with transformers: the instruction through apply_chat_template,
+    greedy generate() of 8 tokens, decoded without special tokens."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(scored.root / "build/main/tok")
+    model = float_model(scored)
+    template = (REPO / "specs/templates/chat.jinja").read_text()
+    rows = items(scored, "exact")
+    assert [r["index"] for r in rows] == [0, 1, 2, 3] and all(list(r) == CONTRACT for r in rows)
+    for row, record in zip(rows, PROBE):
+        ids = tok.apply_chat_template([{"role": "user", "content": record["instruction"]}], chat_template=template,
+                                      add_generation_prompt=True, tokenize=True, return_dict=False)
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+        if tok.eos_token_id in out:
+            out = out[:out.index(tok.eos_token_id)]
+        assert row["answer"] == tok.decode(out, skip_special_tokens=True)
+        assert (row["instruction"], row["expected"]) == (record["instruction"], record["response"])
+    # every step of the same weights answers the same
+    assert [r["answer"] for r in items(scored, "number")] == [r["answer"] for r in rows]
+    assert [r["answer"] for r in items(scored, "judged")] == [r["answer"] for r in rows]
+
+
+def test_exact_and_number_scoring_in_the_entry(scored):
+    from targets import scoring
+
+    for step, score in (("exact", scoring.exact), ("number", scoring.number)):
+        rows = items(scored, step)
+        for row in rows:
+            s = score(row["answer"], row["expected"])
+            assert (row["scoring"], row["passed"], row["verdict"], row["reference"], row["detail"]) == \
+                (step, s.passed, None, None, s.detail)
+        passed = sum(r["passed"] for r in rows)
+        assert scores(scored, step) == {"dataset": "probe", "split": "all", "scoring": step, "items": 4,
+                                        "passed": passed, "failed": 4 - passed, "failures": 4 - passed,
+                                        "accuracy": passed / 4}
+    # the tiny student says no numbers: every number item names why
+    assert {r["detail"] for r in items(scored, "number")} <= {
+        "no number in the answer; expected 4", "no number in the record's response"} or \
+        all(r["detail"].startswith("answer ") for r in items(scored, "number") if r["detail"])
+
+
+def test_python_scoring_runs_the_tests_in_the_sandbox(scored):
+    from targets import scoring
+
+    rows = items(scored, "python")
+    assert [r["expected"] for r in rows] == [r["response"].strip() for r in CODE]  # as the dataset keeps them
+    for row in rows:
+        assert row["passed"] is False and row["detail"] == scoring.python(row["answer"], row["expected"], 5, 1024)[0].detail
+    m = scores(scored, "python")
+    assert (m["items"], m["passed"], m["failed"], m["failures"]) == (2, 0, 2, 2)
+    assert len(m["sandbox"]) == 1 and m["sandbox"][0].endswith("audit hook")
+
+
+def test_the_judge_compares_with_the_reference_models_answers(scored, server):
+    """Reference answers are what the server answers to each instruction (asked again here,
+    directly); every verdict of the constrained judge parses; the counts add up."""
+    import httpx2
+
+    rows = items(scored, "judged")
+    assert all(list(r) == CONTRACT and r["scoring"] == "judge" and r["passed"] is None for r in rows)
+    for row, record in zip(rows, PROBE):
+        reply = httpx2.post(server.url + "/chat/completions", timeout=60, json={
+            "model": "tiny-reference", "messages": [{"role": "user", "content": record["instruction"]}],
+            "temperature": 0, "max_tokens": 16}).json()
+        assert row["reference"] == reply["choices"][0]["message"]["content"]
+        assert row["verdict"] in ("win", "loss", "tie")
+    m = scores(scored, "judged")
+    verdicts = [r["verdict"] for r in rows]
+    assert m == {"dataset": "probe", "split": "all", "scoring": "judge", "items": 4,
+                 "wins": verdicts.count("win"), "losses": verdicts.count("loss"), "ties": verdicts.count("tie"),
+                 "unparseable": 0, "failures": verdicts.count("loss") + verdicts.count("tie"),
+                 "accuracy": verdicts.count("win") / 4,
+                 "cache": {"reference": {"hits": 0, "misses": 4}, "judge": {"hits": 0, "misses": 4}},
+                 "retries": {"reference": 0, "judge": 0}}
+    assert scored.requests["judged"] == 8  # four reference answers, four verdicts
+
+
+def test_judging_another_model_asks_the_reference_nothing(scored):
+    m = scores(scored, "rejudged")
+    assert m["cache"]["reference"] == {"hits": 4, "misses": 0}
+    assert scored.requests["rejudged"] == m["cache"]["judge"]["misses"]  # the server saw only verdicts
+    assert [r["reference"] for r in items(scored, "rejudged")] == [r["reference"] for r in items(scored, "judged")]
+    assert [r["answer"] for r in items(scored, "rejudged")] != [r["answer"] for r in items(scored, "judged")]
+    # the same answers (another key, the same weights): nothing is asked at all
+    assert scores(scored, "again")["cache"] == {"reference": {"hits": 4, "misses": 0}, "judge": {"hits": 4, "misses": 0}}
+    assert scored.requests["again"] == 0
+    assert [r["verdict"] for r in items(scored, "again")] == [r["verdict"] for r in items(scored, "judged")]

@@ -265,3 +265,175 @@ def test_an_edited_template_is_checked_again(make_project):
         "specs/pipelines/main.yaml:35: steps.report.template: expected a Jinja template that parses; found "
         "specs/templates/part.md.jinja:1: TemplateAssertionError: No filter named 'shout'.\n"
         "  fix: fix the template at specs/templates/part.md.jinja:1")
+
+
+# ---------------------------------------------------------------- a scored prompt set
+
+QA = "kind: dataset\nname: qa\nsources:\n  - type: files\n    glob: qa/*.jsonl\n    fields: {instruction: q, response: a}\n"
+JUDGE = """    prompt_set:
+      dataset: qa
+      scoring: judge
+      judge: {url: 'http://127.0.0.1:8080/v1', model: judge-7b, template: specs/templates/rubric.jinja}
+      reference: {url: 'http://127.0.0.1:8081/v1', model: big-70b, key_env: REF_KEY}
+"""
+
+
+def write_scored(p, prompt_set: str = JUDGE, **replace) -> None:
+    """FILES with a dataset `qa` of question/answer records, a judge's rubric (which includes a
+    file), and `prompt_set` (YAML at the evaluate step's indentation) on the evaluate step."""
+    write(p, **replace)
+    p.write("qa/qa.jsonl", "".join(json.dumps({"q": f"{i} + {i}?", "a": str(2 * i)}) + "\n" for i in range(5)))
+    p.write("specs/datasets/qa.yaml", QA)
+    p.write("specs/templates/rubric.jinja", "{{ instruction }}\nA: {{ answer }}\nB: {{ reference }}\n"
+                                            "{% include 'scale.jinja' %}\n")
+    p.write("specs/templates/scale.jinja", "Answer with JSON.\n")
+    p.edit(PIPELINE, "    gguf: gguf\n", "    gguf: gguf\n" + prompt_set)
+
+
+def scored_error(p, prompt_set: str) -> str:
+    write_scored(p, prompt_set)
+    with pytest.raises(SpecError) as info:
+        graph.plans(project.load(p.root))
+    return str(info.value)
+
+
+def test_a_prompt_set_is_an_input_and_the_judges_rubric_a_source(make_project):
+    p = make_project()
+    write_scored(p)
+    plans = graph.plans(project.load(p.root))
+    evaluate = plans["main.evaluate"]
+    assert evaluate.inputs == {"dataset": "dataset.qa", "gguf": "main.gguf", "model": "main.student",
+                               "tokenizer": "main.tok", "tokens.docs": "main.tok@docs"}
+    assert sorted(evaluate.sources) == ["specs/templates/chat.jinja", "specs/templates/rubric.jinja",
+                                        "specs/templates/scale.jinja"]
+    # the models' names are keyed, where they are served and how is not
+    assert evaluate.spec["prompt_set"]["judge"] == {"model": "judge-7b", "max_tokens": 256,
+                                                    "template": "specs/templates/rubric.jinja",
+                                                    "response_format": "json_object"}
+    assert evaluate.spec["prompt_set"]["reference"] == {"model": "big-70b", "max_tokens": 512}
+    assert evaluate.summary == ("perplexity and generation speed of 'student' and GGUF files of 'gguf', judge-scored "
+                                "on 'qa'")
+    before = {t: plan.base for t, plan in plans.items()}
+
+    def changed() -> list[str]:
+        after = {t: plan.base for t, plan in graph.plans(project.load(p.root)).items()}
+        return [t for t in after if before.get(t) != after[t]]
+
+    p.edit(PIPELINE, "http://127.0.0.1:8080/v1', model", "https://judge.example/v1', concurrency: 16, model")
+    assert changed() == []
+    p.write("specs/templates/scale.jinja", "Answer with one JSON object.\n")
+    assert changed() == ["main.evaluate"]
+    before = {t: plan.base for t, plan in graph.plans(project.load(p.root)).items()}
+    p.edit(PIPELINE, "model: big-70b", "model: big-405b")
+    assert changed() == ["main.evaluate"]
+
+
+def test_a_prompt_set_without_a_judge_reads_no_template(make_project):
+    p = make_project()
+    write_scored(p, "    prompt_set: {dataset: qa, scoring: number, pattern: '#### (\\S+)', limit: 3}\n")
+    evaluate = graph.plans(project.load(p.root))["main.evaluate"]
+    assert sorted(evaluate.sources) == ["specs/templates/chat.jinja"] and evaluate.inputs["dataset"] == "dataset.qa"
+    assert evaluate.spec["prompt_set"] == {"dataset": "qa", "split": "all", "limit": 3, "scoring": "number",
+                                           "pattern": "#### (\\S+)", "timeout": 10, "memory_mb": 1024,
+                                           "judge": None, "reference": None}
+
+
+PROMPT_SET_CASES = {
+    "unknown-dataset": (
+        "    prompt_set: {dataset: qaa, scoring: exact}\n",
+        "specs/pipelines/main.yaml:30: steps.evaluate.prompt_set.dataset: expected the name of a dataset (one of "
+        "'docs', 'more', 'qa'); found 'qaa'\n"
+        "  fix: did you mean 'qa'?"),
+    "a-dataset-of-texts": (
+        "    prompt_set: {dataset: docs, scoring: exact}\n",
+        "specs/pipelines/main.yaml:30: steps.evaluate.prompt_set.dataset: expected a dataset of instruction/response "
+        "records; found 'docs', a dataset of texts\n"
+        "  fix: map its sources' `fields: {instruction: ..., response: ...}`, or name a dataset of "
+        "instruction/response records"),
+    "judge-without-reference": (
+        "    prompt_set:\n      dataset: qa\n      scoring: judge\n"
+        "      judge: {url: 'http://127.0.0.1:8080/v1', model: j}\n",
+        "specs/pipelines/main.yaml:30: steps.evaluate.prompt_set: expected `reference:` with `scoring: judge`; "
+        "found no `reference`\n"
+        "  fix: add `reference: {url: http://127.0.0.1:8080/v1, model: NAME}` (an OpenAI-compatible endpoint)"),
+    "a-judge-for-exact-scoring": (
+        "    prompt_set:\n      dataset: qa\n      scoring: exact\n"
+        "      judge: {url: 'http://127.0.0.1:8080/v1', model: j}\n",
+        "specs/pipelines/main.yaml:33: steps.evaluate.prompt_set.judge: expected `judge` only with `scoring: judge`; "
+        "found `judge` and `scoring: exact`\n"
+        "  fix: remove `judge`, or use `scoring: judge`"),
+    "a-pattern-for-python": (
+        "    prompt_set: {dataset: qa, scoring: python, pattern: '\\d+'}\n",
+        "specs/pipelines/main.yaml:30: steps.evaluate.prompt_set.pattern: expected `pattern` only with `scoring: "
+        "number`; found `pattern` and `scoring: python`\n"
+        "  fix: remove `pattern`, or use `scoring: number`"),
+    "a-timeout-for-number": (
+        "    prompt_set: {dataset: qa, scoring: number, timeout: 5}\n",
+        "specs/pipelines/main.yaml:30: steps.evaluate.prompt_set.timeout: expected `timeout` only with `scoring: "
+        "python`; found `timeout` and `scoring: number`\n"
+        "  fix: remove `timeout`, or use `scoring: python`"),
+    "a-pattern-that-does-not-compile": (
+        "    prompt_set: {dataset: qa, scoring: number, pattern: '#### (\\d+'}\n",
+        "specs/pipelines/main.yaml:30: steps.evaluate.prompt_set.pattern: expected a Python regular expression; "
+        "found '#### (\\\\d+': missing ), unterminated subpattern at position 5\n"
+        "  fix: fix the expression (a final number by default needs no `pattern`)"),
+    "an-unknown-scoring": (
+        "    prompt_set: {dataset: qa, scoring: rouge}\n",
+        "specs/pipelines/main.yaml:30: steps.evaluate.prompt_set.scoring: expected one of 'exact', 'number', "
+        "'python' or 'judge'; found 'rouge'\n"
+        "  fix: did you mean 'judge'?"),
+    "a-url-that-is-no-url": (
+        "    prompt_set:\n      dataset: qa\n      scoring: judge\n"
+        "      judge: {url: '127.0.0.1:8080', model: j}\n"
+        "      reference: {url: 'http://127.0.0.1:8080/v1', model: r}\n",
+        "specs/pipelines/main.yaml:33: steps.evaluate.prompt_set.judge.url: expected a string matching "
+        "^https?://[^\\s/]+(/\\S*)?$; found '127.0.0.1:8080'"),
+    "the-rubric-is-missing": (
+        JUDGE.replace("specs/templates/rubric.jinja", "rubric.jinja"),
+        "specs/pipelines/main.yaml:33: steps.evaluate.prompt_set.judge.template: expected an existing file or folder "
+        "(relative to the project root); found 'rubric.jinja', which does not exist\n"
+        "  fix: did you mean 'specs/templates/rubric.jinja'? Paths are relative to the project root"),
+}
+
+
+@pytest.mark.parametrize("prompt_set, expected", PROMPT_SET_CASES.values(), ids=PROMPT_SET_CASES.keys())
+def test_prompt_set_mistakes(make_project, prompt_set, expected):
+    assert scored_error(make_project(), prompt_set) == expected
+
+
+def test_a_rubric_that_does_not_parse_names_its_line(make_project):
+    p = make_project()
+    write_scored(p)
+    p.write("specs/templates/scale.jinja", "Answer {{ with JSON.\n")
+    with pytest.raises(SpecError) as info:
+        graph.plans(project.load(p.root))
+    assert str(info.value) == (
+        "specs/pipelines/main.yaml:33: steps.evaluate.prompt_set.judge.template: expected a Jinja template that "
+        "parses; found specs/templates/scale.jinja:1: TemplateSyntaxError: expected token 'end of print statement', "
+        "got 'JSON'\n"
+        "  fix: fix the template at specs/templates/scale.jinja:1")
+
+
+def test_a_validation_split_the_dataset_does_not_have(make_project):
+    p = make_project()
+    write_scored(p, "    prompt_set: {dataset: qa, scoring: exact, split: validation}\n")
+    p.write("specs/datasets/qa.yaml", QA + "split: {validation: 0}\n")
+    with pytest.raises(SpecError) as info:
+        graph.plans(project.load(p.root))
+    assert str(info.value) == (
+        "specs/pipelines/main.yaml:30: steps.evaluate.prompt_set.split: expected a split that dataset 'qa' has "
+        "records in; found 'validation', and its `split.validation` is 0\n"
+        "  fix: use `split: all`, or give the dataset a validation split")
+
+
+def test_a_prompt_set_made_from_this_steps_own_failures_is_a_cycle(make_project):
+    p = make_project()
+    write_scored(p, "    prompt_set: {dataset: fails, scoring: exact}\n")
+    p.write("specs/datasets/fails.yaml", "kind: dataset\nname: fails\nsources:\n  - type: failures\n"
+                                         "    from: main.evaluate\n")
+    with pytest.raises(SpecError) as info:
+        graph.plans(project.load(p.root))
+    assert str(info.value) == (
+        "specs/pipelines/main.yaml:30: steps.evaluate.prompt_set.dataset: expected a dataset that does not depend on "
+        "this step; found 'fails', built from what this step writes\n"
+        "  fix: score a dataset made before this step, e.g. the prompt set the failures came from")

@@ -164,7 +164,7 @@ def test_outputs_of_a_lora_step(built):
     manifest = json.loads((entry(p, "ft") / "manifest.json").read_text())
     assert {n for n in manifest["outputs"] if not n.startswith("checkpoints/")} == {
         "model.safetensors", "config.json", "metrics.jsonl", "adapter/adapter_model.safetensors",
-        "adapter/adapter_config.json"}
+        "adapter/adapter_config.json", "tensorboard/main.ft/events.out.tfevents.ingot"}
     config = json.loads((entry(p, "ft") / "adapter" / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (4, 8, 0.0)
     assert config["target_modules"] == sorted(TARGETS) and config["inference_mode"] is True

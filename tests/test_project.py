@@ -88,7 +88,7 @@ def stderr(*problems: str) -> str:
 
 KNOWN_MODEL_KEYS = ("name, description, profiles, kind, architecture, hidden_size, intermediate_size, layers, "
                     "heads, kv_heads, head_dim, vocab_size, max_positions, rope_theta, rope_scaling, sliding_window, rms_norm_eps, "
-                    "tie_embeddings, expect_params")
+                    "tie_embeddings, options, expect_params")
 KNOWN_TOKENIZER_KEYS = "description, resources, path, hub, revision, kind, dataset, family, vocab_size, min_frequency, special_tokens, add_bos_token, max_length"
 
 # (files replacing those of VALID, command-line arguments after `list`, the whole stderr)
@@ -192,7 +192,7 @@ CASES = {
         "  fix: raise vocab_size of model 'tiny' (specs/models/tiny.yaml:8) to 600 or more, "
         "or lower the tokenizer's vocab_size")),
     "reserved-pipeline-name": (pipeline(TOK, name="dataset"), (), stderr(
-        "specs/pipelines/main.yaml:2: name: expected a pipeline name other than 'dataset' or 'store'; "
+        "specs/pipelines/main.yaml:2: name: expected a pipeline name other than 'cache', 'dataset' or 'store'; "
         "found 'dataset'\n"
         "  fix: rename the pipeline: build/dataset/ is Ingot's own folder")),
     # sizes beyond reason: a bound named in the message, not a hang in the divisor search

@@ -70,14 +70,17 @@ def expected_lines(result: subprocess.CompletedProcess, cluster: Cluster, tasks:
 # what a build measures rather than computes (timings, speeds, memory), by file name: left out
 # when two builds of a step are compared, as nothing else in an entry may differ
 MEASURED = {"metrics.jsonl": ("tokens_per_s", "wall_time"), "state.json": ("elapsed_s",),
-            "metrics.json": ("generation",)}
+            "metrics.json": ("generation",),
+            "events.out.tfevents.ingot": None}  # a train step's TensorBoard events: the metrics and their times
 
 
 def unmeasured(name: str, data: bytes):
     """A file's bytes, or for a file that records measurements its JSON without them."""
-    drop = MEASURED.get(Path(name).name)
-    if drop is None:
+    if Path(name).name not in MEASURED:
         return data
+    drop = MEASURED[Path(name).name]
+    if drop is None:  # measured through and through
+        return None
 
     def keep(record: dict) -> dict:
         return {k: v for k, v in record.items() if k not in drop}

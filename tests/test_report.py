@@ -370,7 +370,7 @@ def test_a_generated_text_becomes_one_safe_table_cell():
 
 # ---------------------------------------------------------------- template errors
 
-CAN_USE = ("a report template can use artifacts, compared, compared_table, config, distill, environment, evaluation, "
+CAN_USE = ("a report template can use artifacts, aux, compared, compared_table, config, distill, environment, evaluation, "
            "exports, loss_data, model, params, quantizations, report, train")
 
 

@@ -114,7 +114,8 @@ MODEL_FIELD_ERRORS = {
         "specs/models/m.yaml:8: rope_scaling.type: expected one of 'linear' or 'llama3'; found 'yarn'"),
     "unknown-architecture": (
         "architecture: gemma\n",
-        "specs/models/m.yaml:8: architecture: expected one of 'llama', 'qwen2' or 'mistral'; found 'gemma'"),
+        "specs/models/m.yaml:8: architecture: expected one of 'llama', 'qwen2' or 'mistral', or a plug-in "
+        "`module:PATH:CLASS` (PATH a .py file from the project root, CLASS a class it defines); found 'gemma'"),
 }
 
 

@@ -22,7 +22,7 @@ import runner
 from compiler import graph, params, project, store
 from compiler.errors import SpecError
 from compiler.inputs import TOKENIZER, tokens
-from conftest import TINY_SPECS, build_pipeline as build, Project, add_qa, code_project, kill_at_first_checkpoint, tiny_corpus
+from conftest import REPO, TINY_SPECS, build_pipeline as build, Project, add_qa, code_project, kill_at_first_checkpoint, tiny_corpus
 from targets import losses, trainloop
 
 WIDE = """
@@ -273,7 +273,8 @@ def test_pretrain_writes_exactly_its_outputs(proj, pre):
     vals = {r["step"]: r["val_loss"] for r in rows(pre)}
     best = min((s for s in vals if s % 5 == 0), key=lambda s: vals[s])
     kept = sorted({25, 30, best})
-    expected = {"model.safetensors", "config.json", "metrics.jsonl", "manifest.json"}
+    expected = {"model.safetensors", "config.json", "metrics.jsonl", "manifest.json",
+                "tensorboard/main.pre/events.out.tfevents.ingot"}
     expected |= {f"checkpoints/step-{s:06d}/{f}" for s in kept
                  for f in ("model.safetensors", "optimizer.safetensors", "state.json")}
     assert {p.relative_to(pre).as_posix() for p in pre.rglob("*") if p.is_file()} == expected
@@ -388,9 +389,11 @@ def take_steps(model, optimizer, steps: int = 3) -> None:
 
 
 def adamw_of(model):
+    """The optimizer a train step of PRE builds (targets/optim.py: AdamW, each group's `initial_lr` set)."""
     from compiler.specs import TrainStep
+    from targets import optim
 
-    return trainloop.adamw(model, TrainStep.model_validate(PRE).optimizer)
+    return optim.build(model, TrainStep.model_validate(PRE).optimizer, REPO)
 
 
 # each keeps other state: AdamW's moments in two groups, a max of moments, a momentum, a sum, and

@@ -475,7 +475,7 @@ FROM_INIT = """
 
 TINY_KEYED = {"kind": "model", "architecture": "llama", "hidden_size": 32, "intermediate_size": 64, "layers": 2,
               "heads": 4, "kv_heads": 4, "head_dim": 8, "vocab_size": 512, "max_positions": 128, "rope_theta": 10000.0, "rope_scaling": None,
-              "sliding_window": None, "rms_norm_eps": 1e-06, "tie_embeddings": False}
+              "sliding_window": None, "rms_norm_eps": 1e-06, "tie_embeddings": False, "options": {}}
 
 
 def test_train_from_an_init_step_inherits_its_model_and_teachers_come_first(make_project):
