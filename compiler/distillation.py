@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 
-from . import pretrained
+from . import plugins, pretrained
 from .errors import did_you_mean, one_of
 from .inputs import MODEL, TEACHER_TOKENIZER, TOKENIZER
 from .inputs import teacher as teacher_input
@@ -199,6 +199,9 @@ def _outputs_node(project: Project, student: Node, name: str, dataset: str, leng
     node = Node(task, "teacher_outputs", spec, student.doc, student.path + ("distill", "teachers", name),
                 student.default)
     node.deps = {MODEL: teacher, tokens_input(dataset): tokens}
+    model = project.nodes[teacher].models.get("model")
+    if model is not None and plugins.is_plugin(model.architecture):  # the plug-in's files key what it runs
+        node.models["teacher"] = model
     if align != "same":  # the student's ids become text, which the teacher's tokenizer reads
         node.deps[TOKENIZER] = tok
         node.deps[TEACHER_TOKENIZER] = pretrained.tokenizer_of(project, teacher)

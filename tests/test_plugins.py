@@ -495,6 +495,7 @@ def test_a_plugin_teaches_a_plugin_and_starts_another(proj, trained):
                                                       "steps": {"s": student, "more": more}}))
     g = graph.compile_graph(project.load(proj.root))
     teacher = "plug.s~main.tok@docs~s32~k64~t2~w32"  # the teacher's stored outputs, a step of the teacher's pipeline
+    assert "models/trm.py" in g.plans[teacher].sources  # it runs the plug-in: its file keys the outputs
     assert {t: runner.run(g, t) for t in (teacher, "kd.s", "kd.more")} == {teacher: None, "kd.s": None,
                                                                           "kd.more": None}
     log = rows(proj.root / "build" / "kd" / "s")
