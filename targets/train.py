@@ -124,6 +124,7 @@ class Trainer:
         self.resumed_from = None
         self.progress = None
         self.inspect_gradients = None  # called with the step index once its gradients are final (tests read them)
+        self.empty_steps: list[int] = []  # sft steps of this run whose windows held no response token
 
     def _model(self):
         """The model to train, and the config.json of the one the step writes: the built model;
@@ -187,6 +188,7 @@ class Trainer:
         self.job.log(f"{n:,} parameters{trainable} on {self.device.type} ({spec.dtype}): {self.total:,} steps of "
                      f"{spec.batch_size}×{spec.grad_accum} sequences, {spec.objective}")
         tracker = tracking.start(self.job, self.resumed_from) if self.main else tracking.Trackers([])
+        first = state.step
         self.t_start = time.perf_counter()
         progress = self.progress = Progress(self.total, state.step) if self.main else None
         with tracker, open(self.metrics_path, "a", encoding="utf-8") if self.main else contextlib.nullcontext() as log:
@@ -209,6 +211,22 @@ class Trainer:
                     self.checkpoint()
         if progress is not None:
             progress.close()
+        self._empty_steps(first)
+
+    def _empty_steps(self, first: int) -> None:
+        """Say so when sft steps saw no response token (their windows fell inside prompts, so they
+        changed nothing); fail when no step of a run from the start saw one: the model learned nothing."""
+        if not self.empty_steps:
+            return
+        ran = self.state.step - first
+        fix = (f"raise seq_len (now {self.spec.seq_len}) so that windows reach past the prompts, or batch_size, "
+               "or shorten the prompts")
+        if len(self.empty_steps) == ran and first == 0:
+            raise BuildError(f"none of the {ran} optimizer steps saw a response token: every window of "
+                             f"{self.spec.seq_len} tokens fell inside prompts, so sft learned nothing; {fix}")
+        shown = ", ".join(map(str, self.empty_steps[:5])) + (", ..." if len(self.empty_steps) > 5 else "")
+        self.job.log(f"{len(self.empty_steps)} of the {ran} optimizer steps (step {shown}) saw no response token and "
+                     f"changed nothing; {fix}")
 
     def step(self, i: int) -> dict:
         """One optimizer step (step index `i`, 0-based): grad_accum micro-batches, Grokfast's filter,
@@ -255,6 +273,8 @@ class Trainer:
         if self.inspect_gradients is not None:
             self.inspect_gradients(i)
         self.guard(i + 1, loss_v, grad_norm)
+        if not scale:
+            self.empty_steps.append(i + 1)
         if scale:  # no response token in the whole step: nothing to learn, the weights stay
             self.optimizer.step()
             self.optimizer.clip_qk()  # QK-clip, when the spec asks for it: by this step's largest logits

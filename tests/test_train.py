@@ -793,8 +793,9 @@ def test_killed_build_resumes_to_the_same_bytes(tmp_path_factory):
     assert [r["loss"] for r in rows(entry)] == [r["loss"] for r in rows(whole)]
 
 
-def test_an_sft_step_without_response_tokens_changes_nothing(proj, monkeypatch):
-    """Windows of prompts only (here: step 1's masks zeroed) give loss 0 and no update, not a NaN."""
+def test_an_sft_step_without_response_tokens_changes_nothing(proj, monkeypatch, capsys):
+    """Windows of prompts only (here: step 1's masks zeroed) give loss 0 and no update, not a NaN,
+    and the build says so."""
     from safetensors.torch import load_file
 
     real = trainloop.TokenData.train_batch
@@ -814,6 +815,26 @@ def test_an_sft_step_without_response_tokens_changes_nothing(proj, monkeypatch):
     first = load_file(str(entry / "checkpoints" / "step-000001" / "model.safetensors"))
     init = load_file(str(proj.root / "build" / "main" / "init" / "model.safetensors"))
     assert first.keys() == init.keys() and all((first[k] == init[k]).all() for k in init)
+    assert ("  [empty.s] 1 of the 3 optimizer steps (step 1) saw no response token and changed nothing; raise "
+            "seq_len (now 32) so that windows reach past the prompts, or batch_size, or shorten the prompts\n"
+            ) in capsys.readouterr().err
+
+
+def test_an_sft_run_that_never_sees_a_response_token_fails(proj, monkeypatch):
+    real = trainloop.TokenData.train_batch
+
+    def prompts_only(self, seed, i, micro, datasets, batch, seq_len, mask=False, share=None):
+        ids, masks = real(self, seed, i, micro, datasets, batch, seq_len, mask, share)
+        return ids, masks * 0
+
+    monkeypatch.setattr(trainloop.TokenData, "train_batch", prompts_only)
+    steps = {"s": with_(PRE, tokenizer="main.tok", data="qa", objective="sft", max_steps=2,
+                        eval={"every": 2, "batches": 1}, checkpoints={"every": 2, "keep": 1})}
+    failed = build(proj, "never", steps)["never.s"]
+    assert str(failed) == (
+        "TaskFailed\nnever.s: none of the 2 optimizer steps saw a response token: every window of 32 tokens fell inside prompts, so "
+        "sft learned nothing; raise seq_len (now 32) so that windows reach past the prompts, or batch_size, or "
+        "shorten the prompts\n")
 
 
 def test_epochs_give_the_length_from_the_tokenized_data(proj):
