@@ -31,7 +31,7 @@ from servers import NGINX_INSTALL, Nginx, nginx_binary  # noqa: E402
 
 def clone(dest: Path) -> Path:
     """A checkout of the default project: this one's code and specs/, no build/."""
-    return copy_code(dest, CODE + ("specs",))
+    return copy_code(dest, CODE + ("specs", "models", "data"))
 
 
 def doit(root: Path, *args: str, remote: str | None = None) -> tuple[float, subprocess.CompletedProcess]:

@@ -36,7 +36,7 @@ import raycluster  # noqa: E402
 
 def clone(dest: Path) -> Path:
     """A checkout of the default project: this one's code and specs/, no build/."""
-    return copy_code(dest, CODE + ("specs",))
+    return copy_code(dest, CODE + ("specs", "models", "data"))
 
 
 def doit(root: Path, *args: str, env: dict[str, str] | None = None) -> tuple[float, list[str]]:

@@ -79,7 +79,7 @@ def what_of(config: dict) -> str:
 
 # ---------------------------------------------------------------- building
 
-def build(root: Path, config: dict, expect: int | None = None):
+def build_module(root: Path, config: dict, expect: int | None = None):
     """The plug-in module of `config`, float32, its count checked (and against `expect`, a manifest's
     `expect_params`); every way the plug-in fails the interface is a BuildError naming it."""
     import torch
@@ -121,7 +121,7 @@ def load(root: Path, folder: Path, what: str):
     from safetensors.torch import load_file
 
     config = json.loads((Path(folder) / "config.json").read_text())
-    model = build(root, config)
+    model = build_module(root, config)
     load_state(model, load_file(str(Path(folder) / "model.safetensors")), what)
     return model, config
 

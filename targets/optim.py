@@ -36,7 +36,7 @@ HF_ATTENTION = ("llama", "qwen2", "mistral")  # model types whose attention laye
 QUERY_CHUNK = 1 << 24  # logits computed at once by QK-clip's record (64 MiB of float32)
 
 
-def build(model, o, root: Path) -> "Optimizers":
+def make(model, o, root: Path) -> "Optimizers":
     """The optimizer of spec `o` (a step's `optimizer`) over the trainable parameters of `model`
     (plain, or wrapped by DDP or sharded by FSDP in place)."""
     import torch

@@ -112,7 +112,7 @@ class Trainer:
             (self.model if parallel is None else parallel.plain(self.model)).compile()
         self.trained = lora.ADAPTERS if spec.lora is not None else FULL  # what checkpoints keep of the model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = optim.build(self.model, spec.optimizer, job.root)
+        self.optimizer = optim.make(self.model, spec.optimizer, job.root)
         self.teachers: dict[str, object] = {}  # name -> a live model, or a StoredTeacher
         self.stored: dict[str, dict[tuple[str, int], Path]] = {}  # teacher -> (dataset, seq_len) -> entry
         for name, folder in of_role(job.inputs, Role.TEACHER_OUTPUTS).items():

@@ -376,7 +376,7 @@ def build_model(job: Job, device):
     elif plugins.is_plugin(job.models["model"].architecture):
         spec = job.models["model"]
         config = architectures.config_of(spec, special_ids(job.inputs[TOKENIZER]))
-        model = architectures.build(job.root, config, spec.expect_params)
+        model = architectures.build_module(job.root, config, spec.expect_params)
     else:
         from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -137,6 +137,15 @@ def tiny_corpus(n: int = TINY_CORPUS_DOCS) -> list[str]:
     return paras[:n]
 
 
+PROJECT_FILES = ("specs", "models", "data")  # the default project: manifests, plug-in modules, data files
+
+
+def copy_project_files(root: Path) -> None:
+    """This checkout's manifests and what they read (models/ plug-ins, data/ files) into `root`."""
+    for name in PROJECT_FILES:
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+
+
 def code_project(root: Path) -> Project:
     """A new project at `root` holding a copy of this checkout's code and nothing else."""
     root.mkdir(parents=True)

@@ -195,6 +195,9 @@ def same_outputs(kind: str, p: Project, key: str, reference: dict, ref_dir: Path
             rows = [[{k: v for k, v in json.loads(line).items() if k not in ("wall_time", "tokens_per_s")}
                      for line in f.read_text().splitlines()] for f in (mine, theirs)]
             assert rows[0] == rows[1], name
+        elif "/events.out.tfevents" in name:  # TensorBoard: the scalars of metrics.jsonl, times left out
+            a, b = (_scalars(f.parent) for f in (mine, theirs))
+            assert a == b, name
         elif name == "metrics.json":  # evaluation: the losses; the generation section is timings
             a, b = (json.loads(f.read_text()) for f in (mine, theirs))
             scores = ("data", "checkpoint", "gguf")
@@ -204,6 +207,16 @@ def same_outputs(kind: str, p: Project, key: str, reference: dict, ref_dir: Path
             a, b = (json.loads(f.read_text()) for f in (mine, theirs))
             a.pop("elapsed_s"), b.pop("elapsed_s")
             assert a == b, name
+
+
+def _scalars(folder: Path) -> dict:
+    """Tag -> (step, value) of a TensorBoard run, the measured tags (speeds, times) left out."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={SCALARS: 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()[SCALARS]
+            if tag.rsplit("/", 1)[-1] not in ("tokens_per_s", "wall_time")}
 
 
 @pytest.mark.slow  # ~200 `doit` runs in fresh interpreters, a fifth of them importing torch

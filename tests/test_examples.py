@@ -6,13 +6,12 @@ again -> GGUF, with llama.cpp's OpenAI-compatible server as reference and judge)
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, Project, code_project, require_llama_cpp
+from conftest import REPO, Project, code_project, copy_project_files, require_llama_cpp
 from servers import LlamaServer
 
 COGUMI = "specs/pipelines/cogumi.yaml"
@@ -22,8 +21,7 @@ PLACEHOLDER = "http://127.0.0.1:8080/v1"  # where cogumi.yaml expects the refere
 def example_project(root: Path) -> Project:
     """This checkout's code, manifests, data and plug-in models, and nothing built."""
     p = code_project(root)
-    for name in ("specs", "data", "models"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_project_files(root)
     return p
 
 
@@ -136,5 +134,5 @@ def test_the_forge_model_has_the_parameters_its_manifest_states():
 
     model = project.load(REPO).models["forge-trm"][0]
     config = architectures.config_of(model, {"bos": 0, "eos": 1, "pad": 3})
-    built = architectures.build(REPO, config, expect=model.expect_params)
+    built = architectures.build_module(REPO, config, expect=model.expect_params)
     assert sum(p.numel() for p in built.parameters()) == model.expect_params == 32_677_890

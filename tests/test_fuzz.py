@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 
 import pytest
 import yaml
-from conftest import REPO, code_project
+from conftest import REPO, code_project, copy_project_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -247,7 +246,7 @@ def fuzz_root(tmp_path_factory):
     """One project with the default manifests; llama.cpp seen as installed, so that the compile
     goes as far on a machine without the extra as on one with it (nothing is built)."""
     root = code_project(tmp_path_factory.mktemp("fuzz") / "proj").root
-    shutil.copytree(REPO / "specs", root / "specs")
+    copy_project_files(root)
     real = importlib.util.find_spec
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "llama_cpp" else real(name, *a))

@@ -185,7 +185,7 @@ def test_muon_takes_the_hidden_linear_maps_and_adamw_the_rest():
             self.head = torch.nn.Linear(4, 10, bias=False)
 
     net = Net()
-    opt = optim.build(net, Optimizer.model_validate({"kind": "muon", "weight_decay": 0.1}), Path("."))
+    opt = optim.make(net, Optimizer.model_validate({"kind": "muon", "weight_decay": 0.1}), Path("."))
     muon, adamw = opt.parts
     assert (type(muon).__name__, type(adamw).__name__) == ("Muon", "AdamW")
     name = {id(p): n for n, p in net.named_parameters()}
@@ -213,7 +213,7 @@ def test_the_default_is_adamw_stepping_as_it_always_did(proj):
     o = spec.optimizer
     old = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}],
                             lr=o.lr, betas=o.betas, eps=o.eps)
-    new = optim.build(new_model, o, proj.root)
+    new = optim.make(new_model, o, proj.root)
     g = torch.Generator().manual_seed(0)
     for i in range(6):
         ids = torch.randint(0, 300, (2, 17), generator=g)
@@ -262,10 +262,10 @@ def test_a_state_dict_round_trips_through_a_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     fresh = LlamaForCausalLM(config)
-    opt = optim.build(model, o, tmp_path)
+    opt = optim.make(model, o, tmp_path)
     steps(model, opt, 3, 0)
     path = trainloop.save_checkpoint(tmp_path, model, opt, trainloop.LoopState(step=3))
-    again = optim.build(fresh, o, tmp_path)
+    again = optim.make(fresh, o, tmp_path)
     trainloop.load_checkpoint(path, fresh, again, trainloop.LoopState())
     assert_same_state(again.state_dict(), opt.state_dict())
     steps(model, opt, 2, 1)
@@ -384,7 +384,7 @@ def test_qk_clip_brings_heads_over_tau_to_tau_and_leaves_the_others(arch, kv_hea
     import torch
 
     model = tiny(arch, layers=1, kv_heads=kv_heads)
-    opt = optim.build(model, Optimizer.model_validate({"lr": 1e-9, "qk_clip": 1.0}), Path("."))
+    opt = optim.make(model, Optimizer.model_validate({"lr": 1e-9, "qk_clip": 1.0}), Path("."))
     for group in opt.param_groups:
         group["lr"] = 0.0
     ids = torch.randint(0, 300, (3, 12), generator=torch.Generator().manual_seed(2))
@@ -433,7 +433,7 @@ def test_a_model_without_qk_clip_targets_is_refused():
             self.proj = torch.nn.Linear(4, 4)
 
     with pytest.raises(BuildError) as exc:
-        optim.build(Plain(), Optimizer(qk_clip=30.0), Path("."))
+        optim.make(Plain(), Optimizer(qk_clip=30.0), Path("."))
     assert str(exc.value) == ("optimizer.qk_clip scales the query and key weights of attention heads, and model class "
                               "Plain does not say where they are: define `qk_clip_targets()` in it (README, "
                               "Optimizers), or remove qk_clip")
@@ -456,7 +456,7 @@ def test_a_plugin_model_gives_its_own_qk_clip_targets():
 
     model = Attention()
     q, k = model.q.weight.detach().clone(), model.k.weight.detach().clone()
-    opt = optim.build(model, Optimizer(qk_clip=2.0), Path("."))
+    opt = optim.make(model, Optimizer(qk_clip=2.0), Path("."))
     opt.clip_qk()
     assert torch.equal(model.q.weight[:2], q[:2] * (2.0 / 3.0)) and torch.equal(model.q.weight[2:], q[2:])
     assert torch.equal(model.k.weight, k)

@@ -190,7 +190,8 @@ def test_gladius_125m(shipped):
 
 
 def test_every_shipped_model_with_expect_params_matches_transformers(shipped):
-    checked = [s for s in shipped.values() if s.expect_params is not None]
+    # a plug-in's count is its module's own (tests/test_examples.py builds forge-trm at full size)
+    checked = [s for s in shipped.values() if s.expect_params is not None and not s.architecture.startswith("module:")]
     assert {s.name for s in checked} >= {"gladius-125m", "gladius-tiny"}
     for spec in checked:
         assert meta_model(spec).num_parameters() == params.count(spec) == spec.expect_params, spec.name

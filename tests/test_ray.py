@@ -26,7 +26,7 @@ import pytest
 
 from compiler import executor, graph, project, store
 from compiler.plan import key_of
-from conftest import REPO, Project, code_project, ran
+from conftest import Project, code_project, copy_project_files, ran
 from raycluster import Cluster, running
 from servers import free_port
 from test_remote import nginx  # noqa: F401 (the fixture of an nginx server)
@@ -188,7 +188,7 @@ def test_the_workers_open_an_http_remote_with_the_drivers_token(cluster, on_ray,
 def test_the_default_project_builds_on_the_cluster_to_the_same_keys_and_bytes(cluster, on_ray, tmp_path,
                                                                             monkeypatch):
     p = code_project(tmp_path / "on-ray")
-    shutil.copytree(REPO / "specs", p.root / "specs")
+    copy_project_files(p.root)
     result = p.doit("-n", "2", timeout=1800)
     tasks = ran(result)
     assert "gladius.report" in tasks
@@ -199,7 +199,7 @@ def test_the_default_project_builds_on_the_cluster_to_the_same_keys_and_bytes(cl
 
     monkeypatch.delenv("INGOT_EXECUTOR")
     local = code_project(tmp_path / "local")
-    shutil.copytree(REPO / "specs", local.root / "specs")
+    copy_project_files(local.root)
     assert local.doit("pull").stdout.splitlines()[-1] == f"pull: {len(tasks)} pulled, 0 local, 0 missing, 0 pending"
     assert keys_of(local) == keys
     monkeypatch.delenv("INGOT_REMOTE")

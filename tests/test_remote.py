@@ -32,7 +32,7 @@ import pytest
 from compiler import graph, project, remote, store
 from compiler.entries import MANIFEST, EntryManifest
 from compiler.keys import file_digest
-from conftest import REPO, Project, code_project, ran, tiny_corpus
+from conftest import REPO, Project, code_project, copy_project_files, ran, tiny_corpus
 from servers import NGINX_INSTALL, Nginx, free_port, nginx_binary
 
 SCHEMES = ("dir", "http", "s3")
@@ -452,7 +452,7 @@ def default_project(request, tmp_path_factory):
     """Clone A of the repository's own project (specs/), built once with INGOT_REMOTE_PUSH=1 to a
     directory remote, then pushed to an http and an s3 one: (A, scheme -> remote, its tasks)."""
     a = code_project(tmp_path_factory.mktemp("default") / "proj")
-    shutil.copytree(REPO / "specs", a.root / "specs")
+    copy_project_files(a.root)
     tmp = tmp_path_factory.mktemp("default-remotes")
     wheres = {s: make_where(s, request, tmp) for s in SCHEMES}
     with pytest.MonkeyPatch.context() as mp:
@@ -978,7 +978,7 @@ def test_the_readmes_ci_recipes_run_as_written(tmp_path):
 
     def fresh(name: str) -> Project:
         p = code_project(tmp_path / name)
-        shutil.copytree(REPO / "specs", p.root / "specs")
+        copy_project_files(p.root)
         (p.root / ".venv").symlink_to(sys.prefix)
         return p
 

@@ -393,7 +393,7 @@ def adamw_of(model):
     from compiler.specs import TrainStep
     from targets import optim
 
-    return optim.build(model, TrainStep.model_validate(PRE).optimizer, REPO)
+    return optim.make(model, TrainStep.model_validate(PRE).optimizer, REPO)
 
 
 # each keeps other state: AdamW's moments in two groups, a max of moments, a momentum, a sum, and
