@@ -8,6 +8,7 @@ its inputs resolved. Every user mistake raises `SpecError`; nothing is written.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def _share_variants(project: Project) -> None:
     alias: dict[str, str] = {}
     for task in topo_order(project):
         pipeline, _, step = task.partition(".")
-        base, _, variant = pipeline.partition("@")
+        base = pipeline.partition("@")[0]
         if base not in project.variants or task in alias:
             continue
         group = [f"{base}@{v}.{step}" for v in project.variants[base]]
@@ -95,8 +96,6 @@ def _share_variants(project: Project) -> None:
 
 
 def _signature(node: Node, alias: dict[str, str]) -> str:
-    import json
-
     spec = _renamed(node.spec, alias).model_dump(mode="json")
     deps = sorted((str(i), alias.get(t, t)) for i, t in node.deps.items())
     models = {f: m.model_dump(mode="json") for f, m in node.models.items()}

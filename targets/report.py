@@ -32,7 +32,7 @@ from pathlib import Path
 from compiler import entries, params, templates
 from compiler.entries import Environment, ExportEntry, GgufMetrics, TrainEntry, TrainMetrics, TrainRow
 from compiler.inputs import EVALUATE, TRAIN, Input, Role, export, teacher
-from targets import BuildError, Job, safetensors_header
+from targets import BuildError, Job, plugins, safetensors_header
 
 OUTPUTS = ("report.md", "report.html", "loss.png", "lr.png")
 PLOTS = {"loss": "loss.png", "lr": "lr.png"}
@@ -108,7 +108,7 @@ def report_context(job: Job, rows: list[TrainRow]) -> dict:
 
 def model_context(m, config: dict, header: dict, spec: dict) -> dict:
     return {
-        "name": m.name, "architecture": m.architecture, "plugin": str(m.architecture).startswith("module:"),
+        "name": m.name, "architecture": m.architecture, "plugin": plugins.is_plugin(m.architecture),
         "options": dict(getattr(m, "options", None) or {}), "hf_architecture": ", ".join(config.get("architectures", [])),
         "hidden_size": m.hidden_size, "intermediate_size": m.intermediate_size, "layers": m.layers,
         "heads": m.heads, "kv_heads": m.kv_heads, "head_dim": m.head_dim, "vocab_size": m.vocab_size,
@@ -127,7 +127,7 @@ def params_context(m, header: dict) -> dict:
     """Exact counts from the model spec (compiler.params), grouped and per tensor of one layer,
     with shares; and the count of the tensors actually stored, read from the weights' header.
     A plug-in architecture's counts are those of its stored tensors, grouped by top-level module."""
-    if str(m.architecture).startswith("module:"):
+    if plugins.is_plugin(m.architecture):
         return _stored_params(header)
     parts = params.breakdown(m)
     total = params.count(m)

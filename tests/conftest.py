@@ -146,6 +146,17 @@ def copy_project_files(root: Path) -> None:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
+def write_files(p: "Project", files: dict[str, str], named: dict[str, str], **replace: tuple[str, str]) -> None:
+    """`files` (path -> text, dedented) into the project, with (old, new) replaced once in the
+    file `named[keyword]` for each keyword of `replace` (a test's variation of a fixed project)."""
+    for rel, text in files.items():
+        text = textwrap.dedent(text).lstrip("\n")
+        for old, new in [v for k, v in replace.items() if named[k] == rel]:
+            assert old in text, f"{old!r} not in {rel}"
+            text = text.replace(old, new, 1)
+        p.write(rel, text)
+
+
 def code_project(root: Path) -> Project:
     """A new project at `root` holding a copy of this checkout's code and nothing else."""
     root.mkdir(parents=True)

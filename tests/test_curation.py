@@ -5,7 +5,6 @@ Loaded in-process: a case costs milliseconds."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from compiler import curation, graph, project
 from compiler.errors import SpecError
 from compiler.inputs import TOKENIZER
-from conftest import TINY_SPECS
+from conftest import TINY_SPECS, write_files
 
 WEB = "specs/datasets/web.yaml"
 PIPELINE = "specs/pipelines/main.yaml"
@@ -46,12 +45,7 @@ def write(p, **replace: tuple[str, str]) -> None:
     """FILES with (old, new) replaced once in the file named by each keyword (web, pipeline)."""
     p.write("data/docs.jsonl", "".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(5)))
     p.write("web/web.jsonl", json.dumps({"text": "a page of the web, in English"}) + "\n")
-    for rel, text in FILES.items():
-        text = textwrap.dedent(text).lstrip("\n")
-        for old, new in [v for k, v in replace.items() if {"web": WEB, "pipeline": PIPELINE}[k] == rel]:
-            assert old in text, f"{old!r} not in {rel}"
-            text = text.replace(old, new, 1)
-        p.write(rel, text)
+    write_files(p, FILES, {"web": WEB, "pipeline": PIPELINE}, **replace)
 
 
 def load_error(p, **replace) -> str:

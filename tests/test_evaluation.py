@@ -4,13 +4,12 @@ Loaded in-process (a case costs milliseconds); the broken template also goes thr
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 
 from compiler import graph, project
 from compiler.errors import SpecError
-from conftest import REPO, TINY_SPECS
+from conftest import REPO, TINY_SPECS, write_files
 
 PIPELINE = "specs/pipelines/main.yaml"
 TEMPLATE = "specs/templates/report.md.jinja"
@@ -54,12 +53,7 @@ def write(p, **replace: tuple[str, str]) -> None:
     """FILES with (old, new) replaced once in the file named by each keyword (pipeline, template)."""
     p.write("data/docs.jsonl", "".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(5)))
     p.write("specs/templates/chat.jinja", (REPO / "specs/templates/chat.jinja").read_text())
-    for rel, text in FILES.items():
-        text = textwrap.dedent(text).lstrip("\n")
-        for old, new in [v for k, v in replace.items() if {"pipeline": PIPELINE, "template": TEMPLATE}[k] == rel]:
-            assert old in text, f"{old!r} not in {rel}"
-            text = text.replace(old, new, 1)
-        p.write(rel, text)
+    write_files(p, FILES, {"pipeline": PIPELINE, "template": TEMPLATE}, **replace)
 
 
 def load_error(p, **replace) -> str:

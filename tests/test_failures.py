@@ -6,7 +6,6 @@ an items.jsonl into instruction/response records, in the order of the prompt set
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from compiler import graph, project
 from compiler.errors import SpecError
 from compiler.inputs import failures
 from compiler.specs import DatasetSpec
-from conftest import TINY_SPECS, add_qa, ran
+from conftest import TINY_SPECS, add_qa, ran, write_files
 from targets import BuildError, Job, dataset
 
 PIPELINE = "specs/pipelines/main.yaml"
@@ -78,12 +77,7 @@ def write(p, **replace: tuple[str, str]) -> None:
     p.write("data/docs.jsonl", "".join(json.dumps({"text": f"document number {i} of the corpus"}) + "\n"
                                        for i in range(30)))
     add_qa(p, 20)
-    for rel, text in FILES.items():
-        text = textwrap.dedent(text).lstrip("\n")
-        for old, new in [v for k, v in replace.items() if {"fails": FAILS, "pipeline": PIPELINE}[k] == rel]:
-            assert old in text, f"{old!r} not in {rel}"
-            text = text.replace(old, new, 1)
-        p.write(rel, text)
+    write_files(p, FILES, {"fails": FAILS, "pipeline": PIPELINE}, **replace)
 
 
 def load_error(p, **replace) -> str:
